@@ -1,0 +1,180 @@
+"""Records that stream processors emit and sinks write (DESIGN §1): the processed topics' wire format.
+
+One message on each processed topic carries a list of records of one kind, keyed by entity key:
+
+- ``<prefix>.points``    :class:`PointBlock`      validated, deduplicated points of one envelope
+- ``<prefix>.steps``     :class:`StepAggregate`   cross-rank mean/min/max/count per (entity, metric, step)
+- ``<prefix>.summaries`` :class:`MetricSummary`   running summary per (entity, metric)
+- ``<prefix>.entities``  :class:`EntityState`     run/model lifecycle, params, tags, producers, lost points
+
+Every record carries what makes its ClickHouse row idempotent: points are keyed by (entity, metric, rank,
+step, generation); summaries and entity states carry a ``version`` that only grows, so replays and
+out-of-date copies lose against newer ones. ``generation`` counts ``overwrite`` markers per
+(entity, metric): readers keep only the newest generation.
+
+Floats are exact: non-finite values travel as ``{"$f64": bits}``, as in the envelope format.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from schemas.envelope import (
+    EntityRef,
+    MetricBatch,
+    metric_from_wire,
+    metric_to_wire,
+    bits_to_float,
+    float_to_bits,
+)
+
+PROCESSED_VERSION: Final = 1
+_F64: Final = "$f64"
+
+
+@dataclass(slots=True)
+class PointBlock:
+    """The points of one accepted envelope, each metric tagged with its overwrite generation."""
+
+    entity: EntityRef
+    rank: int
+    producer_id: str
+    seq: int
+    metrics: list[MetricBatch]
+    generations: list[int]
+
+    def point_count(self) -> int:
+        return sum(len(batch) for batch in self.metrics)
+
+
+@dataclass(slots=True)
+class StepAggregate:
+    """Cross-rank aggregate of one metric at one step (emitted when all ranks reported, or on timeout)."""
+
+    entity: EntityRef
+    metric: str
+    generation: int
+    step: int
+    mean: float
+    min: float
+    max: float
+    count: int
+    world_size: int
+    time_ns: int
+
+
+@dataclass(slots=True)
+class MetricSummary:
+    """Running summary of one metric of one entity (min/max ignore NaN; ``last`` is by step, then time)."""
+
+    entity: EntityRef
+    metric: str
+    generation: int
+    kind: str
+    count: int
+    last: float
+    last_step: int
+    min: float
+    min_step: int
+    max: float
+    max_step: int
+    first_time_ns: int
+    last_time_ns: int
+    version: int
+
+
+@dataclass(slots=True)
+class EntityState:
+    """Lifecycle of a run or model as known so far; ``version`` grows with every change."""
+
+    entity: EntityRef
+    name: str
+    status: str
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    started_ns: int = 0
+    ended_ns: int = 0
+    producers: list[dict[str, Any]] = field(default_factory=list)
+    lost_points: int = 0
+    version: int = 0
+
+
+def _exact(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_F64: float_to_bits(value)}
+    return value
+
+
+def _inexact(value: Any) -> Any:
+    if isinstance(value, dict) and len(value) == 1 and _F64 in value:
+        return bits_to_float(value[_F64])
+    return value
+
+
+def _entity_wire(entity: EntityRef) -> list[str]:
+    return [entity.project, entity.type, entity.id]
+
+
+def _entity_from(wire: list[str]) -> EntityRef:
+    project, entity_type, entity_id = wire
+    return EntityRef(project=project, type=entity_type, id=entity_id)  # type: ignore[arg-type]
+
+
+def encode_point_block(block: PointBlock) -> bytes:
+    return orjson.dumps({
+        "v": PROCESSED_VERSION,
+        "entity": _entity_wire(block.entity),
+        "rank": block.rank,
+        "producer_id": block.producer_id,
+        "seq": block.seq,
+        "metrics": [metric_to_wire(batch) for batch in block.metrics],
+        "generations": block.generations,
+    })
+
+
+def decode_point_block(raw: bytes) -> PointBlock:
+    wire = orjson.loads(raw)
+    return PointBlock(
+        entity=_entity_from(wire["entity"]),
+        rank=wire["rank"],
+        producer_id=wire["producer_id"],
+        seq=wire["seq"],
+        metrics=[metric_from_wire(m) for m in wire["metrics"]],
+        generations=wire["generations"],
+    )
+
+
+def _record_to_wire(record: StepAggregate | MetricSummary | EntityState) -> dict[str, Any]:
+    wire = asdict(record)
+    wire["entity"] = _entity_wire(record.entity)
+    return {key: _exact(value) for key, value in wire.items()}
+
+
+def encode_records(records: list[StepAggregate] | list[MetricSummary] | list[EntityState]) -> bytes:
+    """One processed-topic message holding records of one kind."""
+    return orjson.dumps({"v": PROCESSED_VERSION, "records": [_record_to_wire(r) for r in records]})
+
+
+def _decode_records(raw: bytes, cls: type[Any]) -> list[Any]:
+    records = []
+    for wire in orjson.loads(raw)["records"]:
+        fields = {key: _inexact(value) for key, value in wire.items()}
+        fields["entity"] = _entity_from(fields["entity"])
+        records.append(cls(**fields))
+    return records
+
+
+def decode_step_aggregates(raw: bytes) -> list[StepAggregate]:
+    return _decode_records(raw, StepAggregate)
+
+
+def decode_summaries(raw: bytes) -> list[MetricSummary]:
+    return _decode_records(raw, MetricSummary)
+
+
+def decode_entity_states(raw: bytes) -> list[EntityState]:
+    return _decode_records(raw, EntityState)
