@@ -1,0 +1,62 @@
+# trackstream developer commands. `make test` and `make demo` do all set-up from nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BROKER := $(PY) tests/services/kafka_broker.py
+TEST_BROKER_DIR := .cache/kafka/test-broker
+
+.PHONY: help install lint test test-unit kafka-up kafka-down bench-producer bench-streams bench-sinks clean
+
+help:
+	@echo "make test         create .venv, install every extra, lint, start Kafka, run the whole suite"
+	@echo "make kafka-up     start the project's own Kafka broker (prints host:port last); kafka-down stops it"
+	@echo "make bench-producer | bench-streams | bench-sinks   print benchmark figures"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trackstream needs Python >= 3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[all]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+# Uses TRACKSTREAM_KAFKA_BOOTSTRAP when set; otherwise starts the project's own broker for the run and always
+# stops it. If it cannot start, the test fixtures try testcontainers, and under CI=true fail.
+test: lint
+	@set -o pipefail; \
+	if [ -z "$$TRACKSTREAM_KAFKA_BOOTSTRAP" ]; then \
+	  echo "starting the project's own Kafka broker"; \
+	  if bootstrap=$$($(BROKER) up --state-dir $(TEST_BROKER_DIR) | tail -n 1); then \
+	    export TRACKSTREAM_KAFKA_BOOTSTRAP=$$bootstrap; echo "Kafka broker ready at $$bootstrap"; \
+	  else echo "the project's broker did not start; the fixtures will try testcontainers"; fi; \
+	  trap '$(BROKER) down --state-dir $(TEST_BROKER_DIR)' EXIT; \
+	fi; \
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+kafka-up: $(STAMP)
+	@$(BROKER) up
+
+kafka-down: $(STAMP)
+	@$(BROKER) down
+
+bench-producer: $(STAMP)
+	$(PY) bench/producer.py
+
+bench-streams: $(STAMP)
+	$(PY) bench/streams.py
+
+bench-sinks: $(STAMP)
+	$(PY) bench/sinks.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,345 @@
+"""Stream-side validation of untrusted envelope bytes (DESIGN §1, §3).
+
+:func:`validate` turns raw Kafka message bytes into an :class:`~schemas.envelope.Envelope`, or says why it
+cannot, with a machine-readable reason from :data:`REASONS` that the DLQ record carries.
+
+Two levels of rejection, because one bad metric must not cost the points of every other metric:
+
+- the whole envelope (:class:`Rejection`): oversize, not JSON, unknown version, bad header, entity or event;
+- one metric group (:class:`BadPoints` in :attr:`Validated.bad`): bad name, non-numeric value, columns of
+  different lengths, bad non-finite entry, mistyped field inside the group. The other groups are kept.
+
+Speed: the columns are checked by one strict pydantic validation of the whole envelope, which runs in Rust
+over typed lists; Python only looks at per-group facts (name, lengths, ``nonfinite`` entries) and at the
+error list when something is wrong, whose locations already point at the offending index.
+
+This is the only module of :mod:`schemas` that imports pydantic; ``import schemas`` does not load it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, Literal, NotRequired
+
+import orjson
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+from typing_extensions import TypedDict
+
+from schemas.envelope import (
+    EVENT_FIELDS,
+    MAX_ENVELOPE_BYTES,
+    RUN_STATUSES,
+    SCHEMA_VERSION,
+    Envelope,
+    WireFormatError,
+    envelope_from_wire,
+)
+from schemas.names import metric_name_problem
+
+REASONS: Final = frozenset({
+    "oversize",
+    "malformed",
+    "unsupported_version",
+    "missing_field",
+    "mistyped_field",
+    "bad_entity",
+    "bad_metric_name",
+    "non_numeric_value",
+    "length_mismatch",
+    "bad_nonfinite",
+    "bad_event",
+})
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_UINT64_MAX: Final = 2**64 - 1
+_EXPONENT_MASK: Final = 0x7FF
+_MANTISSA_BITS: Final = 52
+_REPR_MAX: Final = 60
+
+Int64 = Annotated[int, Field(ge=_INT64_MIN, le=_INT64_MAX)]
+NonNegInt64 = Annotated[int, Field(ge=0, le=_INT64_MAX)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+UInt64 = Annotated[int, Field(ge=0, le=_UINT64_MAX)]
+NonFiniteEntry = Annotated[list[UInt64], Field(min_length=2, max_length=2)]
+
+_STRICT: Final = ConfigDict(strict=True)
+_STRICT_CLOSED: Final = ConfigDict(strict=True, extra="forbid")
+
+
+class Rejection(WireFormatError):
+    """The whole envelope is rejected: ``reason`` is one of :data:`REASONS`, ``detail`` names the path."""
+
+    retriable: Final = False
+
+
+@dataclass(slots=True)
+class BadPoints:
+    """A rejected metric group: its name when readable, why, how many points it held, and its raw mapping."""
+
+    metric: str | None
+    reason: str
+    detail: str
+    count: int
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Validated:
+    """An accepted envelope (holding only the good metric groups) and the groups that were rejected."""
+
+    envelope: Envelope
+    bad: list[BadPoints] = field(default_factory=list)
+
+
+class _Entity(TypedDict):
+    __pydantic_config__ = _STRICT_CLOSED  # type: ignore[misc]
+    project: NonEmptyStr
+    type: Literal["run", "model"]
+    id: NonEmptyStr
+
+
+class _Group(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    name: str
+    kind: Literal["series", "single"]
+    steps: list[Int64]
+    times_ns: list[Int64]
+    values: list[float | None]
+    nonfinite: NotRequired[list[NonFiniteEntry]]
+
+
+class _RunStarted(TypedDict):
+    __pydantic_config__ = _STRICT_CLOSED  # type: ignore[misc]
+    type: Literal["run_started"]
+    time_ns: Int64
+    name: str
+    params: dict[str, Any]
+    tags: dict[str, str]
+
+
+class _RunFinished(TypedDict):
+    __pydantic_config__ = _STRICT_CLOSED  # type: ignore[misc]
+    type: Literal["run_finished"]
+    time_ns: Int64
+    status: Literal[RUN_STATUSES]  # type: ignore[valid-type]
+
+
+class _Params(TypedDict):
+    __pydantic_config__ = _STRICT_CLOSED  # type: ignore[misc]
+    type: Literal["params"]
+    time_ns: Int64
+    params: dict[str, Any]
+
+
+class _Tags(TypedDict):
+    __pydantic_config__ = _STRICT_CLOSED  # type: ignore[misc]
+    type: Literal["tags"]
+    time_ns: Int64
+    tags: dict[str, str]
+
+
+class _Overwrite(TypedDict):
+    __pydantic_config__ = _STRICT_CLOSED  # type: ignore[misc]
+    type: Literal["overwrite"]
+    time_ns: Int64
+    metric: str
+
+
+_Event = Annotated[_RunStarted | _RunFinished | _Params | _Tags | _Overwrite, Field(discriminator="type")]
+
+
+class _Wire(TypedDict):
+    """Envelope v1 after the version check; field order is the order errors are reported in."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    producer_id: NonEmptyStr
+    seq: NonNegInt64
+    sent_ns: Int64
+    entity: _Entity
+    rank: NotRequired[NonNegInt64]
+    world_size: NotRequired[Annotated[int, Field(ge=1, le=_INT64_MAX)]]
+    host: NotRequired[str]
+    metrics: NotRequired[list[_Group]]
+    events: NotRequired[list[_Event]]
+
+
+_WIRE: Final = TypeAdapter(_Wire)
+
+
+def validate(raw: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Validated:
+    """Check untrusted envelope bytes; raise :class:`Rejection` or return the envelope and its bad groups."""
+    if len(raw) > max_bytes:
+        raise Rejection("oversize", f"envelope is {len(raw)} bytes, at most {max_bytes} are accepted")
+    wire = _parse(raw)
+    _check_version(wire)
+    group_errors = _check_structure(wire)
+    _check_semantics(wire)
+    good: list[dict[str, Any]] = []
+    bad: list[BadPoints] = []
+    for index, group in enumerate(wire.get("metrics", ())):
+        problem = group_errors.get(index) or _group_problem(index, group)
+        if problem is None:
+            good.append(group)
+        else:
+            bad.append(_bad_points(group, *problem))
+    wire["metrics"] = good
+    return Validated(envelope=envelope_from_wire(wire), bad=bad)
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    try:
+        wire = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Rejection("malformed", f"not JSON: {exc}") from None
+    if not isinstance(wire, dict):
+        raise Rejection("malformed", f"an envelope is a JSON object, got {type(wire).__name__}")
+    return wire
+
+
+def _check_version(wire: dict[str, Any]) -> None:
+    if "v" not in wire:
+        raise Rejection("missing_field", "v: schema version is missing")
+    version = wire["v"]
+    if type(version) is not int:
+        raise Rejection("mistyped_field", f"v: schema version must be an integer, got {_short(version)}")
+    if version != SCHEMA_VERSION:
+        detail = f"v: schema version {version}, this build reads {SCHEMA_VERSION}"
+        raise Rejection("unsupported_version", detail)
+
+
+def _check_structure(wire: dict[str, Any]) -> dict[int, tuple[str, str]]:
+    """Raise on the first envelope-level error; return the first error of each bad metric group by index."""
+    try:
+        _WIRE.validate_python(wire)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    else:
+        return {}
+    group_errors: dict[int, tuple[str, str]] = {}
+    for error in errors:
+        loc = error["loc"]
+        if len(loc) >= 2 and loc[0] == "metrics" and isinstance(loc[1], int):
+            group_errors.setdefault(loc[1], _group_error(error))
+        else:
+            raise Rejection(*_envelope_error(error))
+    return group_errors
+
+
+def _envelope_error(error: ErrorDetails) -> tuple[str, str]:
+    loc = error["loc"]
+    if loc[0] == "entity" and len(loc) > 1:
+        reason = "bad_entity"
+    elif loc[0] == "events" and len(loc) > 1:
+        reason = "bad_event"
+        loc = _strip_event_tag(loc)
+    elif error["type"] == "missing":
+        reason = "missing_field"
+    else:
+        reason = "mistyped_field"
+    return reason, _error_detail(loc, error)
+
+
+def _strip_event_tag(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    # A tagged union puts the tag in the location: events[0].run_finished.status -> events[0].status.
+    if len(loc) > 3 and loc[2] in EVENT_FIELDS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _group_error(error: ErrorDetails) -> tuple[str, str]:
+    loc = error["loc"]
+    column = loc[2] if len(loc) > 2 else None
+    if error["type"] == "missing":
+        reason = "missing_field"
+    elif column == "values" and len(loc) > 3:
+        reason = "non_numeric_value"
+    elif column == "nonfinite" and len(loc) > 3:
+        reason = "bad_nonfinite"
+    else:
+        reason = "mistyped_field"
+    return reason, _error_detail(loc, error)
+
+
+def _check_semantics(wire: dict[str, Any]) -> None:
+    """What the schema cannot say: rank below world size, overwrite markers naming a valid metric."""
+    rank, world_size = wire.get("rank", 0), wire.get("world_size", 1)
+    if rank >= world_size:
+        raise Rejection("mistyped_field", f"rank: rank {rank} is not below world_size {world_size}")
+    for index, event in enumerate(wire.get("events", ())):
+        if event["type"] == "overwrite":
+            problem = metric_name_problem(event["metric"])
+            if problem is not None:
+                raise Rejection("bad_event", f"events[{index}].metric: {problem}")
+
+
+def _group_problem(index: int, group: dict[str, Any]) -> tuple[str, str] | None:
+    """The first problem of a structurally sound metric group, or None when it is good."""
+    path = f"metrics[{index}]"
+    name_problem = metric_name_problem(group["name"])
+    if name_problem is not None:
+        return "bad_metric_name", f"{path}.name: {name_problem}"
+    values = group["values"]
+    lengths = (len(group["steps"]), len(group["times_ns"]), len(values))
+    if lengths[0] != lengths[2] or lengths[1] != lengths[2]:
+        return "length_mismatch", f"{path}: steps, times_ns and values hold {lengths} entries"
+    return _nonfinite_problem(path, values, group.get("nonfinite", ()))
+
+
+def _nonfinite_problem(path: str, values: list[float | None], nonfinite: Any) -> tuple[str, str] | None:
+    marked: set[int] = set()
+    for position, (index, bits) in enumerate(nonfinite):
+        where = f"{path}.nonfinite[{position}]"
+        if index >= len(values):
+            return "bad_nonfinite", f"{where}: index {index} is beyond the {len(values)} values"
+        if values[index] is not None:
+            return "bad_nonfinite", f"{where}: values[{index}] is {values[index]!r}, not null"
+        if index in marked:
+            return "bad_nonfinite", f"{where}: index {index} is listed twice"
+        if (bits >> _MANTISSA_BITS) & _EXPONENT_MASK != _EXPONENT_MASK:
+            return "bad_nonfinite", f"{where}: bits {bits:#018x} are a finite float64"
+        marked.add(index)
+    if values.count(None) != len(marked):
+        index = next(i for i, value in enumerate(values) if value is None and i not in marked)
+        return "non_numeric_value", f"{path}.values[{index}]: null without a nonfinite entry"
+    return None
+
+
+def _bad_points(group: Any, reason: str, detail: str) -> BadPoints:
+    if not isinstance(group, dict):
+        return BadPoints(metric=None, reason=reason, detail=detail, count=0, raw={"group": group})
+    name = group.get("name")
+    return BadPoints(
+        metric=name if isinstance(name, str) else None, reason=reason, detail=detail,
+        count=_point_count(group), raw=group,
+    )
+
+
+def _point_count(group: dict[str, Any]) -> int:
+    """Best effort: the length of the values column, else of the longest column that is a list."""
+    values = group.get("values")
+    if isinstance(values, list):
+        return len(values)
+    lengths = [len(group[key]) for key in ("steps", "times_ns") if isinstance(group.get(key), list)]
+    return max(lengths, default=0)
+
+
+def _error_detail(loc: tuple[int | str, ...], error: ErrorDetails) -> str:
+    detail = f"{_path(loc)}: {error['msg']}"
+    if error["type"] != "missing":
+        detail += f", got {_short(error.get('input'))}"
+    return detail
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "$"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_MAX else text[: _REPR_MAX - 3] + "..."
+

@@ -1,0 +1,26 @@
+"""`import trackstream` runs inside training jobs: it must not pull in anything heavy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("faust", "pydantic", "clickhouse_connect", "chdb", "pyarrow", "numpy", "pandas", "mlflow", "transformers",
+         "aiokafka", "matplotlib", "rich")
+
+
+def test_import_trackstream_and_producers_loads_nothing_heavy() -> None:
+    code = (
+        "import sys, trackstream, producers, schemas\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"heavy modules imported: {result.stdout.strip()}"
+
+
+def test_query_functions_load_on_first_use() -> None:
+    code = "import trackstream, sys\nassert callable(trackstream.compare)\nprint('sinks.query' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
