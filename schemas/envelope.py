@@ -46,7 +46,7 @@ _BITS: Final = struct.Struct("<Q")
 
 
 class WireFormatError(ValueError):
-    """Raised by :func:`decode` for bytes that are not a well-formed v1 envelope; ``reason`` is machine-readable."""
+    """Bytes that are not a well-formed v1 envelope (from :func:`decode`); ``reason`` is machine-readable."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -104,6 +104,10 @@ class Envelope:
     metrics: list[MetricBatch] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     version: int = SCHEMA_VERSION
+    # Per (producer, entity): envelope counter from 0 and points sent before this envelope. They let the stream
+    # side tell a lost envelope (a hole) from envelopes that went to other entities, and count lost points.
+    entity_seq: int | None = None
+    entity_offset: int | None = None
 
     def point_count(self) -> int:
         return sum(len(batch) for batch in self.metrics)
@@ -148,20 +152,29 @@ def metric_to_wire(batch: MetricBatch) -> dict[str, Any]:
     return wire
 
 
+def _entity_to_wire(entity: EntityRef) -> dict[str, str]:
+    return {"project": entity.project, "type": entity.type, "id": entity.id}
+
+
 def envelope_to_wire(envelope: Envelope) -> dict[str, Any]:
     """The JSON-ready mapping of an envelope (what :func:`encode` serializes)."""
-    return {
+    wire = {
         "v": envelope.version,
         "producer_id": envelope.producer_id,
         "seq": envelope.seq,
         "sent_ns": envelope.sent_ns,
-        "entity": {"project": envelope.entity.project, "type": envelope.entity.type, "id": envelope.entity.id},
+        "entity": _entity_to_wire(envelope.entity),
         "rank": envelope.rank,
         "world_size": envelope.world_size,
         "host": envelope.host,
         "metrics": [metric_to_wire(batch) for batch in envelope.metrics],
         "events": [{"type": e.type, "time_ns": e.time_ns, **e.data} for e in envelope.events],
     }
+    if envelope.entity_seq is not None:
+        wire["entity_seq"] = envelope.entity_seq
+    if envelope.entity_offset is not None:
+        wire["entity_offset"] = envelope.entity_offset
+    return wire
 
 
 def encode(envelope: Envelope) -> bytes:
@@ -198,6 +211,8 @@ def envelope_from_wire(wire: dict[str, Any]) -> Envelope:
         host=wire.get("host", ""),
         metrics=[metric_from_wire(m) for m in wire.get("metrics", ())],
         events=[_event_from_wire(e) for e in wire.get("events", ())],
+        entity_seq=wire.get("entity_seq"),
+        entity_offset=wire.get("entity_offset"),
     )
 
 
@@ -213,8 +228,9 @@ def decode(raw: bytes) -> Envelope:
         raise WireFormatError("malformed", str(exc)) from None
     if not isinstance(wire, dict):
         raise WireFormatError("malformed", "an envelope is a JSON object")
-    if wire.get("v") != SCHEMA_VERSION:
-        raise WireFormatError("unsupported_version", f"schema version {wire.get('v')!r}, this build reads 1")
+    version = wire.get("v")
+    if type(version) is not int or version != SCHEMA_VERSION:  # not `!=` alone: True == 1 == 1.0
+        raise WireFormatError("unsupported_version", f"schema version {version!r}, this build reads 1")
     try:
         return envelope_from_wire(wire)
     except (KeyError, TypeError, ValueError, IndexError) as exc:

@@ -18,7 +18,7 @@ Floats are exact: non-finite values travel as ``{"$f64": bits}``, as in the enve
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Final
 
 import orjson
@@ -26,10 +26,10 @@ import orjson
 from schemas.envelope import (
     EntityRef,
     MetricBatch,
-    metric_from_wire,
-    metric_to_wire,
     bits_to_float,
     float_to_bits,
+    metric_from_wire,
+    metric_to_wire,
 )
 
 PROCESSED_VERSION: Final = 1
@@ -159,12 +159,18 @@ def encode_records(records: list[StepAggregate] | list[MetricSummary] | list[Ent
     return orjson.dumps({"v": PROCESSED_VERSION, "records": [_record_to_wire(r) for r in records]})
 
 
+def _float_fields(cls: type[Any]) -> frozenset[str]:
+    """Only float-typed fields may carry a ``$f64`` marker: a params dict shaped like one is data."""
+    return frozenset(f.name for f in fields(cls) if f.type in ("float", float))
+
+
 def _decode_records(raw: bytes, cls: type[Any]) -> list[Any]:
+    floats = _float_fields(cls)
     records = []
     for wire in orjson.loads(raw)["records"]:
-        fields = {key: _inexact(value) for key, value in wire.items()}
-        fields["entity"] = _entity_from(fields["entity"])
-        records.append(cls(**fields))
+        values = {key: _inexact(value) if key in floats else value for key, value in wire.items()}
+        values["entity"] = _entity_from(values["entity"])
+        records.append(cls(**values))
     return records
 
 

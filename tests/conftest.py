@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from services.kafka_broker import BrokerError, KafkaBroker, missing_tools
 
 log = logging.getLogger("trackstream.tests")
@@ -43,7 +42,7 @@ def docker_answers() -> bool:
         import docker
 
         docker.from_env(timeout=3).ping()
-    except Exception:  # noqa: BLE001 - any failure means no usable engine
+    except Exception:
         return False
     return True
 
@@ -132,7 +131,7 @@ def topic_factory(kafka_bootstrap: str) -> Callable[..., str]:
 
 @pytest.fixture
 def topic_prefix_factory(kafka_bootstrap: str) -> Callable[..., str]:
-    """``topic_prefix_factory(partitions=3)`` creates a unique topic family (<prefix>.metrics, ...) and returns the prefix."""
+    """``topic_prefix_factory(partitions=3)`` creates a unique topic family (<prefix>.metrics, ...); returns the prefix."""
 
     def create(partitions: int = 3) -> str:
         prefix = unique_name("ts")
@@ -175,7 +174,8 @@ def clickhouse_server_url() -> Iterator[str | None]:
     from testcontainers.clickhouse import ClickHouseContainer
 
     with ClickHouseContainer("clickhouse/clickhouse-server:25.8") as container:
-        yield f"http://{container.username}:{container.password}@{container.get_container_host_ip()}:{container.get_exposed_port(8123)}"
+        host, port = container.get_container_host_ip(), container.get_exposed_port(8123)
+        yield f"http://{container.username}:{container.password}@{host}:{port}"
 
 
 @pytest.fixture(params=["chdb", "server"])

@@ -209,7 +209,7 @@ def terminate_group(pid: int, *, timeout_s: float) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-class _suppress_missing:  # noqa: N801 - used as a statement
+class _suppress_missing:
     def __enter__(self) -> None:
         return None
 
@@ -248,7 +248,7 @@ def wait_until_ready(bootstrap: str, *, timeout_s: float, process: subprocess.Po
         try:
             asyncio.run(_round_trip(bootstrap, timeout_s=min(20.0, max(1.0, deadline - time.monotonic()))))
             return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+        except Exception as exc:
             last_error = exc
             time.sleep(0.5)
     raise BrokerError(f"Kafka at {bootstrap} did not accept produce/consume within {timeout_s:.0f} s: {last_error}")

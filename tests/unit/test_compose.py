@@ -40,7 +40,8 @@ def test_compose_runs_the_workers_from_the_repo_dockerfile() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
     assert {"kafka", "clickhouse", "streams", "sink"} <= set(services)
-    assert services["streams"]["build"] == "." and (REPO / "Dockerfile").exists()
+    assert services["streams"]["build"] == "."
+    assert (REPO / "Dockerfile").exists()
     assert services["streams"]["command"] == ["streams", "worker"]
     assert services["sink"]["command"] == ["sink", "worker"]
     for name in ("kafka", "clickhouse"):

@@ -19,8 +19,10 @@ def test_import_trackstream_and_producers_loads_nothing_heavy() -> None:
     assert result.stdout.strip() == "", f"heavy modules imported: {result.stdout.strip()}"
 
 
-def test_query_functions_load_on_first_use() -> None:
-    code = "import trackstream, sys\nassert callable(trackstream.compare)\nprint('sinks.query' in sys.modules)"
+def test_query_functions_resolve_lazily_without_loading_the_sinks() -> None:
+    code = ("import trackstream, sys\nfrom trackstream import _query\n"
+            "assert trackstream.compare is _query.compare and trackstream.sql is _query.sql\n"
+            "print('sinks' in sys.modules, 'chdb' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "True"
+    assert result.stdout.strip() == "False False"

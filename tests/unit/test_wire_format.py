@@ -21,6 +21,7 @@ from schemas import (
     Envelope,
     Event,
     MetricBatch,
+    WireFormatError,
     bits_to_float,
     decode,
     encode,
@@ -48,7 +49,7 @@ JSON_LEAVES = st.one_of(
 )
 JSON = st.recursive(
     JSON_LEAVES,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
     max_leaves=12,
 )
 PARAMS = st.dictionaries(st.text(max_size=20), JSON, max_size=6)
@@ -129,8 +130,8 @@ def test_every_float64_bit_pattern_survives(values: list[float]) -> None:
 
 def test_special_floats_travel_as_nonfinite_entries() -> None:
     values = [1.5, math.nan, -math.inf, -0.0, bits_to_float(0xFFF8000000000123)]
-    envelope = Envelope("p", 0, 0, EntityRef("p", "run", "r"), metrics=[MetricBatch("m", "series", values=values,
-                        steps=[0, 1, 2, 3, 4], times_ns=[0, 1, 2, 3, 4])])
+    batch = MetricBatch("m", "series", steps=[0, 1, 2, 3, 4], times_ns=[0, 1, 2, 3, 4], values=values)
+    envelope = Envelope("p", 0, 0, EntityRef("p", "run", "r"), metrics=[batch])
     group = orjson.loads(encode(envelope))["metrics"][0]
     assert group["values"] == [1.5, None, None, -0.0, None]
     assert group["nonfinite"] == [[1, float_to_bits(math.nan)], [2, float_to_bits(-math.inf)],
@@ -169,8 +170,9 @@ def test_large_batch_round_trips(points: int) -> None:
 @given(st.lists(EVENTS, min_size=1, max_size=6))
 def test_events_round_trip_in_order(events: list[Event]) -> None:
     envelope = Envelope("p", 0, 0, EntityRef("p", "run", "r"), events=events)
+    expected = [(e.type, e.time_ns, e.data) for e in events]
     for decoded in (decode(encode(envelope)), validate(encode(envelope)).envelope):
-        assert [(e.type, e.time_ns, e.data) for e in decoded.events] == [(e.type, e.time_ns, e.data) for e in events]
+        assert [(e.type, e.time_ns, e.data) for e in decoded.events] == expected
 
 
 def test_entity_key_is_stable() -> None:
@@ -195,3 +197,18 @@ def test_entity_keys_of_tricky_ids_differ(first: EntityRef, second: EntityRef) -
 def test_entity_key_distinct_exactly_for_distinct_entities(first: EntityRef, second: EntityRef) -> None:
     assert (first.key() == second.key()) == (first == second)
     assert orjson.loads(first.key()) == [first.project, first.type, first.id]
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b'{"v": 2}', "unsupported_version"),
+    (b'{"v": true}', "unsupported_version"),
+    (b'{"v": 1.0}', "unsupported_version"),
+    (b"{}", "unsupported_version"),
+    (b"{", "malformed"),
+    (b"[]", "malformed"),
+    (b'{"v": 1}', "malformed"),
+])
+def test_decode_names_what_is_wrong(raw: bytes, reason: str) -> None:
+    with pytest.raises(WireFormatError) as info:
+        decode(raw)
+    assert info.value.reason == reason

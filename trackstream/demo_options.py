@@ -1,0 +1,30 @@
+"""The knobs of ``trackstream demo``, kept apart so that ``trackstream --help`` needs no heavy import."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_demo_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Simulate a hyperparameter sweep: every (config, rank) is a separate process logging through the public "
+        "SDK; the pipeline ingests it (embedded: spool -> processing -> chDB; or Kafka and/or a ClickHouse "
+        "server when configured), then the demo prints the comparison grouped by hyperparameters, writes a PNG "
+        "of the loss curves and reports throughput and emit-to-queryable latency."
+    )
+    parser.add_argument("--project", default="demo", help="project name (default: demo)")
+    parser.add_argument("--configs", type=int, default=6, help="hyperparameter configurations (default: 6)")
+    parser.add_argument("--ranks", type=int, default=4, help="ranks (processes) per configuration (default: 4)")
+    parser.add_argument("--steps", type=int, default=5000, help="training steps per rank (default: 5000)")
+    parser.add_argument("--metrics", type=int, default=4, help="series metrics per step, at least 1 (default: 4)")
+    parser.add_argument("--parallel", type=int, default=0,
+                        help="processes logging at once (default: all ranks of all configurations)")
+    parser.add_argument("--plot", type=Path, default=Path("demo-loss.png"), help="PNG of the loss curves")
+    parser.add_argument("--data-dir", type=Path, help="chDB store (default: a fresh directory under .cache/demo)")
+    parser.add_argument("--spool-dir", type=Path, help="spool (default: a fresh directory under .cache/demo)")
+    parser.add_argument("--bootstrap",
+                        help="use this Kafka instead of the spool (default: $TRACKSTREAM_KAFKA_BOOTSTRAP)")
+    parser.add_argument("--clickhouse-url", help="use this ClickHouse server (default: $TRACKSTREAM_CLICKHOUSE_URL)")
+    parser.add_argument("--seed", type=int, default=7, help="random seed of the simulated curves")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
