@@ -131,7 +131,7 @@ def topic_factory(kafka_bootstrap: str) -> Callable[..., str]:
 
 @pytest.fixture
 def topic_prefix_factory(kafka_bootstrap: str) -> Callable[..., str]:
-    """``topic_prefix_factory(partitions=3)`` creates a unique topic family (<prefix>.metrics, ...); returns the prefix."""
+    """``topic_prefix_factory(partitions=3)``: a unique topic family (<prefix>.metrics, ...); returns the prefix."""
 
     def create(partitions: int = 3) -> str:
         prefix = unique_name("ts")
