@@ -1,0 +1,325 @@
+"""Batching contract and the columnar batches both backends insert.
+
+:class:`Batcher` is the one batching contract (``add`` / ``due`` / ``flush``): items accumulate until a bound on
+rows, bytes or age is reached, then one ``write`` call receives them all. A failed write keeps the items, so the
+caller retries the same batch (same rows, same deduplication token) instead of losing or reshaping it.
+
+The ``*_table`` functions turn processed records into pyarrow tables whose columns match :mod:`sinks.schema`;
+both backends insert these tables as they are. Points are built segment-wise (one segment per metric batch) so
+the per-point work is list ``extend`` and numpy, never a Python loop over points.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import orjson
+
+from schemas.envelope import EntityRef
+from schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
+from sinks.errors import require
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+T = TypeVar("T")
+NS_PER_MS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """Flush when any bound is reached: rows, approximate bytes, or age of the oldest item."""
+
+    max_rows: int = 500_000
+    max_bytes: int = 64 * 1024 * 1024
+    linger_ms: float = 1000.0
+
+
+@dataclass(slots=True)
+class Batcher(Generic[T]):
+    """Accumulates items and hands them to ``write`` in one call when a bound is reached or on ``flush``."""
+
+    write: Callable[[list[T]], None]
+    limits: BatchLimits = field(default_factory=BatchLimits)
+    clock: Callable[[], float] = time.monotonic
+    items: list[T] = field(default_factory=list)
+    rows: int = 0
+    nbytes: int = 0
+    started: float | None = None
+
+    def add(self, item: T, *, rows: int = 1, nbytes: int = 0) -> bool:
+        """Append an item; returns whether the batch is now due (the caller decides when to flush)."""
+        if self.started is None:
+            self.started = self.clock()
+        self.items.append(item)
+        self.rows += rows
+        self.nbytes += nbytes
+        return self.due()
+
+    def full(self) -> bool:
+        return self.rows >= self.limits.max_rows or self.nbytes >= self.limits.max_bytes
+
+    def due(self) -> bool:
+        if not self.items:
+            return False
+        age_ms = (self.clock() - (self.started or 0.0)) * 1000.0
+        return self.full() or age_ms >= self.limits.linger_ms
+
+    def flush(self) -> int:
+        """Write everything accumulated; on error the items stay for a retry. Returns the rows written."""
+        if not self.items:
+            return 0
+        self.write(self.items)
+        rows = self.rows
+        self.clear()
+        return rows
+
+    def clear(self) -> None:
+        self.items = []
+        self.rows = 0
+        self.nbytes = 0
+        self.started = None
+
+
+def _pa() -> Any:
+    return require("pyarrow")
+
+
+def _np() -> Any:
+    return require("numpy")
+
+
+def _dictionary(values: list[str], indices: Any) -> pa.Array:
+    pa = _pa()
+    return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(values, pa.string()))
+
+
+class _Interner:
+    """Maps strings to small ints so string columns become dictionary arrays (cheap to build and to insert)."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.values: list[str] = []
+
+    def __call__(self, value: str) -> int:
+        found = self.index.get(value)
+        if found is None:
+            found = self.index[value] = len(self.values)
+            self.values.append(value)
+        return found
+
+
+def _ms_timestamps(times_ns: Any) -> pa.Array:
+    pa = _pa()
+    return pa.array(_np().floor_divide(times_ns, NS_PER_MS), pa.timestamp("ms", tz="UTC"))
+
+
+def split_values(values: Any) -> tuple[pa.Array, pa.Array]:
+    """float64 -> (float32, float64 or NULL where the float32 widens back to the very same bits)."""
+    np, pa = _np(), _pa()
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = values.astype(np.float32)
+    exact = narrow.astype(np.float64).view(np.uint64) == values.view(np.uint64)
+    return pa.array(narrow), pa.array(values, mask=exact)
+
+
+@dataclass(slots=True)
+class _Segments:
+    """Per-metric-batch segments of a list of point blocks, plus the flat point columns."""
+
+    entities: _Interner = field(default_factory=_Interner)
+    metrics: _Interner = field(default_factory=_Interner)
+    kinds: _Interner = field(default_factory=_Interner)
+    entity: list[int] = field(default_factory=list)
+    metric: list[int] = field(default_factory=list)
+    kind: list[int] = field(default_factory=list)
+    generation: list[int] = field(default_factory=list)
+    rank: list[int] = field(default_factory=list)
+    length: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    def add(self, block: PointBlock) -> None:
+        entity = self.entities("\x00".join((block.entity.project, block.entity.type, block.entity.id)))
+        for batch, generation in zip(block.metrics, block.generations, strict=True):
+            if not batch.values:
+                continue
+            self.entity.append(entity)
+            self.metric.append(self.metrics(batch.name))
+            self.kind.append(self.kinds(batch.kind))
+            self.generation.append(generation)
+            self.rank.append(block.rank)
+            self.length.append(len(batch.values))
+            self.steps.extend(batch.steps)
+            self.times.extend(batch.times_ns)
+            self.values.extend(batch.values)
+
+
+def _entity_columns(interner: _Interner, per_row: Any) -> dict[str, pa.Array]:
+    parts = [key.split("\x00", 2) for key in interner.values]
+    projects, types = _Interner(), _Interner()
+    project_of = _np().array([projects(p[0]) for p in parts], dtype=_np().int32)
+    type_of = _np().array([types(p[1]) for p in parts], dtype=_np().int32)
+    return {
+        "project": _dictionary(projects.values, project_of[per_row]),
+        "entity_type": _dictionary(types.values, type_of[per_row]),
+        "entity_id": _dictionary([p[2] for p in parts], per_row),
+    }
+
+
+def points_tables(blocks: Iterable[PointBlock]) -> dict[str, pa.Table]:
+    """The ``points``, ``series`` and ``ingested`` rows for a list of point blocks."""
+    np, pa = _np(), _pa()
+    seg = _Segments()
+    blocks = list(blocks)
+    for block in blocks:
+        seg.add(block)
+    lengths = np.array(seg.length, dtype=np.int64)
+
+    def repeat(column: list[int], dtype: Any) -> Any:
+        return np.repeat(np.array(column, dtype=dtype), lengths)
+
+    steps = np.array(seg.steps, dtype=np.int64)
+    times = np.array(seg.times, dtype=np.int64)
+    value32, value_exact = split_values(np.array(seg.values, dtype=np.float64))
+    points = {
+        **_entity_columns(seg.entities, repeat(seg.entity, np.int32)),
+        "metric": _dictionary(seg.metrics.values, repeat(seg.metric, np.int32)),
+        "generation": pa.array(repeat(seg.generation, np.uint32)),
+        "rank": pa.array(repeat(seg.rank, np.uint32)),
+        "step": pa.array(steps),
+        "time": _ms_timestamps(times),
+        "kind": _dictionary(seg.kinds.values, repeat(seg.kind, np.int32)),
+        "value32": value32,
+        "value_exact": value_exact,
+    }
+    return {
+        "points": pa.table(points),
+        "series": _series_table(seg, steps, times, lengths),
+        "ingested": ingested_table(blocks),
+    }
+
+
+def _series_table(seg: _Segments, steps: Any, times: Any, lengths: Any) -> pa.Table:
+    np, pa = _np(), _pa()
+    if not seg.length:
+        return pa.table({})
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    columns = {
+        **_entity_columns(seg.entities, np.array(seg.entity, dtype=np.int32)),
+        "metric": _dictionary(seg.metrics.values, np.array(seg.metric, dtype=np.int32)),
+        "generation": pa.array(np.array(seg.generation, dtype=np.uint32)),
+        "rank": pa.array(np.array(seg.rank, dtype=np.uint32)),
+        "kind": _dictionary(seg.kinds.values, np.array(seg.kind, dtype=np.int32)),
+        "min_step": pa.array(np.minimum.reduceat(steps, starts)),
+        "max_step": pa.array(np.maximum.reduceat(steps, starts)),
+        "last_time": _ms_timestamps(np.maximum.reduceat(times, starts)),
+    }
+    return pa.table(columns)
+
+
+def _entity_rows(entities: Sequence[EntityRef]) -> dict[str, list[str]]:
+    return {
+        "project": [e.project for e in entities],
+        "entity_type": [e.type for e in entities],
+        "entity_id": [e.id for e in entities],
+    }
+
+
+def ingested_table(blocks: Sequence[PointBlock]) -> pa.Table:
+    return _pa().table({
+        **_entity_rows([b.entity for b in blocks]),
+        "producer_id": [b.producer_id for b in blocks],
+        "seq": _pa().array([b.seq for b in blocks], _pa().uint64()),
+        "rank": _pa().array([b.rank for b in blocks], _pa().uint32()),
+        "points": _pa().array([b.point_count() for b in blocks], _pa().uint64()),
+    })
+
+
+def steps_table(steps: Sequence[StepAggregate]) -> pa.Table:
+    pa, np = _pa(), _np()
+    return pa.table({
+        **_entity_rows([s.entity for s in steps]),
+        "metric": [s.metric for s in steps],
+        "generation": pa.array([s.generation for s in steps], pa.uint32()),
+        "step": pa.array([s.step for s in steps], pa.int64()),
+        "mean": pa.array([s.mean for s in steps], pa.float64()),
+        "min": pa.array([s.min for s in steps], pa.float64()),
+        "max": pa.array([s.max for s in steps], pa.float64()),
+        "count": pa.array([s.count for s in steps], pa.uint32()),
+        "world_size": pa.array([s.world_size for s in steps], pa.uint32()),
+        "time": _ms_timestamps(np.array([s.time_ns for s in steps], dtype=np.int64)),
+    })
+
+
+def summaries_table(summaries: Sequence[MetricSummary]) -> pa.Table:
+    pa = _pa()
+    columns: dict[str, Any] = _entity_rows([s.entity for s in summaries])
+    for name in ("metric", "kind"):
+        columns[name] = [getattr(s, name) for s in summaries]
+    for name in ("last", "min", "max"):
+        columns[name] = pa.array([getattr(s, name) for s in summaries], pa.float64())
+    for name in ("last_step", "min_step", "max_step", "first_time_ns", "last_time_ns"):
+        columns[name] = pa.array([getattr(s, name) for s in summaries], pa.int64())
+    columns["generation"] = pa.array([s.generation for s in summaries], pa.uint32())
+    columns["count"] = pa.array([s.count for s in summaries], pa.uint64())
+    columns["version"] = pa.array([s.version for s in summaries], pa.uint64())
+    return pa.table(columns)
+
+
+def param_row(value: Any) -> tuple[str, float | None, str, str]:
+    """(type, number, text, json) of one param: read back with the JSON type it was logged with."""
+    if value is None:
+        return "null", None, "", "null"
+    if isinstance(value, bool):
+        return "bool", float(value), "", "true" if value else "false"
+    if isinstance(value, int):
+        return "int", float(value), "", str(value)
+    if isinstance(value, float):
+        return "float", value, "", repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return "string", None, value, orjson.dumps(value).decode()
+    return "json", None, "", orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def entities_tables(states: Sequence[EntityState]) -> dict[str, pa.Table]:
+    """The ``entities`` and ``params`` rows for a list of entity states."""
+    pa = _pa()
+    entities = pa.table({
+        **_entity_rows([s.entity for s in states]),
+        "name": [s.name for s in states],
+        "status": [s.status for s in states],
+        "tags": pa.array([list(s.tags.items()) for s in states], pa.map_(pa.string(), pa.string())),
+        "started_ns": pa.array([s.started_ns for s in states], pa.int64()),
+        "ended_ns": pa.array([s.ended_ns for s in states], pa.int64()),
+        "producers": [orjson.dumps(s.producers).decode() for s in states],
+        "lost_points": pa.array([s.lost_points for s in states], pa.uint64()),
+        "version": pa.array([s.version for s in states], pa.uint64()),
+    })
+    rows = [(s, key, param_row(value)) for s in states for key, value in s.params.items()]
+    params = pa.table({
+        **_entity_rows([s.entity for s, _, _ in rows]),
+        "key": [key for _, key, _ in rows],
+        "type": [p[0] for _, _, p in rows],
+        "number": pa.array([p[1] for _, _, p in rows], pa.float64()),
+        "text": [p[2] for _, _, p in rows],
+        "json": [p[3] for _, _, p in rows],
+        "version": pa.array([s.version for s, _, _ in rows], pa.uint64()),
+    })
+    return {"entities": entities, "params": params}
+
+
+def param_value(kind: str, json_text: str, text: str) -> Any:
+    """Inverse of :func:`param_row`."""
+    if kind == "string":
+        return text
+    if kind == "float":
+        return float(json_text)
+    if kind == "int":
+        return int(json_text)
+    return orjson.loads(json_text)

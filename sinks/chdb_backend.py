@@ -1,0 +1,154 @@
+"""Embedded store: chDB on a directory (one process holds it; DESIGN §1).
+
+Inserts hand a pyarrow table to chDB's ``Python()`` table function, which reads the Arrow buffers directly
+(dictionary-encoded strings included): ~2M rows/s on this machine against ~0.8M for plain string columns and
+~0.5M for ArrowStream bytes through ``send_insert``. Query parameters are formatted in ClickHouse's text format
+here, because chDB passes every parameter value through as text.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sinks.backend import Row
+from sinks.errors import QueryError, StoreUnavailable, require
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+_CONNECTIONS: dict[Path, _Shared] = {}
+_LOCK = threading.Lock()
+
+
+class _Shared:
+    """The one chDB connection of a store directory in this process, its lock and its current database."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.database = "default"
+        self.users = 0
+
+
+def _escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def _quoted(value: Any) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return format_param(value)
+
+
+def format_param(value: Any) -> str:
+    """A Python value as the text ClickHouse parses for a ``{name:Type}`` parameter."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _escaped(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return "[" + ",".join(_quoted(v) for v in value) + "]"
+    raise QueryError(f"unsupported query parameter type {type(value).__name__}")
+
+
+def _connection(directory: Path) -> _Shared:
+    state = require("chdb.state.sqlitelike")
+    with _LOCK:
+        shared = _CONNECTIONS.get(directory)
+        if shared is None:
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                shared = _Shared(state.connect(str(directory)))
+            except Exception as exc:
+                raise StoreUnavailable(f"cannot open chDB store {directory}: {exc}") from exc
+            _CONNECTIONS[directory] = shared
+        shared.users += 1
+        return shared
+
+
+def check_identifier(name: str) -> str:
+    if not name or not all(ch.isalnum() or ch == "_" for ch in name) or name[0].isdigit():
+        raise QueryError(f"invalid database name {name!r}")
+    return name
+
+
+class ChdbBackend:
+    """chDB on a store directory and database; one connection per directory is shared inside a process."""
+
+    kind = "chdb"
+
+    def __init__(self, directory: str | Path, *, database: str = "default") -> None:
+        require("pyarrow")
+        self.directory = Path(directory).expanduser().resolve()
+        self.database = check_identifier(database)
+        self._shared: _Shared | None = _connection(self.directory)
+        if database != "default":
+            self._run(f"CREATE DATABASE IF NOT EXISTS {database}", "CSV", in_database=False)
+
+    def __repr__(self) -> str:
+        return f"ChdbBackend({str(self.directory)!r}, database={self.database!r})"
+
+    def _run(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None, *, in_database: bool = True) -> Any:
+        shared = self._shared
+        if shared is None:
+            raise StoreUnavailable(f"{self!r} is closed")
+        text_params = {name: format_param(value) for name, value in (params or {}).items()}
+        with shared.lock:
+            try:
+                if in_database and shared.database != self.database:
+                    shared.conn.query(f"USE {self.database}", "CSV")
+                    shared.database = self.database
+                return shared.conn.query(sql, fmt, params=text_params)
+            except Exception as exc:
+                raise QueryError(f"chDB: {exc}") from exc
+
+    def command(self, sql: str) -> None:
+        self._run(sql, "CSV")
+
+    def insert(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
+        if data.num_rows == 0:
+            return
+        settings = f" SETTINGS insert_deduplication_token = '{_token(dedup_token)}'" if dedup_token else ""
+        columns = ", ".join(f"`{name}`" for name in data.column_names)
+        trackstream_batch = data  # noqa: F841 - chDB's Python() table function finds it by this name
+        sql = f"INSERT INTO {table} ({columns}){settings} SELECT {columns} FROM Python(trackstream_batch)"
+        self._run(sql, "CSV")
+
+    def query(
+        self, sql: str, params: Mapping[str, Any] | None = None, *, readonly: bool = False
+    ) -> tuple[list[str], list[Row]]:
+        if readonly:
+            sql = f"SELECT * FROM (\n{sql}\n) SETTINGS readonly = 1"
+        table = self._run(sql, "Arrowtable", params)
+        columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
+        return list(table.column_names), list(zip(*columns, strict=True))
+
+    def close(self) -> None:
+        """Release this handle; the store's lock is released when the last handle in the process closes."""
+        with _LOCK:
+            shared, self._shared = self._shared, None
+            if shared is None:
+                return
+            shared.users -= 1
+            if shared.users == 0 and _CONNECTIONS.get(self.directory) is shared:
+                del _CONNECTIONS[self.directory]
+                shared.conn.close()
+
+
+def _token(token: str) -> str:
+    if not all(ch.isalnum() or ch in "-_:.," for ch in token):
+        raise QueryError(f"invalid deduplication token {token!r}")
+    return token

@@ -1,0 +1,256 @@
+"""Query API (DESIGN §6, contract): compare, curves, runs, sql, plus the SDK read-back (metrics, wait_ingested).
+
+:class:`QueryService` holds one backend and returns plain JSON-able data (floats may be NaN/±Inf), so an
+HTTP-backed client can offer the same methods. The module-level functions use one default service configured
+from the environment (``TRACKSTREAM_CLICKHOUSE_URL``, else the chDB store in ``TRACKSTREAM_DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from schemas.envelope import EntityRef
+from sinks import sql as q
+from sinks.backend import Backend, Row, open_backend
+from sinks.batch import param_value
+from sinks.errors import IngestTimeout, QueryError
+from sinks.schema import migrate
+
+AGGREGATES: Final = ("last", "min", "max", "mean", "first")
+_NAN: Final = math.nan
+
+
+def _num(value: Any) -> float:
+    return _NAN if value is None else float(value)
+
+
+def _iso(ns: int) -> str | None:
+    if not ns:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+class QueryService:
+    """Reads one store; construct with ``clickhouse_url`` or ``data_dir`` (keyword > environment > default)."""
+
+    def __init__(
+        self,
+        *,
+        clickhouse_url: str | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        database: str | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        self.backend = backend if backend is not None else open_backend(clickhouse_url, data_dir, database=database)
+        migrate(self.backend)
+
+    def __repr__(self) -> str:
+        return f"QueryService({self.backend!r})"
+
+    def _rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        return self.backend.query(sql, params)[1]
+
+    # -- metadata -------------------------------------------------------------------------------------
+
+    def _params(self, scope: dict[str, Any], ids: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+        select, extra = _id_filter(ids)
+        params: dict[str, dict[str, Any]] = {}
+        for entity_id, key, kind, json_text, text in self._rows(q.fill(q.PARAMS, select=select), scope | extra):
+            params.setdefault(entity_id, {})[key] = param_value(kind, json_text, text)
+        return params
+
+    def _entities(self, scope: dict[str, Any], ids: Sequence[str] | None) -> list[dict[str, Any]]:
+        select, extra = _id_filter(ids)
+        rows = self._rows(q.fill(q.RUNS, select=select), scope | extra)
+        return [
+            {
+                "id": entity_id, "name": name, "status": status, "tags": dict(zip(keys, values, strict=True)),
+                "started_at": _iso(started), "ended_at": _iso(ended), "lost_points": lost,
+            }
+            for entity_id, name, status, keys, values, started, ended, lost in rows
+        ]
+
+    def runs(self, project: str, *, entity_type: str = "run") -> list[dict[str, Any]]:
+        """Runs with id, name, status, params, tags, started_at, ended_at, lost_points and metric summaries."""
+        scope = {"project": project, "entity_type": entity_type}
+        entities = self._entities(scope, None)
+        params = self._params(scope, None)
+        metrics: dict[str, dict[str, Any]] = {}
+        for entity_id, metric, kind, count, last, last_step, low, high in self._rows(
+                q.fill(q.SUMMARIES, select=""), scope):
+            metrics.setdefault(entity_id, {})[metric] = {
+                "kind": kind, "count": count, "last": last, "last_step": last_step, "min": low, "max": high,
+            }
+        for entity in entities:
+            entity["params"] = params.get(entity["id"], {})
+            entity["metrics"] = metrics.get(entity["id"], {})
+        return entities
+
+    # -- compare --------------------------------------------------------------------------------------
+
+    def compare(
+        self,
+        project: str,
+        metric: str,
+        *,
+        agg: str = "last",
+        by: Sequence[str] | None = None,
+        runs: Sequence[str] | None = None,
+        entity_type: str = "run",
+    ) -> list[dict[str, Any]]:
+        """One row per entity (id, name, value, step, params), or per distinct combination of the ``by`` params."""
+        if agg not in AGGREGATES:
+            raise QueryError(f"agg must be one of {', '.join(AGGREGATES)}, not {agg!r}")
+        if isinstance(by, str):
+            by = [by]
+        scope = {"project": project, "entity_type": entity_type}
+        select, extra = _id_filter(runs)
+        sql = q.compare_sql("metric = {metric:String}" + select, agg)
+        rows = sorted(self._rows(sql, scope | extra | {"metric": metric}))
+        ids = [row[0] for row in rows]
+        params = self._params(scope, ids) if ids else {}
+        names = {e["id"]: e["name"] for e in self._entities(scope, ids)} if ids else {}
+        result = []
+        for entity_id, value, step in rows:
+            result.append({
+                "id": entity_id, "name": names.get(entity_id, entity_id), "value": _num(value),
+                "step": None if value is None else step, "params": params.get(entity_id, {}),
+            })
+        return _grouped(result, list(by)) if by else result
+
+    # -- curves ---------------------------------------------------------------------------------------
+
+    def curves(
+        self, project: str, runs: Sequence[str] | str, metric: str, *, points: int = 1000, entity_type: str = "run"
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Per run at most ``points`` buckets over step: {step_from, step_to, min, max, avg, last}."""
+        if points < 1:
+            raise QueryError("points must be >= 1")
+        ids = [runs] if isinstance(runs, str) else list(runs)
+        result: dict[str, list[dict[str, Any]]] = {entity_id: [] for entity_id in ids}
+        if not ids:
+            return result
+        sql = q.curves_sql("metric = {metric:String} AND entity_id IN {ids:Array(String)}")
+        params = {"project": project, "entity_type": entity_type, "metric": metric, "ids": ids, "points": points}
+        for entity_id, _bucket, step_from, step_to, low, high, avg, last in self._rows(sql, params):
+            result[entity_id].append({
+                "step_from": step_from, "step_to": step_to, "min": _num(low), "max": _num(high),
+                "avg": _num(avg), "last": _num(last),
+            })
+        return result
+
+    # -- SQL escape hatch -----------------------------------------------------------------------------
+
+    def sql(self, query: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a read-only query with ``{name:Type}`` parameters bound server-side."""
+        text, wrappable = q.check_read_only(query)
+        if self.backend.kind == "chdb" and not wrappable:
+            return self.backend.query(text, parameters)[1]
+        return self.backend.query(text, parameters, readonly=True)[1]
+
+    # -- SDK read-back --------------------------------------------------------------------------------
+
+    def entity_metrics(self, entity: EntityRef) -> dict[str, float | list[float]]:
+        """DESIGN §2: single values and one-point series read as numbers, longer series as per-step lists."""
+        sql = q.fill(q.ENTITY_METRICS, per_step=q.per_step("entity_id = {entity_id:String}"))
+        params = {"project": entity.project, "entity_type": entity.type, "entity_id": entity.id}
+        metrics: dict[str, float | list[float]] = {}
+        for metric, single, latest, series in self._rows(sql, params):
+            if single:
+                metrics[metric] = float(latest)
+            elif len(series) == 1:
+                metrics[metric] = float(series[0])
+            else:
+                metrics[metric] = [float(value) for value in series]
+        return metrics
+
+    def wait_ingested(self, entity: EntityRef, producer_id: str, seq: int, *, timeout_s: float = 60.0) -> None:
+        """Return once the producer's envelope ``seq`` (and everything before it) is queryable."""
+        params = {"project": entity.project, "entity_type": entity.type, "entity_id": entity.id,
+                  "producer_id": producer_id}
+        deadline = time.monotonic() + timeout_s
+        delay = 0.02
+        seen = -1
+        while True:
+            (top, count), = self._rows(q.INGESTED, params)
+            seen = int(top) if count else -1
+            if seen >= seq:
+                return
+            if time.monotonic() >= deadline:
+                raise IngestTimeout(
+                    f"{entity.type} {entity.id!r} in project {entity.project!r}: envelope seq {seq} of producer "
+                    f"{producer_id} not queryable after {timeout_s:g}s (latest ingested seq: "
+                    f"{'none' if seen < 0 else seen}); is a sink running for this store ({self.backend!r})? "
+                    "Start `trackstream local` (embedded) or `trackstream sink worker` (Kafka)."
+                )
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.5)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _id_filter(ids: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
+    if ids is None:
+        return "", {}
+    return " AND entity_id IN {ids:Array(String)}", {"ids": list(ids)}
+
+
+def _grouped(rows: Iterable[dict[str, Any]], by: list[str]) -> list[dict[str, Any]]:
+    """One row per distinct combination of the ``by`` params: mean, std (population), min, max over runs."""
+    groups: dict[bytes, tuple[list[Any], list[float]]] = {}
+    for row in rows:
+        values = [row["params"].get(name) for name in by]
+        key = orjson.dumps([[type(v).__name__, v] for v in values], option=orjson.OPT_SERIALIZE_NUMPY)
+        groups.setdefault(key, (values, []))[1].append(row["value"])
+    result = []
+    for values, numbers in groups.values():
+        finite = [v for v in numbers if not math.isnan(v)]
+        mean = math.fsum(finite) / len(finite) if finite else _NAN
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / len(finite)) if finite else _NAN
+        result.append({
+            **dict(zip(by, values, strict=True)), "runs": len(numbers), "mean": mean,
+            "std": std if math.isfinite(mean) else _NAN,
+            "min": min(finite) if finite else _NAN, "max": max(finite) if finite else _NAN,
+        })
+    return result
+
+
+_DEFAULT: QueryService | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_service() -> QueryService:
+    """The process-wide service configured from the environment (created on first use)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = QueryService()
+        return _DEFAULT
+
+
+def compare(project: str, metric: str, *, agg: str = "last", by: Sequence[str] | None = None,
+            runs: Sequence[str] | None = None, entity_type: str = "run") -> list[dict[str, Any]]:
+    return default_service().compare(project, metric, agg=agg, by=by, runs=runs, entity_type=entity_type)
+
+
+def curves(
+    project: str, runs: Sequence[str] | str, metric: str, *, points: int = 1000
+) -> dict[str, list[dict[str, Any]]]:
+    return default_service().curves(project, runs, metric, points=points)
+
+
+def runs(project: str) -> list[dict[str, Any]]:
+    return default_service().runs(project)
+
+
+def sql(query: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    return default_service().sql(query, parameters)

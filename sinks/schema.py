@@ -1,0 +1,188 @@
+"""ClickHouse layout (DESIGN §5): the same DDL on a ClickHouse server and on chDB, applied idempotently.
+
+Choices, measured with ``bench/sinks.py`` on noisy float32 training curves:
+
+- ``points`` is ordered by (project, entity_type, entity_id, metric, generation, rank, step). ``generation`` sits
+  before rank and step so the newest generation of a series is one contiguous key range, and an overwrite never
+  collides with the points it supersedes. The table is a ReplacingMergeTree versioned by ``time``: a replayed
+  point replaces itself, and the same step logged twice keeps the later value. Readers use ``FINAL``, so
+  duplicates are invisible even before a merge.
+- ``value`` is stored as ``value32`` (Float32, FPC + ZSTD) plus ``value_exact`` (Nullable(Float64), NULL
+  whenever the float64 is exactly the float32 widened), read through the ``value`` ALIAS. Frameworks compute in
+  float32, so ``value_exact`` is almost all NULL and the value costs ~2.9 bytes instead of ~3.4 (Gorilla + ZSTD on
+  Float64); every float64 still round-trips bit for bit.
+- ``time`` is kept in milliseconds (DateTime64(3), Delta + ZSTD(3)): ~0.6 bytes per point against ~3.6 for
+  nanoseconds, whose low digits are clock noise. Step uses DoubleDelta + ZSTD (~0.01 bytes).
+- Every table that receives batches has ``non_replicated_deduplication_window`` so an INSERT repeated with the
+  same ``insert_deduplication_token`` (derived from topic, partition and offset range) lands once.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+DEDUP_WINDOW: Final = 10_000
+_DEDUP: Final = f"non_replicated_deduplication_window = {DEDUP_WINDOW}"
+
+POINTS: Final = f"""
+CREATE TABLE IF NOT EXISTS points (
+    project LowCardinality(String),
+    entity_type LowCardinality(String),
+    entity_id String,
+    metric LowCardinality(String),
+    generation UInt32 CODEC(ZSTD(1)),
+    rank UInt32 CODEC(ZSTD(1)),
+    step Int64 CODEC(DoubleDelta, ZSTD(1)),
+    time DateTime64(3, 'UTC') CODEC(Delta, ZSTD(3)),
+    kind LowCardinality(String),
+    value32 Float32 CODEC(FPC, ZSTD(3)),
+    value_exact Nullable(Float64) CODEC(ZSTD(1)),
+    value Float64 ALIAS ifNull(value_exact, toFloat64(value32))
+) ENGINE = ReplacingMergeTree(time)
+PARTITION BY toYYYYMM(time)
+ORDER BY (project, entity_type, entity_id, metric, generation, rank, step)
+SETTINGS {_DEDUP}
+"""
+
+# One row per (entity, metric, generation, rank) per insert; tiny. Readers find the newest generation, the ranks
+# and the step range of a series here instead of scanning points.
+SERIES: Final = f"""
+CREATE TABLE IF NOT EXISTS series (
+    project LowCardinality(String),
+    entity_type LowCardinality(String),
+    entity_id String,
+    metric LowCardinality(String),
+    generation UInt32,
+    rank UInt32,
+    kind SimpleAggregateFunction(anyLast, LowCardinality(String)),
+    min_step SimpleAggregateFunction(min, Int64),
+    max_step SimpleAggregateFunction(max, Int64),
+    last_time SimpleAggregateFunction(max, DateTime64(3, 'UTC'))
+) ENGINE = AggregatingMergeTree
+ORDER BY (project, entity_type, entity_id, metric, generation, rank)
+SETTINGS {_DEDUP}
+"""
+
+STEPS: Final = f"""
+CREATE TABLE IF NOT EXISTS steps (
+    project LowCardinality(String),
+    entity_type LowCardinality(String),
+    entity_id String,
+    metric LowCardinality(String),
+    generation UInt32,
+    step Int64 CODEC(DoubleDelta, ZSTD(1)),
+    mean Float64 CODEC(Gorilla, ZSTD(1)),
+    min Float64 CODEC(Gorilla, ZSTD(1)),
+    max Float64 CODEC(Gorilla, ZSTD(1)),
+    count UInt32,
+    world_size UInt32,
+    time DateTime64(3, 'UTC') CODEC(Delta, ZSTD(3))
+) ENGINE = ReplacingMergeTree(count)
+PARTITION BY toYYYYMM(time)
+ORDER BY (project, entity_type, entity_id, metric, generation, step)
+SETTINGS {_DEDUP}
+"""
+
+SUMMARIES: Final = f"""
+CREATE TABLE IF NOT EXISTS summaries (
+    project LowCardinality(String),
+    entity_type LowCardinality(String),
+    entity_id String,
+    metric LowCardinality(String),
+    generation UInt32,
+    kind LowCardinality(String),
+    count UInt64,
+    last Float64,
+    last_step Int64,
+    min Float64,
+    min_step Int64,
+    max Float64,
+    max_step Int64,
+    first_time_ns Int64,
+    last_time_ns Int64,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version)
+ORDER BY (project, entity_type, entity_id, metric, generation)
+SETTINGS {_DEDUP}
+"""
+
+ENTITIES: Final = f"""
+CREATE TABLE IF NOT EXISTS entities (
+    project LowCardinality(String),
+    entity_type LowCardinality(String),
+    entity_id String,
+    name String,
+    status LowCardinality(String),
+    tags Map(String, String),
+    started_ns Int64,
+    ended_ns Int64,
+    producers String,
+    lost_points UInt64,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version)
+ORDER BY (project, entity_type, entity_id)
+SETTINGS {_DEDUP}
+"""
+
+# Params typed where possible: ``type`` is the JSON type they were logged with; numbers also land in ``number``
+# so SQL can filter and sort on them; ``json`` holds the exact JSON text that reads back.
+PARAMS: Final = f"""
+CREATE TABLE IF NOT EXISTS params (
+    project LowCardinality(String),
+    entity_type LowCardinality(String),
+    entity_id String,
+    key String,
+    type LowCardinality(String),
+    number Nullable(Float64),
+    text String,
+    json String,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version)
+ORDER BY (project, entity_type, entity_id, key)
+SETTINGS {_DEDUP}
+"""
+
+# Written with every PointBlock: ``wait_ingested`` polls it to learn that a producer's seq is queryable.
+INGESTED: Final = f"""
+CREATE TABLE IF NOT EXISTS ingested (
+    project LowCardinality(String),
+    entity_type LowCardinality(String),
+    entity_id String,
+    producer_id String,
+    seq UInt64,
+    rank UInt32,
+    points UInt64,
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+ORDER BY (project, entity_type, entity_id, producer_id, seq)
+SETTINGS {_DEDUP}
+"""
+
+# The sink worker's write-ahead log of chunk boundaries: before inserting a chunk of one topic partition it
+# records [first_offset, last_offset]; after a crash it cuts the replay at the same offsets, so the replayed
+# inserts carry the same deduplication tokens and land once.
+SINK_CHUNKS: Final = """
+CREATE TABLE IF NOT EXISTS sink_chunks (
+    group_id String,
+    topic String,
+    partition UInt32,
+    first_offset Int64,
+    last_offset Int64,
+    created DateTime DEFAULT now()
+) ENGINE = ReplacingMergeTree
+ORDER BY (group_id, topic, partition, first_offset)
+TTL created + INTERVAL 30 DAY
+"""
+
+DDL: Final = (POINTS, SERIES, STEPS, SUMMARIES, ENTITIES, PARAMS, INGESTED, SINK_CHUNKS)
+TABLES: Final = ("points", "series", "steps", "summaries", "entities", "params", "ingested", "sink_chunks")
+
+
+class _Commander(Protocol):
+    def command(self, sql: str) -> None: ...
+
+
+def migrate(backend: _Commander) -> None:
+    """Create every table that does not exist yet; safe to run any number of times, concurrently too."""
+    for statement in DDL:
+        backend.command(statement)
