@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from producers import Model, Run, TrackstreamError, flush, model, start_run
+from producers.readback import set_read_backend
 
 if TYPE_CHECKING:
-    from sinks.query import compare, curves, runs, sql
+    from trackstream._query import compare, curves, runs, sql
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,15 @@ __all__ = [
     "sql",
     "start_run",
 ]
+
+
+def _read_back() -> Any:
+    from trackstream._query import _ReadBack
+
+    return _ReadBack()
+
+
+set_read_backend(_read_back)
 
 
 def __getattr__(name: str) -> Any:

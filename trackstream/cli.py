@@ -80,7 +80,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from trackstream.demo import run_demo
 
-    return run_demo(args)
+    return int(run_demo(args))
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

@@ -1,0 +1,207 @@
+"""The one background flusher of a process: a daemon thread running its own asyncio loop.
+
+Every ``linger_ms`` (or sooner, when the buffered points of the open handles pass ``flush_points``) it
+swaps the handles' buffers out, builds and encodes envelopes, and hands them to each handle's
+:class:`~producers.pipeline.Pipeline`. Callers never wait for it except in :meth:`Flusher.flush`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from typing import Protocol
+
+from producers.buffer import Drained, MetricBuffer
+from producers.config import ProducerConfig
+from producers.errors import FlushTimeoutError
+from producers.pipeline import Pipeline
+from schemas import EntityRef
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.02
+_RELIEVE_WAIT_S = 2.0
+
+
+class FlushedHandle(Protocol):
+    """What the flusher needs from a Run or Model."""
+
+    config: ProducerConfig
+    entity: EntityRef
+    rank: int
+    world_size: int
+
+    @property
+    def closed(self) -> bool: ...
+
+    def drain(self) -> Drained: ...
+
+    def buffered_points(self) -> int: ...
+
+
+class Flusher:
+    """Owns the loop thread, the registered handles and one pipeline per configuration."""
+
+    def __init__(self) -> None:
+        self.pipelines: dict[ProducerConfig, Pipeline] = {}
+        self._handles: list[FlushedHandle] = []
+        self._registry = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._wake: asyncio.Event | None = None
+        self._stopped = False
+        self._urgent = False
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="trackstream-flusher", daemon=True,
+        )
+        self._thread.start()
+        ready.wait()
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._wake = asyncio.Event()
+        ready.set()
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    def register(self, handle: FlushedHandle) -> None:
+        with self._registry:
+            self._handles.append(handle)
+
+    def handles(self) -> list[FlushedHandle]:
+        with self._registry:
+            return list(self._handles)
+
+    def handles_unlocked(self) -> list[FlushedHandle]:
+        """The handles, without the registry lock (in a forked child, where it may be held forever)."""
+        return list(self._handles)
+
+    def pipeline(self, config: ProducerConfig) -> Pipeline:
+        """The pipeline (producer incarnation) for ``config``, created on first use."""
+        pipeline = self.pipelines.get(config)
+        if pipeline is None:
+            with self._registry:
+                pipeline = self.pipelines.get(config)
+                if pipeline is None:
+                    pipeline = self.pipelines[config] = Pipeline(config)
+        return pipeline
+
+    def wake(self) -> None:
+        if self._wake is not None and not self._stopped:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def relieve(self, handle: MetricBuffer) -> None:
+        """Called by a log call past its buffer's cap: wait (at most 2 s) until the flusher drained it.
+
+        This paces a caller that logs faster than points can be encoded, so memory stays bounded; it
+        never waits for the network, since what Kafka cannot take goes to the spool.
+        """
+        if self._stopped or threading.current_thread() is self._thread:
+            return
+        handle.drained_event.clear()
+        self._urgent = True
+        self.wake()
+        handle.drained_event.wait(_RELIEVE_WAIT_S)
+
+    async def _main(self) -> None:
+        assert self._wake is not None
+        last = time.monotonic()
+        while not self._stopped:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _POLL_S)
+            self._wake.clear()
+            handles = self.handles()
+            if not handles:
+                continue
+            linger_s = min(h.config.linger_ms for h in handles) / 1000
+            limit = min(h.config.flush_points for h in handles)
+            now = time.monotonic()
+            if self._urgent or now - last >= linger_s or sum(h.buffered_points() for h in handles) >= limit:
+                last = now
+                self._urgent = False
+                self.cycle()
+
+    def cycle(self) -> None:
+        """Drain every handle and submit its envelopes (runs on the loop thread, without awaiting)."""
+        for handle in self.handles():
+            closed = handle.closed
+            drained = handle.drain()
+            pipeline = self.pipeline(handle.config)
+            if drained:
+                try:
+                    envelopes = pipeline.build(handle.entity, handle.rank, handle.world_size, drained)
+                    pipeline.submit(envelopes)
+                except Exception:
+                    log.exception("trackstream: could not deliver a batch of %s", handle.entity)
+            if closed:
+                with self._registry:
+                    if handle in self._handles:
+                        self._handles.remove(handle)
+
+    async def _flush(self, configs: list[ProducerConfig] | None, acknowledged: bool = False) -> None:
+        self.cycle()
+        targets = [p for c, p in list(self.pipelines.items()) if configs is None or c in configs]
+        await asyncio.gather(*(p.wait_settled(acknowledged=acknowledged) for p in targets))
+
+    def flush(
+        self, timeout_s: float | None = None, configs: list[ProducerConfig] | None = None, *,
+        acknowledged: bool = False,
+    ) -> None:
+        """Block until everything logged so far was acknowledged by Kafka or written to the spool.
+
+        ``acknowledged=True`` waits for Kafka's acknowledgement even of what went through the spool.
+        """
+        if self._stopped:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._flush(configs, acknowledged), self._loop)
+        try:
+            future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise FlushTimeoutError(
+                f"flush did not complete within {timeout_s}s; the data stays queued and is still delivered",
+            ) from None
+
+    def last_seq(self, config: ProducerConfig, entity: EntityRef) -> tuple[str, int]:
+        pipeline = self.pipeline(config)
+        return pipeline.producer_id, pipeline.last_seq.get(entity, -1)
+
+    async def _shutdown(self, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(self._flush(None, acknowledged=True), timeout_s)
+        except TimeoutError:
+            for pipeline in self.pipelines.values():
+                count = pipeline.spool_unsettled()
+                if count:
+                    log.warning("trackstream: Kafka did not acknowledge %d batch(es) before exit; they are "
+                                "in the spool at %s (run `trackstream sync`)", count, pipeline.spool_path)
+        for pipeline in self.pipelines.values():
+            if pipeline.spool_backlog():
+                log.warning("trackstream: unsent batches remain in the spool at %s (run `trackstream sync`)",
+                            pipeline.spool_path)
+            await pipeline.close()
+        self._stopped = True
+
+    def shutdown(self, timeout_s: float) -> None:
+        """Flush with a deadline, spool what Kafka did not acknowledge, close transports, stop the loop."""
+        if self._stopped or not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(timeout_s), self._loop)
+        try:
+            future.result(timeout_s + 10)
+        except Exception as exc:
+            log.warning("trackstream: shutdown did not complete: %r", exc)
+        self._stopped = True
+        self.wake()
+        self._thread.join(timeout=5)
+
+    def abandon(self) -> None:
+        """In a forked child: this flusher's thread does not exist here; drop the parent's resources."""
+        self._stopped = True
+        for pipeline in self.pipelines.values():
+            pipeline.abandon()

@@ -1,0 +1,341 @@
+"""The local spool: append-only, CRC-checked segment files per producer incarnation.
+
+Layout (format version 1)::
+
+    <spool_dir>/<producer_id>/          one directory per producer incarnation (uuid4 hex)
+        LOCK                            the live writer holds an exclusive flock on it: liveness
+        producer.json                   {"format": 1, "producer_id", "pid", "host", "created_ns"}
+        00000000000000000000.seg        segments, numbered from 0, each starting with b"TSSPOOL1"
+        <consumer>.pos                  {"segment": n, "offset": k}: a consumer's saved read position
+
+A frame is ``<u32 length><u32 crc32><u16 key length><key><payload>`` (little-endian), where ``length``
+counts the bytes after the 8-byte header and ``crc32`` (zlib) covers them. ``key`` is the Kafka key (the
+entity key) and ``payload`` one encoded envelope (:func:`schemas.encode`). A writer appends whole frames
+with one ``write`` per batch and starts a new segment past ``segment_bytes``; it never rewrites a byte.
+
+Readers (:class:`SpoolReader`) iterate frames from a :class:`SpoolPosition` and get the position after
+each frame, so they can save it and resume. A frame that is incomplete or fails its CRC ends the readable
+data: for a live writer it is still being written, for a dead one (no flock) it is the torn tail of a
+crash and is ignored. Segments before a consumer's position can be deleted; a dead producer's directory
+is removed once it has been read to its end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import orjson
+
+from producers.errors import SpoolError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION: Final = 1
+MAGIC: Final = b"TSSPOOL1"
+SEGMENT_SUFFIX: Final = ".seg"
+_HEADER: Final = struct.Struct("<II")
+_KEY_LEN: Final = struct.Struct("<H")
+_MAX_FRAME: Final = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class SpoolPosition:
+    """A read position: the next byte to read in segment number ``segment``."""
+
+    segment: int
+    offset: int
+
+
+START: Final = SpoolPosition(0, len(MAGIC))
+
+
+def encode_frame(key: bytes, payload: bytes) -> bytes:
+    body = _KEY_LEN.pack(len(key)) + key + payload
+    return _HEADER.pack(len(body), zlib.crc32(body)) + body
+
+
+def _segment_name(index: int) -> str:
+    return f"{index:020d}{SEGMENT_SUFFIX}"
+
+
+def _segments(path: Path) -> list[int]:
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return []
+    return sorted(int(n[: -len(SEGMENT_SUFFIX)]) for n in names
+                  if n.endswith(SEGMENT_SUFFIX) and n[: -len(SEGMENT_SUFFIX)].isdigit())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SpoolWriter:
+    """Appends frames for one producer incarnation; holds the directory's flock while open."""
+
+    def __init__(
+        self, spool_dir: str | os.PathLike[str], producer_id: str, *, segment_bytes: int = 64 << 20,
+        fsync: str = "interval", fsync_interval_ms: int = 1000,
+    ) -> None:
+        self.path = Path(spool_dir) / producer_id
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self._fsync_interval_ns = fsync_interval_ms * 1_000_000
+        self._last_sync_ns = time.monotonic_ns()
+        self._dirty = False
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            meta = {"format": FORMAT_VERSION, "producer_id": producer_id, "pid": os.getpid(),
+                    "host": socket.gethostname(), "created_ns": time.time_ns()}
+            (self.path / "producer.json").write_bytes(orjson.dumps(meta))
+            existing = _segments(self.path)
+            self._index = existing[-1] + 1 if existing else 0
+            self._fd = self._open_segment(self._index)
+        except OSError as exc:
+            raise SpoolError(f"cannot open spool directory {self.path}: {exc}") from exc
+        self._size = len(MAGIC)
+
+    def _open_segment(self, index: int) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        fd = os.open(self.path / _segment_name(index), flags, 0o644)
+        os.write(fd, MAGIC)
+        if self.fsync == "batch":
+            os.fsync(fd)
+            _fsync_dir(self.path)
+        return fd
+
+    def end(self) -> SpoolPosition:
+        """The position right after the last frame written."""
+        return SpoolPosition(self._index, self._size)
+
+    def append(self, frames: Iterable[tuple[bytes, bytes]]) -> SpoolPosition:
+        """Append (key, payload) frames in order, with one write; returns the new end position."""
+        data = b"".join(encode_frame(key, payload) for key, payload in frames)
+        if not data:
+            return self.end()
+        if self._size > len(MAGIC) and self._size + len(data) > self.segment_bytes:
+            self._roll()
+        self._write_all(data)
+        self._dirty = True
+        if self.fsync == "batch" or (
+            self.fsync == "interval" and time.monotonic_ns() - self._last_sync_ns >= self._fsync_interval_ns
+        ):
+            self.sync()
+        return self.end()
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.write(self._fd, view[written:])
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise SpoolError(f"cannot write to spool {self.path}: {exc}") from exc
+        self._size += written
+
+    def _roll(self) -> None:
+        self.sync()
+        os.close(self._fd)
+        self._index += 1
+        self._fd = self._open_segment(self._index)
+        self._size = len(MAGIC)
+
+    def sync(self) -> None:
+        if self._dirty and self.fsync != "never":
+            os.fsync(self._fd)
+        self._dirty = False
+        self._last_sync_ns = time.monotonic_ns()
+
+    def close(self) -> None:
+        """Sync, close and release the lock (the directory then reads as dead)."""
+        if self._fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            self.sync()
+        os.close(self._fd)
+        os.close(self._lock_fd)
+        self._fd = self._lock_fd = -1
+
+    def abandon(self) -> None:
+        """In a forked child: drop the inherited descriptors without touching the parent's lock or data."""
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._lock_fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerSpool:
+    """One producer incarnation's spool directory, and whether its writer is alive."""
+
+    producer_id: str
+    path: Path
+    alive: bool
+
+
+def is_locked(path: Path) -> bool:
+    """True while a live writer holds the directory's flock."""
+    try:
+        fd = os.open(path / "LOCK", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def list_spools(spool_dir: str | os.PathLike[str]) -> list[ProducerSpool]:
+    """Every producer directory under ``spool_dir``, oldest first, with its liveness."""
+    root = Path(spool_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and (p / "LOCK").exists()]
+    found.sort(key=lambda p: (p / "LOCK").stat().st_mtime_ns)
+    return [ProducerSpool(p.name, p, is_locked(p)) for p in found]
+
+
+class SpoolReader:
+    """Reads one producer directory's frames in order, from any saved position."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.torn_bytes = 0
+        self._claim_fd = -1
+
+    def is_alive(self) -> bool:
+        """True while the writer (or another claimant) holds the directory's lock."""
+        return self._claim_fd < 0 and is_locked(self.path)
+
+    def claim(self) -> bool:
+        """Take the directory's lock for exclusive draining; False if a writer or claimant holds it."""
+        if self._claim_fd >= 0:
+            return True
+        try:
+            fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._claim_fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._claim_fd >= 0:
+            os.close(self._claim_fd)
+            self._claim_fd = -1
+
+    def segments(self) -> list[int]:
+        return _segments(self.path)
+
+    def frames(
+        self, start: SpoolPosition | None = None, *, max_bytes: int | None = None,
+    ) -> Iterator[tuple[SpoolPosition, bytes, bytes]]:
+        """Yield ``(position after the frame, key, payload)`` from ``start`` (default: the beginning).
+
+        Stops at the end of the readable data, or after about ``max_bytes`` of frames.
+        """
+        position = start or START
+        budget = max_bytes if max_bytes is not None else -1
+        for index in self.segments():
+            if index < position.segment:
+                continue
+            offset = position.offset if index == position.segment else len(MAGIC)
+            for position, key, payload in self._segment_frames(index, offset):
+                yield position, key, payload
+                budget -= len(payload) + len(key)
+                if max_bytes is not None and budget <= 0:
+                    return
+
+    def _segment_frames(self, index: int, offset: int) -> Iterator[tuple[SpoolPosition, bytes, bytes]]:
+        try:
+            handle = open(self.path / _segment_name(index), "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            return
+        with handle:
+            if handle.read(len(MAGIC)) != MAGIC:
+                raise SpoolError(f"{self.path / _segment_name(index)} is not a spool segment")
+            handle.seek(offset)
+            while True:
+                header = handle.read(_HEADER.size)
+                if len(header) < _HEADER.size:
+                    self.torn_bytes = len(header)
+                    return
+                length, crc = _HEADER.unpack(header)
+                body = handle.read(length) if length <= _MAX_FRAME else b""
+                if len(body) != length or zlib.crc32(body) != crc:
+                    self.torn_bytes = _HEADER.size + len(body)
+                    return
+                offset += _HEADER.size + length
+                key_len = _KEY_LEN.unpack_from(body)[0]
+                key = body[_KEY_LEN.size : _KEY_LEN.size + key_len]
+                yield SpoolPosition(index, offset), key, body[_KEY_LEN.size + key_len :]
+
+    def delete_consumed(self, position: SpoolPosition) -> int:
+        """Delete the segments wholly before ``position``; returns how many were deleted."""
+        deleted = 0
+        for index in self.segments():
+            if index >= position.segment:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / _segment_name(index)).unlink()
+                deleted += 1
+        return deleted
+
+    def at_end(self, position: SpoolPosition) -> bool:
+        """True when no complete frame follows ``position``."""
+        return next(self.frames(position), None) is None
+
+    def remove_if_drained(self, position: SpoolPosition) -> bool:
+        """Remove the whole directory of a dead producer read to its end; True if removed."""
+        if self.is_alive() or not self.at_end(position):
+            return False
+        for child in self.path.iterdir():
+            if child.name != "LOCK":
+                child.unlink()
+        (self.path / "LOCK").unlink()
+        self.release()
+        self.path.rmdir()
+        return True
+
+    def load_position(self, consumer: str) -> SpoolPosition:
+        """A consumer's saved position, or the beginning."""
+        try:
+            raw = orjson.loads((self.path / f"{consumer}.pos").read_bytes())
+        except FileNotFoundError:
+            return START
+        return SpoolPosition(int(raw["segment"]), int(raw["offset"]))
+
+    def save_position(self, consumer: str, position: SpoolPosition) -> None:
+        """Atomically record a consumer's position (write to a temporary file, then rename)."""
+        target = self.path / f"{consumer}.pos"
+        temporary = target.with_suffix(f".tmp{os.getpid()}")
+        temporary.write_bytes(orjson.dumps({"segment": position.segment, "offset": position.offset}))
+        os.replace(temporary, target)
