@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 BROKER := $(PY) tests/services/kafka_broker.py
 TEST_BROKER_DIR := .cache/kafka/test-broker
 
-.PHONY: help install lint test test-unit kafka-up kafka-down bench-producer bench-streams bench-sinks clean
+.PHONY: help install lint test test-unit demo kafka-up kafka-down bench-producer bench-streams bench-sinks clean
 
 help:
+	@echo "make demo         create .venv, install, run a simulated sweep through the embedded pipeline"
 	@echo "make test         create .venv, install every extra, lint, start Kafka, run the whole suite"
 	@echo "make kafka-up     start the project's own Kafka broker (prints host:port last); kafka-down stops it"
 	@echo "make bench-producer | bench-streams | bench-sinks   print benchmark figures"
@@ -42,6 +43,9 @@ test: lint
 	  trap '$(BROKER) down --state-dir $(TEST_BROKER_DIR)' EXIT; \
 	fi; \
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m trackstream.cli demo $(DEMO_ARGS)
 
 kafka-up: $(STAMP)
 	@$(BROKER) up

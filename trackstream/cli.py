@@ -46,19 +46,54 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
                         "or ~/.trackstream/data)")
 
 
-def _cmd_streams_worker(args: argparse.Namespace) -> int:
-    from streams.worker import run_worker
+def _bootstrap(value: str | None) -> str:
+    from schemas.topics import setting
 
-    run_worker(bootstrap=args.bootstrap, topic_prefix=args.topic_prefix, partitions=args.partitions,
-               data_dir=args.data_dir, step_timeout_ms=args.step_timeout_ms)
+    bootstrap = setting(value, "TRACKSTREAM_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        raise SystemExit("no Kafka configured: pass --bootstrap or set TRACKSTREAM_KAFKA_BOOTSTRAP "
+                         "(for the embedded pipeline without Kafka, run `trackstream local`)")
+    return bootstrap
+
+
+def _cmd_streams_worker(args: argparse.Namespace) -> int:
+    from streams.app import run_worker
+
+    options = {"partitions": args.partitions, "step_timeout_ms": args.step_timeout_ms,
+               "data_dir": None if args.data_dir is None else str(args.data_dir)}
+    run_worker(bootstrap=_bootstrap(args.bootstrap), topic_prefix=args.topic_prefix,
+               **{key: value for key, value in options.items() if value is not None})
     return 0
 
 
 def _cmd_sink_worker(args: argparse.Namespace) -> int:
-    from sinks.worker import run_sink_worker
+    """The sink worker; writing to a chDB store it owns, it also serves the query API (DESIGN §1)."""
+    from schemas.topics import setting
+    from sinks.worker import DEFAULT_GROUP_ID, run_sink_worker
 
-    run_sink_worker(bootstrap=args.bootstrap, topic_prefix=args.topic_prefix, clickhouse_url=args.clickhouse_url,
-                    data_dir=args.data_dir, group_id=args.group_id)
+    options = {"bootstrap": _bootstrap(args.bootstrap), "topic_prefix": args.topic_prefix,
+               "group_id": args.group_id or DEFAULT_GROUP_ID}
+    url = setting(args.clickhouse_url, "TRACKSTREAM_CLICKHOUSE_URL")
+    if url:
+        run_sink_worker(clickhouse_url=url, **options)
+        return 0
+    from sinks.query import QueryService
+    from trackstream._query import data_dir_from, store_lock
+    from trackstream.http_api import QueryServer
+    from trackstream.local import StoreBusyError
+
+    data_dir = data_dir_from(args.data_dir)
+    with store_lock(data_dir, blocking=False) as acquired:
+        if not acquired:
+            raise StoreBusyError(f"another process owns the store {data_dir}; stop it or use another --data-dir")
+        service = QueryService(data_dir=data_dir)
+        server = QueryServer(service, data_dir)
+        server.start()
+        try:
+            run_sink_worker(data_dir=data_dir, **options)
+        finally:
+            server.stop()
+            service.close()
     return 0
 
 
@@ -136,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     sink_worker = sink.add_parser("worker", help="write the processed topics into ClickHouse")
     _kafka_options(sink_worker)
     _store_options(sink_worker)
-    sink_worker.add_argument("--group-id", default=None, help="consumer group (default: <prefix>-sink)")
+    sink_worker.add_argument("--group-id", default=None, help="consumer group (default: trackstream-sink)")
     sink_worker.set_defaults(run=_cmd_sink_worker)
 
     sync = commands.add_parser("sync", help="send spools left by dead processes to Kafka")

@@ -1,0 +1,258 @@
+"""The faust-streaming worker: wires ``<prefix>.metrics`` through a :class:`~streams.processor.Processor`.
+
+faust moves bytes and runs the consumer group: one agent takes envelopes (manual acks), one timer flushes,
+one emits timed-out step aggregates. Entity state is checkpointed in ``<app_id>-entity-state`` (compacted,
+one partition per source partition, see :mod:`streams.checkpoint`). The ordering that makes at-least-once
+safe with dedup, per flush (every ``batch_max_events`` events or ``batch_within_ms``):
+
+1. process envelopes as they come (pure Python, no awaits, under a lock);
+2. on flush, enqueue every output message and snapshot the changed entities' state (under the lock);
+3. a committer task, flush after flush: **waits until the broker has the outputs**, then sends the state
+   snapshot to the state topic, then acks the flushed events; faust commits their offsets later, after
+   flushing the producer. Processing continues meanwhile.
+
+So a committed offset never runs ahead of state, and state never runs ahead of outputs. After a crash the
+worker replays from the committed offset against state that is at least as new: envelopes the state already
+holds are dropped as duplicates, the others are processed again and yield the same records as before (the
+processing is deterministic), which sinks store idempotently.
+
+On a rebalance, revoked partitions are flushed and their entities dropped from memory; an assigned partition
+is loaded from the state topic before its first envelope is processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+import faust
+
+from schemas.envelope import MAX_ENVELOPE_BYTES
+from schemas.topics import Topics
+from streams.checkpoint import load_partition, state_topic
+from streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor
+from streams.records import Output, SourcePosition, StreamsError, output_messages
+
+log = logging.getLogger(__name__)
+
+DEFAULT_APP_ID: Final = "trackstream-streams"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Everything a worker needs; ``app_id`` is the consumer group and the changelog topic's prefix."""
+
+    bootstrap: str
+    topic_prefix: str
+    partitions: int
+    app_id: str
+    data_dir: str
+    step_timeout_ms: int = DEFAULT_STEP_TIMEOUT_MS
+    tick_interval_ms: int = 1_000
+    batch_max_events: int = 256
+    batch_within_ms: int = 20
+    commit_interval_ms: int = 1_000
+    max_envelope_bytes: int = MAX_ENVELOPE_BYTES
+    session_timeout_ms: int = 10_000
+
+
+class StreamsWorker:
+    """Holds the processor and the faust objects of one worker process."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.topics = Topics(config.topic_prefix)
+        self.app = _make_app(config)
+        self.source = self.app.topic(self.topics.metrics, key_type=bytes, value_type=bytes,
+                                     key_serializer="raw", value_serializer="raw",
+                                     partitions=config.partitions)
+        self.state_topic = state_topic(config.app_id)
+        self.processor = Processor(step_timeout_ms=config.step_timeout_ms,
+                                   max_envelope_bytes=config.max_envelope_bytes)
+        self._loaded: dict[int, asyncio.Task[None]] = {}
+        self.lock = asyncio.Lock()
+        self._events: list[Any] = []
+        self._out = Output()
+        self._stream: Any = None
+        self._commits: asyncio.Queue[tuple[list[Any], list[tuple[bytes, bytes, int]], list[Any]]] = asyncio.Queue()
+        self.app.task(self._committer)
+        self.app.agent(self.source, name="process-envelopes")(self._agent)
+        self.app.timer(config.batch_within_ms / 1000, name="flush")(self._flush_timer)
+        self.app.timer(config.tick_interval_ms / 1000, name="step-timeouts")(self._tick)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+
+    def _ensure_loaded(self, partition: int) -> asyncio.Task[None]:
+        task = self._loaded.get(partition)
+        if task is None:
+            task = self._loaded[partition] = asyncio.ensure_future(self._load(partition))
+        return task
+
+    async def _load(self, partition: int) -> None:
+        states = await load_partition(self.config.bootstrap, self.state_topic, partition)
+        self.processor.restore(states)
+        for key in states:
+            log.info("entity %s: state restored from the checkpoint topic", key.decode(errors="replace"))
+
+    async def _agent(self, stream: Any) -> None:
+        manual = stream.noack()
+        self._stream = manual
+        async for event in manual.events():
+            loading = self._ensure_loaded(event.message.partition)
+            if not loading.done():
+                await loading
+            loading.result()  # a failed load crashes the agent rather than process without state
+            async with self.lock:
+                self._take(event)
+            if len(self._events) >= self.config.batch_max_events:
+                async with self.lock:
+                    await self._flush()
+
+    def _take(self, event: Any) -> None:
+        # Never skip an event, even one of a partition being revoked: its ack may be committed once the
+        # partition is assigned back. Processing it twice is harmless (identical outputs, dedup).
+        message = event.message
+        self._events.append(event)
+        source = SourcePosition(message.topic, message.partition, message.offset)
+        self._out.extend(self.processor.process(message.value, source=source, key=message.key))
+
+    async def _flush_timer(self) -> None:
+        async with self.lock:
+            await self._flush()
+
+    async def _tick(self) -> None:
+        async with self.lock:
+            self._out.extend(self.processor.tick())
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Hand the outputs, the state they came from and their events to the committer, in order.
+
+        Runs under the lock and only enqueues: the state snapshot is taken now, so processing goes on while
+        the committer waits for the broker.
+        """
+        if not (self._events or not self._out.is_empty()):
+            return
+        events, self._events = self._events, []
+        out, self._out = self._out, Output()
+        producer = self.app.producer
+        delivered = [await producer.send(msg.topic, msg.key, msg.value, None, None, None)
+                     for msg in output_messages(out, self.topics)]
+        states = [(key, blob, self.processor.partition_of(key)) for key, blob in self.processor.take_dirty().items()]
+        self._commits.put_nowait((delivered, states, events))
+
+    async def _committer(self) -> None:
+        """Per flush, in order: outputs delivered, then state sent, then events acked (offsets committable)."""
+        producer = self.app.producer
+        while True:
+            delivered, states, events = await self._commits.get()
+            try:
+                if delivered:
+                    await asyncio.gather(*delivered)
+                for key, blob, partition in states:
+                    await producer.send(self.state_topic, key, blob, partition, None, None)
+                for event in events:
+                    await self._stream.ack(event)
+            finally:
+                self._commits.task_done()
+
+    async def _on_assigned(self, sender: Any, assigned: set[Any], **_: Any) -> None:
+        """Start loading every assigned partition's state at once (the agent waits for its partition's)."""
+        for tp in assigned:
+            if tp.topic == self.topics.metrics:
+                self._ensure_loaded(tp.partition)
+
+    async def _on_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
+        async with self.lock:
+            await self._flush()
+            await self._commits.join()
+            await self.app.producer.flush()  # the state a new owner (maybe this worker) will load
+            partitions = {tp.partition for tp in revoked if tp.topic == self.topics.metrics}
+            for partition in partitions:
+                task = self._loaded.pop(partition, None)
+                if task is not None and not task.done():
+                    task.cancel()
+            dropped = self.processor.drop_partitions(partitions)
+            log.info("partitions %s revoked: %d entities dropped from memory", sorted(partitions), dropped)
+
+
+def _make_app(config: WorkerConfig) -> faust.App:
+    brokers = [f"kafka://{host.strip()}" for host in config.bootstrap.split(",") if host.strip()]
+    return faust.App(
+        config.app_id,
+        broker=brokers,
+        store="memory://",
+        datadir=config.data_dir,
+        web_enabled=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        autodiscover=False,
+        processing_guarantee="at_least_once",
+        topic_partitions=config.partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=config.commit_interval_ms / 1000,
+        broker_session_timeout=config.session_timeout_ms / 1000,
+        broker_heartbeat_interval=max(config.session_timeout_ms / 10_000, 0.5),
+        producer_acks=-1,
+        producer_max_request_size=16 * 1024 * 1024,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        stream_wait_empty=False,
+    )
+
+
+async def _prepare_topics(bootstrap: str, topics: Topics, partitions: int | None, state: str) -> int:
+    """The source topic's partition count (created with ``partitions`` when missing), outputs created too."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        if topics.metrics in existing:
+            described = await admin.describe_topics([topics.metrics])
+            found = len(described[0]["partitions"])
+            if partitions is not None and partitions != found:
+                raise StreamsError(f"{topics.metrics} has {found} partitions, the worker was told {partitions}")
+            partitions = found
+        partitions = partitions or 3
+        wanted = [topics.metrics, topics.dlq, *topics.processed()]
+        missing = [NewTopic(name, partitions, 1) for name in wanted if name not in existing]
+        if state not in existing:
+            missing.append(NewTopic(state, partitions, 1, topic_configs={"cleanup.policy": "compact"}))
+        elif (found_state := len((await admin.describe_topics([state]))[0]["partitions"])) != partitions:
+            raise StreamsError(f"{state} has {found_state} partitions, {topics.metrics} has {partitions}")
+        if missing:
+            await admin.create_topics(missing)
+        return partitions
+    finally:
+        await admin.close()
+
+
+def run_worker(*, bootstrap: str | None = None, topic_prefix: str | None = None, partitions: int | None = None,
+               app_id: str | None = None, data_dir: str | None = None,
+               step_timeout_ms: int = DEFAULT_STEP_TIMEOUT_MS, tick_interval_ms: int = 1_000,
+               batch_max_events: int = 256, batch_within_ms: int = 20,
+               max_envelope_bytes: int = MAX_ENVELOPE_BYTES, loglevel: str = "info") -> None:
+    """Run one streams worker until SIGTERM/SIGINT (blocks; exits the process like ``faust worker``).
+
+    ``partitions``: partition count of ``<prefix>.metrics`` (discovered when the topic exists; it must
+    match). ``app_id`` is the consumer group: workers sharing it split the partitions.
+    """
+    from schemas.topics import setting
+
+    resolved_bootstrap = setting(bootstrap, "TRACKSTREAM_KAFKA_BOOTSTRAP")
+    if not resolved_bootstrap:
+        raise StreamsError("no Kafka bootstrap: pass bootstrap= or set TRACKSTREAM_KAFKA_BOOTSTRAP")
+    topics = Topics.from_env(topic_prefix)
+    app_id = app_id or f"{DEFAULT_APP_ID}-{topics.prefix}"
+    found = asyncio.run(_prepare_topics(resolved_bootstrap, topics, partitions, state_topic(app_id)))
+    config = WorkerConfig(
+        bootstrap=resolved_bootstrap, topic_prefix=topics.prefix, partitions=found, app_id=app_id,
+        data_dir=data_dir or ".trackstream-streams",
+        step_timeout_ms=step_timeout_ms, tick_interval_ms=tick_interval_ms, batch_max_events=batch_max_events,
+        batch_within_ms=batch_within_ms, max_envelope_bytes=max_envelope_bytes,
+    )
+    worker = StreamsWorker(config)
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,0 +1,140 @@
+"""Everything the processor keeps for one entity (run or model): the unit of state, partitioned by entity key.
+
+An :class:`EntityCtx` holds the lifecycle (status, params, tags, times, producers), the dedup tracks per
+producer, the overwrite generation and running summary per metric, and the pending cross-rank steps. It
+serializes to plain JSON-able lists/dicts (:meth:`to_wire`) and bytes (:meth:`to_bytes`), so a checkpoint
+is "the bytes of every changed entity", and a rebalance moves entities by key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from schemas.envelope import EntityRef, Envelope, Event
+from schemas.processed import EntityState
+from streams.aggregate import StepTracker, Summary
+from streams.dedup import ProducerTrack
+
+STATE_VERSION: Final = 1
+TERMINAL_RANK: Final = {"completed": 1, "killed": 2, "failed": 3}
+INITIAL_STATUS: Final = {"run": "running", "model": "active"}
+
+
+@dataclass(slots=True)
+class EntityCtx:
+    """State of one entity; ``state`` is the lifecycle record emitted on change (its ``version`` grows)."""
+
+    state: EntityState
+    partition: int
+    world_size: int = 1
+    tracks: dict[str, ProducerTrack] = field(default_factory=dict)
+    generations: dict[str, int] = field(default_factory=dict)
+    summaries: dict[str, Summary] = field(default_factory=dict)
+    steps: dict[str, StepTracker] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, envelope: Envelope, partition: int) -> EntityCtx:
+        entity = envelope.entity
+        state = EntityState(entity=entity, name="", status=INITIAL_STATUS.get(entity.type, "running"))
+        return cls(state=state, partition=partition)
+
+    def see_producer(self, envelope: Envelope) -> bool:
+        """Record a producer on first sight; True when the entity state changed."""
+        self.world_size = max(self.world_size, envelope.world_size)
+        if envelope.producer_id in self.tracks:
+            return False
+        self.tracks[envelope.producer_id] = ProducerTrack()
+        self.state.producers.append({
+            "producer_id": envelope.producer_id, "rank": envelope.rank, "world_size": envelope.world_size,
+            "host": envelope.host,
+        })
+        return True
+
+    def lost_points(self) -> int:
+        return sum(track.lost_points() for track in self.tracks.values())
+
+    def apply_event(self, event: Event) -> set[str]:
+        """Apply one lifecycle event; returns the metrics whose generation it bumped."""
+        state, data = self.state, event.data
+        if event.type == "run_started":
+            state.name = data.get("name") or state.name
+            state.params.update(data.get("params", {}))
+            state.tags.update(data.get("tags", {}))
+            if state.started_ns == 0 or event.time_ns < state.started_ns:
+                state.started_ns = event.time_ns
+            if state.status in TERMINAL_RANK and event.time_ns > state.ended_ns:
+                state.status, state.ended_ns = "running", 0
+        elif event.type == "run_finished":
+            status = data.get("status", "completed")
+            if TERMINAL_RANK.get(status, 0) >= TERMINAL_RANK.get(state.status, 0):
+                state.status = status
+            state.ended_ns = max(state.ended_ns, event.time_ns)
+        elif event.type == "params":
+            state.params.update(data.get("params", {}))
+        elif event.type == "tags":
+            state.tags.update(data.get("tags", {}))
+        elif event.type == "overwrite":
+            metric = data["metric"]
+            self.generations[metric] = self.generations.get(metric, 0) + 1
+            return {metric}
+        return set()
+
+    def summary_for(self, metric: str, kind: str) -> Summary:
+        """The running summary of the metric's current generation (a fresh one after an overwrite)."""
+        generation = self.generations.get(metric, 0)
+        summary = self.summaries.get(metric)
+        if summary is None or summary.generation != generation:
+            version = 0 if summary is None else summary.version
+            summary = self.summaries[metric] = Summary(kind=kind, generation=generation, version=version)
+        summary.kind = kind
+        return summary
+
+    def steps_for(self, metric: str) -> StepTracker:
+        generation = self.generations.get(metric, 0)
+        tracker = self.steps.get(metric)
+        if tracker is None or tracker.generation != generation:
+            tracker = self.steps[metric] = StepTracker(generation=generation, pending={}, late={})
+        return tracker
+
+    def to_wire(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "v": STATE_VERSION,
+            "entity": [state.entity.project, state.entity.type, state.entity.id],
+            "partition": self.partition,
+            "world_size": self.world_size,
+            "name": state.name, "status": state.status, "params": state.params, "tags": state.tags,
+            "started_ns": state.started_ns, "ended_ns": state.ended_ns, "producers": state.producers,
+            "lost_points": state.lost_points, "version": state.version,
+            "tracks": {pid: track.to_wire() for pid, track in self.tracks.items()},
+            "generations": self.generations,
+            "summaries": {metric: s.to_wire() for metric, s in self.summaries.items()},
+            "steps": {metric: t.to_wire() for metric, t in self.steps.items() if t.pending or t.late},
+        }
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> EntityCtx:
+        project, entity_type, entity_id = wire["entity"]
+        state = EntityState(
+            entity=EntityRef(project=project, type=entity_type, id=entity_id), name=wire["name"],
+            status=wire["status"], params=wire["params"], tags=wire["tags"], started_ns=wire["started_ns"],
+            ended_ns=wire["ended_ns"], producers=wire["producers"], lost_points=wire["lost_points"],
+            version=wire["version"],
+        )
+        return cls(
+            state=state, partition=wire["partition"], world_size=wire["world_size"],
+            tracks={pid: ProducerTrack.from_wire(t) for pid, t in wire["tracks"].items()},
+            generations=dict(wire["generations"]),
+            summaries={metric: Summary.from_wire(s) for metric, s in wire["summaries"].items()},
+            steps={metric: StepTracker.from_wire(t) for metric, t in wire["steps"].items()},
+        )
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_wire())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> EntityCtx:
+        return cls.from_wire(orjson.loads(raw))

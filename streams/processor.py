@@ -1,0 +1,225 @@
+"""The stream processing itself: validate, deduplicate, aggregate. Plain Python, no faust, no I/O.
+
+The faust worker (:mod:`streams.app`) and the embedded local runner both drive a :class:`Processor`::
+
+    processor = Processor(step_timeout_ms=30_000)
+    out = processor.process(raw, source=SourcePosition(topic, partition, offset), key=message_key)
+    out = processor.tick()                       # periodically: step aggregates whose ranks timed out
+    for key, blob in processor.take_dirty().items():
+        checkpoint[key] = blob                   # AFTER the outputs are durable (see streams.app)
+
+State lives per entity (:class:`~streams.entity.EntityCtx`) and moves as bytes by entity key: a worker that is
+assigned a partition installs its entities with :meth:`Processor.restore` (or lazily through ``loader``), and
+drops them with :meth:`Processor.drop_partitions` when the partition is revoked.
+
+Outputs are a deterministic function of (state, input): replaying an input against the state from before it
+yields identical records, which is what makes at-least-once delivery safe downstream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
+
+from schemas.envelope import MAX_ENVELOPE_BYTES, EntityRef
+from schemas.processed import EntityState, PointBlock
+from schemas.validation import Rejection, Validated, validate
+from streams.aggregate import StepAcc, Summary
+from streams.entity import EntityCtx
+from streams.records import DlqRecord, Output, SourcePosition
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEP_TIMEOUT_MS: Final = 30_000
+DEFAULT_STEP_RETENTION_MS: Final = 600_000
+Loader = Callable[[bytes], bytes | None]
+
+
+class Processor:
+    """Holds per-entity state and turns raw envelopes into processed records.
+
+    ``step_timeout_ms``: how long a step waits for all ``world_size`` ranks before its aggregate is emitted
+    with the ranks it has. ``step_retention_ms``: how long a step emitted on timeout stays open for late ranks
+    (each late rank re-emits it with a higher count). ``loader``: returns the checkpointed state bytes of an
+    entity this processor has not seen yet (or None), e.g. a lookup in the local runner's checkpoint files.
+    """
+
+    def __init__(self, *, step_timeout_ms: int = DEFAULT_STEP_TIMEOUT_MS,
+                 step_retention_ms: int = DEFAULT_STEP_RETENTION_MS,
+                 max_envelope_bytes: int = MAX_ENVELOPE_BYTES, loader: Loader | None = None) -> None:
+        self.step_timeout_ns = step_timeout_ms * 1_000_000
+        self.step_retention_ns = max(step_retention_ms, step_timeout_ms) * 1_000_000
+        self.max_envelope_bytes = max_envelope_bytes
+        self.loader = loader
+        self._entities: dict[bytes, EntityCtx] = {}
+        self._dirty: set[bytes] = set()
+        self._with_steps: set[bytes] = set()
+
+    # --- processing -------------------------------------------------------------------------------------
+
+    def process(self, raw: bytes, *, source: SourcePosition, key: bytes | None = None,
+                now_ns: int | None = None) -> Output:
+        """Process one raw message; never raises for bad input (it goes to ``Output.dlq``)."""
+        out = Output()
+        try:
+            validated = validate(raw, max_bytes=self.max_envelope_bytes)
+        except Rejection as exc:
+            out.dlq.append(DlqRecord(exc.reason, exc.detail, source, raw, key=key))
+            return out
+        try:
+            self.process_validated(validated, raw=raw, source=source, key=key, now_ns=now_ns, out=out)
+        except Exception as exc:  # a bug on one envelope must not stop the worker
+            log.exception("processing failed at %s", source)
+            out.dlq.append(DlqRecord("internal_error", f"{type(exc).__name__}: {exc}", source, raw, key=key))
+        return out
+
+    def process_validated(self, validated: Validated, *, raw: bytes, source: SourcePosition,
+                          key: bytes | None = None, now_ns: int | None = None,
+                          out: Output | None = None) -> Output:
+        """Process an envelope that :func:`schemas.validation.validate` accepted (``raw`` goes to the DLQ)."""
+        out = Output() if out is None else out
+        env = validated.envelope
+        entity_key = env.entity.key()
+        ctx = self._entity(entity_key, validated, source.partition)
+        changed = ctx.see_producer(env)
+        sent = env.point_count() + sum(bad.count for bad in validated.bad)
+        accepted = ctx.tracks[env.producer_id].accept(
+            env.seq, getattr(env, "entity_seq", None), getattr(env, "entity_offset", None), sent)
+        self._dirty.add(entity_key)
+        if not accepted:
+            out.duplicates += 1
+            if changed:
+                out.entity_states.append(self._bump(ctx))
+            return out
+        for bad in validated.bad:
+            out.dlq.append(DlqRecord(bad.reason, bad.detail, source, raw, key=key or entity_key,
+                                     metric=bad.metric, count=bad.count, points=bad.raw))
+        bumped: set[str] = set()
+        for event in env.events:
+            bumped |= ctx.apply_event(event)
+            changed = changed or event.type != "overwrite"
+        lost = ctx.lost_points()
+        if lost != ctx.state.lost_points:
+            ctx.state.lost_points, changed = lost, True
+        self._points(ctx, validated, bumped, now_ns, out)
+        if changed:
+            out.entity_states.append(self._bump(ctx))
+        return out
+
+    def _points(self, ctx: EntityCtx, validated: Validated, bumped: set[str], now_ns: int | None,
+                out: Output) -> None:
+        env = validated.envelope
+        entity = env.entity
+        touched: dict[str, Summary] = {}
+        generations = []
+        cross_rank = ctx.world_size > 1
+        now = time.time_ns() if now_ns is None else now_ns
+        for batch in env.metrics:
+            name = batch.name
+            generations.append(ctx.generations.get(name, 0))
+            summary = touched[name] = ctx.summary_for(name, batch.kind)
+            summary.update(batch.steps, batch.times_ns, batch.values)
+            if cross_rank and batch.kind == "series":
+                tracker = ctx.steps_for(name)
+                emit: list[tuple[int, StepAcc]] = []
+                tracker.add(env.rank, batch.steps, batch.times_ns, batch.values, world_size=ctx.world_size,
+                            now_ns=now, emit=emit)
+                self._with_steps.add(entity.key())
+                out.step_aggregates.extend(
+                    acc.aggregate(entity, name, tracker.generation, step, ctx.world_size) for step, acc in emit)
+        for name in bumped - touched.keys():
+            previous = ctx.summaries.get(name)
+            touched[name] = ctx.summary_for(name, previous.kind if previous else "series")
+        for name, summary in touched.items():
+            summary.version += 1
+            out.summaries.append(summary.record(entity, name))
+        if env.metrics:
+            out.point_blocks.append(PointBlock(entity=entity, rank=env.rank, producer_id=env.producer_id,
+                                               seq=env.seq, metrics=env.metrics, generations=generations))
+
+    @staticmethod
+    def _bump(ctx: EntityCtx) -> EntityState:
+        state = ctx.state
+        state.version += 1
+        return dataclasses.replace(state, params=dict(state.params), tags=dict(state.tags),
+                                   producers=[dict(p) for p in state.producers])
+
+    def tick(self, now_ns: int | None = None) -> Output:
+        """Emit step aggregates whose ranks did not all report within the timeout; forget stale late steps."""
+        now = time.time_ns() if now_ns is None else now_ns
+        out = Output()
+        for entity_key in list(self._with_steps):
+            ctx = self._entities.get(entity_key)
+            if ctx is None:
+                self._with_steps.discard(entity_key)
+                continue
+            for metric, tracker in ctx.steps.items():
+                emit: list[tuple[int, StepAcc]] = []
+                if tracker.expire(now, self.step_timeout_ns, self.step_retention_ns, emit):
+                    self._dirty.add(entity_key)
+                out.step_aggregates.extend(acc.aggregate(ctx.state.entity, metric, tracker.generation, step,
+                                                         ctx.world_size) for step, acc in emit)
+            if not any(t.pending or t.late for t in ctx.steps.values()):
+                self._with_steps.discard(entity_key)
+        return out
+
+    # --- state ------------------------------------------------------------------------------------------
+
+    def _entity(self, entity_key: bytes, validated: Validated, partition: int) -> EntityCtx:
+        ctx = self._entities.get(entity_key)
+        if ctx is None:
+            blob = self.loader(entity_key) if self.loader is not None else None
+            if blob is not None:
+                ctx = self._install(entity_key, EntityCtx.from_bytes(blob))
+            else:
+                ctx = self._entities[entity_key] = EntityCtx.new(validated.envelope, partition)
+        ctx.partition = partition
+        return ctx
+
+    def _install(self, entity_key: bytes, ctx: EntityCtx) -> EntityCtx:
+        self._entities[entity_key] = ctx
+        if any(t.pending or t.late for t in ctx.steps.values()):
+            self._with_steps.add(entity_key)
+        return ctx
+
+    def entity_keys(self) -> list[bytes]:
+        return list(self._entities)
+
+    def entity(self, ref: EntityRef) -> EntityCtx | None:
+        """The in-memory state of an entity (for inspection and tests)."""
+        return self._entities.get(ref.key())
+
+    def partition_of(self, entity_key: bytes) -> int:
+        """The source partition an entity's envelopes arrive on (where its checkpoint belongs)."""
+        return self._entities[entity_key].partition
+
+    def export_entity(self, entity_key: bytes) -> bytes:
+        return self._entities[entity_key].to_bytes()
+
+    def take_dirty(self) -> dict[bytes, bytes]:
+        """Serialized state of every entity changed since the last call (write it after outputs are durable)."""
+        dirty = {key: self._entities[key].to_bytes() for key in self._dirty if key in self._entities}
+        self._dirty.clear()
+        return dirty
+
+    def snapshot(self) -> dict[bytes, bytes]:
+        """Serialized state of every entity held."""
+        return {key: ctx.to_bytes() for key, ctx in self._entities.items()}
+
+    def restore(self, states: Mapping[bytes, bytes]) -> None:
+        """Install checkpointed entity states (replacing any held for those keys)."""
+        for entity_key, blob in states.items():
+            self._install(entity_key, EntityCtx.from_bytes(blob))
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        """Forget the entities of revoked partitions (their new owner loads the checkpoint); returns how many."""
+        gone = set(partitions)
+        keys = [key for key, ctx in self._entities.items() if ctx.partition in gone]
+        for key in keys:
+            del self._entities[key]
+            self._dirty.discard(key)
+            self._with_steps.discard(key)
+        return len(keys)

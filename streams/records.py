@@ -1,0 +1,184 @@
+"""What one processing call returns, and how it becomes Kafka messages (pure: no faust, no aiokafka).
+
+:class:`Output` collects the records of one :meth:`~streams.processor.Processor.process` or
+:meth:`~streams.processor.Processor.tick` call; :func:`output_messages` turns it into ``(topic, key, value)``
+triples keyed by entity key, the same for the faust worker and the embedded local runner.
+
+A DLQ message is JSON: reason, detail, the source position, the raw message bytes (base64) and, for a
+rejected metric group of an otherwise valid envelope, the metric name, its point count and the group as
+received.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from schemas.envelope import float_to_bits
+from schemas.processed import (
+    PROCESSED_VERSION,
+    EntityState,
+    MetricSummary,
+    PointBlock,
+    StepAggregate,
+    encode_point_block,
+    encode_records,
+)
+from schemas.topics import Topics
+
+DLQ_VERSION: Final = 1
+
+
+class StreamsError(Exception):
+    """Root of the errors raised by :mod:`streams`; ``retriable`` says whether trying again may help."""
+
+    retriable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    """Where an input message came from: used in DLQ records and to place entity state by partition."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class DlqRecord:
+    """A rejected envelope (``metric`` None, ``points`` None) or one rejected metric group of it."""
+
+    reason: str
+    detail: str
+    source: SourcePosition
+    raw: bytes
+    key: bytes | None = None
+    metric: str | None = None
+    count: int = 0
+    points: dict[str, Any] | None = None
+    time_ns: int = field(default_factory=time.time_ns)
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "v": DLQ_VERSION,
+            "reason": self.reason,
+            "detail": self.detail,
+            "source": {
+                "topic": self.source.topic, "partition": self.source.partition, "offset": self.source.offset,
+            },
+            "raw": base64.b64encode(self.raw).decode("ascii"),
+            "metric": self.metric,
+            "count": self.count,
+            "time_ns": self.time_ns,
+        }
+        if self.points is not None:
+            wire["points"] = self.points
+        return wire
+
+
+def encode_dlq(record: DlqRecord) -> bytes:
+    return orjson.dumps(record.to_wire())
+
+
+def decode_dlq(raw: bytes, *, key: bytes | None = None) -> DlqRecord:
+    wire = orjson.loads(raw)
+    source = wire["source"]
+    return DlqRecord(
+        reason=wire["reason"], detail=wire["detail"],
+        source=SourcePosition(source["topic"], source["partition"], source["offset"]),
+        raw=base64.b64decode(wire["raw"]), key=key, metric=wire.get("metric"), count=wire.get("count", 0),
+        points=wire.get("points"), time_ns=wire.get("time_ns", 0),
+    )
+
+
+@dataclass(slots=True)
+class Output:
+    """Records produced by one call; summaries and entity states are the changed ones only."""
+
+    point_blocks: list[PointBlock] = field(default_factory=list)
+    step_aggregates: list[StepAggregate] = field(default_factory=list)
+    summaries: list[MetricSummary] = field(default_factory=list)
+    entity_states: list[EntityState] = field(default_factory=list)
+    dlq: list[DlqRecord] = field(default_factory=list)
+    duplicates: int = 0
+
+    def extend(self, other: Output) -> None:
+        self.point_blocks.extend(other.point_blocks)
+        self.step_aggregates.extend(other.step_aggregates)
+        self.summaries.extend(other.summaries)
+        self.entity_states.extend(other.entity_states)
+        self.dlq.extend(other.dlq)
+        self.duplicates += other.duplicates
+
+    def is_empty(self) -> bool:
+        return not (self.point_blocks or self.step_aggregates or self.summaries or self.entity_states
+                    or self.dlq)
+
+    def point_count(self) -> int:
+        return sum(block.point_count() for block in self.point_blocks)
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """One message to produce: topic, key (entity key; the source key for DLQ records), value."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+def _exact(value: float) -> float | dict[str, int]:
+    return value if math.isfinite(value) else {"$f64": float_to_bits(value)}
+
+
+def encode_step_aggregates(records: list[StepAggregate]) -> bytes:
+    """Byte for byte :func:`schemas.processed.encode_records` for step aggregates, without ``asdict``.
+
+    There is one step aggregate per (metric, step) of a multi-rank run: the generic encoder's
+    ``dataclasses.asdict`` was most of a worker's time for those.
+    """
+    wire = [{
+        "entity": [r.entity.project, r.entity.type, r.entity.id], "metric": r.metric,
+        "generation": r.generation, "step": r.step, "mean": _exact(r.mean), "min": _exact(r.min),
+        "max": _exact(r.max), "count": r.count, "world_size": r.world_size, "time_ns": r.time_ns,
+    } for r in records]
+    return orjson.dumps({"v": PROCESSED_VERSION, "records": wire})
+
+
+def _latest(records: Iterable[Any], *identity: str) -> dict[bytes, list[Any]]:
+    """Records grouped by entity key, keeping only the last record per identity (later versions win)."""
+    latest: dict[tuple[Any, ...], Any] = {}
+    for record in records:
+        key = (record.entity, *(getattr(record, name) for name in identity))
+        latest.pop(key, None)
+        latest[key] = record
+    groups: dict[bytes, list[Any]] = {}
+    for record in latest.values():
+        groups.setdefault(record.entity.key(), []).append(record)
+    return groups
+
+
+def output_messages(output: Output, topics: Topics) -> list[OutMessage]:
+    """Messages for an output: one per point block, one per (kind, entity) for records, one per DLQ record.
+
+    Of several summaries (entity states, step aggregates) with the same identity only the last one is sent:
+    it supersedes the others, so a batch of envelopes costs one summary per metric, not one per envelope.
+    """
+    messages = [OutMessage(topics.points, block.entity.key(), encode_point_block(block))
+                for block in output.point_blocks]
+    grouped = (
+        (topics.steps, _latest(output.step_aggregates, "metric", "generation", "step")),
+        (topics.summaries, _latest(output.summaries, "metric", "generation")),
+        (topics.entities, _latest(output.entity_states)),
+    )
+    for topic, groups in grouped:
+        encode = encode_step_aggregates if topic == topics.steps else encode_records
+        messages.extend(OutMessage(topic, key, encode(group)) for key, group in groups.items())
+    messages.extend(OutMessage(topics.dlq, record.key, encode_dlq(record)) for record in output.dlq)
+    return messages
