@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +86,7 @@ class LocalIngest:
     """Ingests the spool into a chDB store; the caller must hold the store lock."""
 
     def __init__(self, *, spool_dir: Path, data_dir: Path, step_timeout_ms: int | None = None,
-                 max_batch_points: int = 500_000, sink: Any = None) -> None:
+                 max_batch_points: int = 100_000, sink: Any = None) -> None:
         from sinks.sink import Sink
         from streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor
 
@@ -186,37 +185,6 @@ def catch_up(*, spool_dir: Path | None = None, data_dir: Path | None = None) -> 
     return stats
 
 
-class _SerializedService:
-    """The query service shared with the ingest loop: one chDB connection, one caller at a time."""
-
-    def __init__(self, service: Any, lock: threading.Lock) -> None:
-        self._service = service
-        self._lock = lock
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._service, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                return method(*args, **kwargs)
-
-        return call
-
-    def wait_ingested(self, entity: Any, producer_id: str, seq: int, *, timeout_s: float = 60.0) -> None:
-        from sinks.errors import SinkError
-
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                with self._lock:
-                    self._service.wait_ingested(entity, producer_id, seq, timeout_s=0)
-                return
-            except SinkError:
-                if time.monotonic() >= deadline:
-                    raise
-            time.sleep(0.02)
-
-
 def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, poll_interval_ms: int = 100,
               step_timeout_ms: int | None = None, stop: threading.Event | None = None,
               on_ready: Callable[[str], None] | None = None) -> PassStats:
@@ -230,18 +198,17 @@ def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, po
     with store_lock(data, blocking=False) as acquired:
         if not acquired:
             raise StoreBusyError(f"another process owns the store {data}; stop it or use another --data-dir")
-        lock = threading.Lock()
+        # Queries run in the server's threads beside the ingest loop: the chDB backend serializes its calls.
         ingest = LocalIngest(spool_dir=spool, data_dir=data, step_timeout_ms=step_timeout_ms)
         service = QueryService(data_dir=data)
-        server = QueryServer(_SerializedService(service, lock), data)
+        server = QueryServer(service, data)
         url = server.start()
         log.info("trackstream local: ingesting %s into %s; queries at %s", spool, data, url)
         if on_ready is not None:
             on_ready(url)
         try:
             while not stop.is_set():
-                with lock:
-                    stats = ingest.ingest_pass()
+                stats = ingest.ingest_pass()
                 totals.add(stats)
                 if stats.envelopes:
                     log.info("ingested %d envelopes, %d points (%d duplicates dropped, %d dead letters)",
@@ -249,9 +216,8 @@ def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, po
                 stop.wait(poll_interval_ms / 1000)
         finally:
             server.stop()
-            with lock:
-                service.close()
-                ingest.close()
+            service.close()
+            ingest.close()
     return totals
 
 
