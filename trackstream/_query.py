@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from schemas import EntityRef
 from schemas.topics import setting
+from trackstream.http_api import ReadApi
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def store_lock(data_dir: Path, *, blocking: bool) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class EmbeddedReader:
+class EmbeddedReader(ReadApi):
     """Reads a chDB store nobody owns: catch up with the spool under the store lock, query, release."""
 
     def __init__(self, data_dir: Path, spool_dir: Path, *, wait_owner_s: float = 30.0) -> None:
@@ -93,24 +94,6 @@ class EmbeddedReader:
             return getattr(service, method)(*args, **kwargs)
         finally:
             service.close()
-
-    def compare(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("compare", *args, **kwargs)
-
-    def curves(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("curves", *args, **kwargs)
-
-    def runs(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("runs", *args, **kwargs)
-
-    def sql(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("sql", *args, **kwargs)
-
-    def entity_metrics(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("entity_metrics", *args, **kwargs)
-
-    def wait_ingested(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("wait_ingested", *args, **kwargs)
 
 
 _backend: Any = None

@@ -140,7 +140,32 @@ class QueryServer:
         self._server.server_close()
 
 
-class HttpQueryClient:
+class ReadApi:
+    """The read methods of ``sinks.query.QueryService``, each forwarded to ``_call(method, ...)``."""
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def compare(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("compare", *args, **kwargs)
+
+    def curves(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("curves", *args, **kwargs)
+
+    def runs(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("runs", *args, **kwargs)
+
+    def sql(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("sql", *args, **kwargs)
+
+    def entity_metrics(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("entity_metrics", *args, **kwargs)
+
+    def wait_ingested(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("wait_ingested", *args, **kwargs)
+
+
+class HttpQueryClient(ReadApi):
     """Reads through the owner process; same methods and results as ``sinks.query.QueryService``."""
 
     def __init__(self, url: str, *, timeout_s: float = 120.0) -> None:
@@ -161,21 +186,3 @@ class HttpQueryClient:
         except urllib.error.URLError as exc:
             message = f"the store's owner at {self.url} is unreachable: {exc.reason}"
             raise QueryApiError(message, retriable=True) from None
-
-    def compare(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("compare", *args, **kwargs)
-
-    def curves(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("curves", *args, **kwargs)
-
-    def runs(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("runs", *args, **kwargs)
-
-    def sql(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("sql", *args, **kwargs)
-
-    def entity_metrics(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("entity_metrics", *args, **kwargs)
-
-    def wait_ingested(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("wait_ingested", *args, **kwargs)
