@@ -24,6 +24,10 @@ from services.kafka_broker import BrokerError, KafkaBroker, missing_tools
 log = logging.getLogger("trackstream.tests")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Services given by the environment (as `make test` does) reach tests only through the fixtures below: no test,
+# and no subprocess a test starts, talks to Kafka or a ClickHouse server unless it asked for one.
+CONFIGURED_KAFKA = os.environ.pop("TRACKSTREAM_KAFKA_BOOTSTRAP", None)
+CONFIGURED_CLICKHOUSE = os.environ.pop("TRACKSTREAM_CLICKHOUSE_URL", None)
 PROCESSED_SUFFIXES = ("metrics", "metrics.dlq", "points", "steps", "summaries", "entities")
 
 
@@ -51,15 +55,21 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_stores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Spool and chDB store of each test live in its own temporary directory, never in ~/.trackstream."""
+    monkeypatch.setenv("TRACKSTREAM_SPOOL_DIR", str(tmp_path / "ts-spool"))
+    monkeypatch.setenv("TRACKSTREAM_DATA_DIR", str(tmp_path / "ts-data"))
+
+
 # --- Kafka -----------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address (host:port) of a real Kafka broker for the whole session."""
-    configured = os.environ.get("TRACKSTREAM_KAFKA_BOOTSTRAP")
-    if configured:
-        yield configured
+    if CONFIGURED_KAFKA:
+        yield CONFIGURED_KAFKA
         return
     if docker_answers():
         from testcontainers.kafka import KafkaContainer
@@ -164,9 +174,8 @@ def chdb_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def clickhouse_server_url() -> Iterator[str | None]:
     """URL of a ClickHouse server: TRACKSTREAM_CLICKHOUSE_URL, else testcontainers when Docker answers, else None."""
-    configured = os.environ.get("TRACKSTREAM_CLICKHOUSE_URL")
-    if configured:
-        yield configured
+    if CONFIGURED_CLICKHOUSE:
+        yield CONFIGURED_CLICKHOUSE
         return
     if not docker_answers():
         yield None
