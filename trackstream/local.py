@@ -96,6 +96,7 @@ class LocalIngest:
         self.sink = sink if sink is not None else Sink.open(data_dir=data_dir)
         self.processor = Processor(step_timeout_ms=step_timeout_ms or DEFAULT_STEP_TIMEOUT_MS)
         self.positions: dict[str, SpoolPosition] = {}
+        self._entity_blobs: dict[bytes, bytes] = {}
         self._load_state()
 
     def _load_state(self) -> None:
@@ -104,14 +105,16 @@ class LocalIngest:
             return
         state = orjson.loads(path.read_bytes())
         self.positions = {pid: SpoolPosition(*pos) for pid, pos in state["positions"].items()}
-        self.processor.restore({base64.b64decode(k): base64.b64decode(v) for k, v in state["entities"].items()})
+        self._entity_blobs = {base64.b64decode(k): base64.b64decode(v) for k, v in state["entities"].items()}
+        self.processor.restore(self._entity_blobs)
 
     def _save_state(self) -> None:
+        self._entity_blobs.update(self.processor.take_dirty())  # only entities changed since the last save
         state = {
             "v": STATE_VERSION,
             "positions": {pid: [pos.segment, pos.offset] for pid, pos in self.positions.items()},
             "entities": {base64.b64encode(k).decode(): base64.b64encode(v).decode()
-                         for k, v in self.processor.snapshot().items()},
+                         for k, v in self._entity_blobs.items()},
         }
         tmp = self.data_dir / (STATE_FILE + ".tmp")
         with open(tmp, "wb") as handle:
