@@ -190,6 +190,27 @@ def table(rows: Iterator[tuple[str, str]] | list[tuple[str, str]]) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
+def fill_and_ingest(args: argparse.Namespace, sink: Sink, backend: ChdbBackend, data_dir: Path,
+                    results: list[tuple[str, str]]) -> tuple[int, int]:
+    points, spent = fill(sink, "bench", args.runs, args.metrics, args.steps, runs_per_write=10)
+    results.append((f"fill: {points:,} points via Sink.write", f"{points / spent:,.0f} rows/s"))
+    long_points, long_spent = fill(sink, "long", args.long_runs, 1, args.long_steps, runs_per_write=1)
+    results.append((f"fill: {args.long_runs} runs x {args.long_steps:,} steps",
+                    f"{long_points / long_spent:,.0f} rows/s"))
+    for name, rate in ingest_rates(sink, "ingest", 2_000_000).items():
+        results.append((f"ingest {name}", f"{rate:,.0f} rows/s"))
+    if args.bootstrap:
+        rate = asyncio.run(kafka_rate(args.bootstrap, data_dir, 2_000_000))
+        results.append(("ingest via Kafka + SinkWorker (1 process)", f"{rate:,.0f} rows/s"))
+    compressed, raw, per_column = bytes_per_point(backend, "bench")
+    results.append(("bytes/point on disk (compressed / raw)", f"{compressed:.2f} / {raw:.2f}"))
+    backend.command("OPTIMIZE TABLE points FINAL")
+    compressed, raw, per_column = bytes_per_point(backend, "bench")
+    results.append(("bytes/point after OPTIMIZE FINAL", f"{compressed:.2f} / {raw:.2f}"))
+    results.append(("  per column", ", ".join(f"{k} {v:.2f}" for k, v in per_column.items() if v >= 0.01)))
+    return points, long_points
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1000)
@@ -202,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 runs x 1,000 steps, long runs of 100,000 steps")
     parser.add_argument("--data-dir", type=Path, default=None, help="chDB store (default: a temporary directory)")
     parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap: also measure the sink worker")
+    parser.add_argument("--queries-only", action="store_true", help="reuse the store in --data-dir: time queries")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.steps, args.long_steps = 100, 1000, 100_000
@@ -211,23 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     service = QueryService(backend=backend)
     results: list[tuple[str, str]] = []
 
-    points, spent = fill(sink, "bench", args.runs, args.metrics, args.steps, runs_per_write=10)
-    results.append((f"fill: {points:,} points via Sink.write", f"{points / spent:,.0f} rows/s"))
-    long_points, long_spent = fill(sink, "long", args.long_runs, 1, args.long_steps, runs_per_write=1)
-    results.append((f"fill: {args.long_runs} runs x {args.long_steps:,} steps",
-                    f"{long_points / long_spent:,.0f} rows/s"))
-    for name, rate in ingest_rates(sink, "ingest", 2_000_000).items():
-        results.append((f"ingest {name}", f"{rate:,.0f} rows/s"))
-    if args.bootstrap:
-        rate = asyncio.run(kafka_rate(args.bootstrap, data_dir, 2_000_000))
-        results.append(("ingest via Kafka + SinkWorker (1 process)", f"{rate:,.0f} rows/s"))
-
-    compressed, raw, per_column = bytes_per_point(backend, "bench")
-    results.append(("bytes/point on disk (compressed / raw)", f"{compressed:.2f} / {raw:.2f}"))
-    backend.command("OPTIMIZE TABLE points FINAL")
-    compressed, raw, per_column = bytes_per_point(backend, "bench")
-    results.append(("bytes/point after OPTIMIZE FINAL", f"{compressed:.2f} / {raw:.2f}"))
-    results.append(("  per column", ", ".join(f"{k} {v:.2f}" for k, v in per_column.items() if v >= 0.01)))
+    if args.queries_only:
+        points, long_points = backend.query("SELECT countIf(project = 'bench'), countIf(project = 'long') FROM points"
+                                            )[1][0]
+    else:
+        points, long_points = fill_and_ingest(args, sink, backend, data_dir, results)
 
     runs = [f"run-{r:05d}" for r in range(0, args.runs, max(1, args.runs // 10))][:10]
     long_runs = [f"run-{r:05d}" for r in range(args.long_runs)]

@@ -22,6 +22,7 @@ import orjson
 from schemas.envelope import EntityRef
 from schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
 from sinks.errors import require
+from sinks.rollup import Points, series_blocks, series_stats
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -102,10 +103,10 @@ class _Interner:
     """Maps strings to small ints so string columns become dictionary arrays (cheap to build and to insert)."""
 
     def __init__(self) -> None:
-        self.index: dict[str, int] = {}
-        self.values: list[str] = []
+        self.index: dict[Any, int] = {}
+        self.values: list[Any] = []
 
-    def __call__(self, value: str) -> int:
+    def __call__(self, value: Any) -> int:
         found = self.index.get(value)
         if found is None:
             found = self.index[value] = len(self.values)
@@ -173,7 +174,7 @@ def _entity_columns(interner: _Interner, per_row: Any) -> dict[str, pa.Array]:
 
 
 def points_tables(blocks: Iterable[PointBlock]) -> dict[str, pa.Table]:
-    """The ``points``, ``series`` and ``ingested`` rows for a list of point blocks."""
+    """The ``points`` and ``ingested`` rows for a list of point blocks."""
     np, pa = _np(), _pa()
     seg = _Segments()
     blocks = list(blocks)
@@ -186,7 +187,8 @@ def points_tables(blocks: Iterable[PointBlock]) -> dict[str, pa.Table]:
 
     steps = np.array(seg.steps, dtype=np.int64)
     times = np.array(seg.times, dtype=np.int64)
-    value32, value_exact = split_values(np.array(seg.values, dtype=np.float64))
+    values = np.array(seg.values, dtype=np.float64)
+    value32, value_exact = split_values(values)
     points = {
         **_entity_columns(seg.entities, repeat(seg.entity, np.int32)),
         "metric": _dictionary(seg.metrics.values, repeat(seg.metric, np.int32)),
@@ -198,29 +200,38 @@ def points_tables(blocks: Iterable[PointBlock]) -> dict[str, pa.Table]:
         "value32": value32,
         "value_exact": value_exact,
     }
+    kinds = np.array(seg.kind, dtype=np.int64)
+    keys = np.stack([np.array(column, dtype=np.int64) for column in (seg.entity, seg.metric, seg.generation,
+                                                                      seg.rank)], axis=1).reshape(-1, 4)
+    series_keys, series = np.unique(keys, axis=0, return_inverse=True)
+    series_kinds = np.zeros(len(series_keys), dtype=np.int64)
+    series_kinds[series.reshape(-1)] = kinds
+    series_keys = np.concatenate([series_keys, series_kinds[:, None]], axis=1)
+    rollup = Points(steps, times, values, lengths, series.reshape(-1), kinds == seg.kinds.index.get("single", -1))
     return {
         "points": pa.table(points),
-        "series": _series_table(seg, steps, times, lengths),
+        "series_stats": _series_table(seg, series_keys, *series_stats(rollup), with_kind=True),
+        "series_blocks": _series_table(seg, series_keys, *series_blocks(rollup)),
         "ingested": ingested_table(blocks),
     }
 
 
-def _series_table(seg: _Segments, steps: Any, times: Any, lengths: Any) -> pa.Table:
+def _series_table(seg: _Segments, series_keys: Any, series: Any, columns: dict[str, pa.Array], *,
+                  with_kind: bool = False) -> pa.Table:
+    """Key columns (entity, metric, generation, rank[, kind]) for rows given by series id, then ``columns``."""
     np, pa = _np(), _pa()
-    if not seg.length:
+    if not columns:
         return pa.table({})
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    columns = {
-        **_entity_columns(seg.entities, np.array(seg.entity, dtype=np.int32)),
-        "metric": _dictionary(seg.metrics.values, np.array(seg.metric, dtype=np.int32)),
-        "generation": pa.array(np.array(seg.generation, dtype=np.uint32)),
-        "rank": pa.array(np.array(seg.rank, dtype=np.uint32)),
-        "kind": _dictionary(seg.kinds.values, np.array(seg.kind, dtype=np.int32)),
-        "min_step": pa.array(np.minimum.reduceat(steps, starts)),
-        "max_step": pa.array(np.maximum.reduceat(steps, starts)),
-        "last_time": _ms_timestamps(np.maximum.reduceat(times, starts)),
+    keys = series_keys[series]
+    table = {
+        **_entity_columns(seg.entities, keys[:, 0].astype(np.int32)),
+        "metric": _dictionary(seg.metrics.values, keys[:, 1].astype(np.int32)),
+        "generation": pa.array(keys[:, 2].astype(np.uint32)),
+        "rank": pa.array(keys[:, 3].astype(np.uint32)),
     }
-    return pa.table(columns)
+    if with_kind:
+        table["kind"] = _dictionary(seg.kinds.values, keys[:, 4].astype(np.int32))
+    return pa.table(table | columns)
 
 
 def _entity_rows(entities: Sequence[EntityRef]) -> dict[str, list[str]]:

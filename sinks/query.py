@@ -22,7 +22,7 @@ from sinks import sql as q
 from sinks.backend import Backend, Row, open_backend
 from sinks.batch import param_value
 from sinks.errors import IngestTimeout, QueryError
-from sinks.schema import migrate
+from sinks.schema import BLOCK_STEPS, migrate
 
 AGGREGATES: Final = ("last", "min", "max", "mean", "first")
 _NAN: Final = math.nan
@@ -78,6 +78,10 @@ class QueryService:
             for entity_id, name, status, keys, values, started, ended, lost in rows
         ]
 
+    def _names(self, scope: dict[str, Any], ids: Sequence[str] | None) -> dict[str, str]:
+        select, extra = _id_filter(ids)
+        return dict(self._rows(q.fill(q.NAMES, select=select), scope | extra))
+
     def runs(self, project: str, *, entity_type: str = "run") -> list[dict[str, Any]]:
         """Runs with id, name, status, params, tags, started_at, ended_at, lost_points and metric summaries."""
         scope = {"project": project, "entity_type": entity_type}
@@ -113,11 +117,9 @@ class QueryService:
             by = [by]
         scope = {"project": project, "entity_type": entity_type}
         select, extra = _id_filter(runs)
-        sql = q.compare_sql("metric = {metric:String}" + select, agg)
-        rows = sorted(self._rows(sql, scope | extra | {"metric": metric}))
-        ids = [row[0] for row in rows]
-        params = self._params(scope, ids) if ids else {}
-        names = {e["id"]: e["name"] for e in self._entities(scope, ids)} if ids else {}
+        rows = self._compare_rows(scope | extra | {"metric": metric}, "metric = {metric:String}" + select, agg)
+        params = self._params(scope, runs) if rows else {}
+        names = self._names(scope, runs) if rows else {}
         result = []
         for entity_id, value, step in rows:
             result.append({
@@ -125,6 +127,20 @@ class QueryService:
                 "step": None if value is None else step, "params": params.get(entity_id, {}),
             })
         return _grouped(result, list(by)) if by else result
+
+    def _compare_rows(self, params: dict[str, Any], select: str, agg: str) -> list[Row]:
+        """(entity_id, value, step) per entity: from ``series_stats`` where exact, else by scanning points."""
+        rows: list[Row] = []
+        scan: list[str] = []
+        for entity_id, exact, value, step in self._rows(q.stats_sql(select, agg), params):
+            if exact:
+                rows.append((entity_id, value, step))
+            else:
+                scan.append(entity_id)
+        if scan:
+            sql = q.compare_sql(select + " AND entity_id IN {scan:Array(String)}", agg)
+            rows.extend(self._rows(sql, params | {"scan": scan}))
+        return sorted(rows)
 
     # -- curves ---------------------------------------------------------------------------------------
 
@@ -138,13 +154,27 @@ class QueryService:
         result: dict[str, list[dict[str, Any]]] = {entity_id: [] for entity_id in ids}
         if not ids:
             return result
-        sql = q.curves_sql("metric = {metric:String} AND entity_id IN {ids:Array(String)}")
-        params = {"project": project, "entity_type": entity_type, "metric": metric, "ids": ids, "points": points}
-        for entity_id, _bucket, step_from, step_to, low, high, avg, last in self._rows(sql, params):
-            result[entity_id].append({
-                "step_from": step_from, "step_to": step_to, "min": _num(low), "max": _num(high),
-                "avg": _num(avg), "last": _num(last),
-            })
+        params: dict[str, Any] = {"project": project, "entity_type": entity_type, "metric": metric}
+        plans: dict[str, list[tuple[str, int, int, int]]] = {}
+        for entity_id, generation, lo, hi, single, ranks, clean in self._rows(
+                q.fill(q.PLAN, select="metric = {metric:String} AND entity_id IN {ids:Array(String)}"),
+                params | {"ids": ids}):
+            origin, width, level = curve_plan(lo, hi, points, clean=bool(clean and ranks == 1 and not single))
+            category = f"rollup{level}" if level else "ranks" if ranks > 1 else "clean" if clean else "dirty"
+            plans.setdefault(category, []).append((entity_id, generation, origin, width))
+        for category, planned in plans.items():
+            ids_, generations, los, widths = (list(column) for column in zip(*planned, strict=True))
+            bound = params | {"ids": ids_, "generations": generations, "los": los, "widths": widths}
+            if category.startswith("rollup"):
+                sql, level = q.CURVES_ROLLUP, int(category.removeprefix("rollup"))
+                bound |= {"level": level, "block_steps": BLOCK_STEPS[level]}
+            else:
+                sql = q.curves_sql(category)
+            for entity_id, *_bucket, step_from, step_to, low, high, avg, last in self._rows(sql, bound):
+                result[entity_id].append({
+                    "step_from": step_from, "step_to": step_to, "min": _num(low), "max": _num(high),
+                    "avg": _num(avg), "last": _num(last),
+                })
         return result
 
     # -- SQL escape hatch -----------------------------------------------------------------------------
@@ -196,6 +226,26 @@ class QueryService:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def curve_plan(lo: int, hi: int, points: int, *, clean: bool) -> tuple[int, int, int]:
+    """(origin, width, rollup level or 0) of the curve buckets of a series spanning steps ``lo..hi``.
+
+    Buckets are ``width`` steps wide from ``origin``: ``width = ceil((hi - lo + 1) / points)`` from ``lo``; once
+    that width reaches a level-1 rollup block, whole blocks of a level (origin rounded down to a block, width
+    up), so a curve has at most ``points`` buckets and at least about half as many. Level 2 (coarser blocks,
+    fewer rows to read) is chosen when its width is at most 25% wider than level 1's. The buckets do not depend
+    on the path: a ``clean`` single-rank series is read from ``series_blocks`` at that level, others from points.
+    """
+    width = -(-(hi - lo + 1) // points)
+    if width < BLOCK_STEPS[1]:
+        return lo, width, 0
+    plans = []
+    for level, size in BLOCK_STEPS.items():
+        origin = lo // size * size
+        plans.append((origin, -(-(hi - origin + 1) // (points * size)) * size, level))
+    origin, width, level = plans[1] if plans[1][1] * 4 <= plans[0][1] * 5 else plans[0]
+    return origin, width, level if clean else 0
 
 
 def _id_filter(ids: Sequence[str] | None) -> tuple[str, dict[str, Any]]:

@@ -22,8 +22,11 @@ from sinks.schema import migrate
 
 log = logging.getLogger(__name__)
 
-# Order matters for readers: points before the tables that announce them (series, ingested).
-_POINT_TABLES = ("points", "series", "ingested")
+# Order matters: points before the statistics derived from them (a crash in between, replayed without token,
+# leaves statistics of one copy of identical points: still exact), ``series_stats`` before ``series_blocks``
+# (a second copy of the blocks implies a second copy of the statistics, which marks the series unclean), and
+# ``ingested`` last, since it announces everything as queryable.
+_POINT_TABLES = ("points", "series_stats", "series_blocks", "ingested")
 
 
 def dedup_token(*parts: object) -> str:

@@ -4,6 +4,15 @@ Shared semantics, also what the brute-force tests compute:
 
 - Only the newest ``generation`` of an (entity, metric) is visible (an overwrite hides everything before it).
 - ``points FINAL`` collapses replayed points and keeps the later value of a step logged twice.
+- ``series_stats`` and ``series_blocks`` (written with every batch of points, sinks/rollup.py) answer compare
+  and long curves without scanning points, but only for series that provably hold no duplicate row: one rank,
+  and write segments that never share a step. A replay without deduplication token, a step logged twice, or several
+  ranks fall back to the scan, so results never depend on which path served them. (Mean and count are the
+  duplicate-sensitive ones; last/first/min/max would survive exact replays, but a re-logged step would not.)
+  A write that stored points but crashed before its statistics, then replayed without token, leaves two
+  identical copies in points and one in the statistics: still exact. Ties of min / max go to the smallest step.
+- curves buckets: ``query.curve_plan`` (block-aligned once a bucket spans 64 steps), the same on every path;
+  the scan of one-rank series without duplicates skips ``FINAL``.
 - A series is read per step: the mean over ranks. ``single`` values: the latest by time wins (ties: higher step).
 - min / max / mean skip NaN (a NaN step is kept in ``last`` / ``first``); ±Inf count as values.
 """
@@ -17,10 +26,21 @@ from sinks.errors import QueryError
 
 _SCOPE: Final = "project = {project:String} AND entity_type = {entity_type:String}"
 
-# The newest generation of each selected (entity, metric) and how many ranks wrote it, from ``series``.
+# True when no (rank, step) of a series was inserted twice: its insert segments are pairwise disjoint.
+_DISJOINT: Final = "arrayAll((a, b) -> a.1 > b.2, arrayPopFront(arraySort(<SEG>)), arrayPopBack(arraySort(<SEG>)))"
+
+
+def disjoint(segments: str) -> str:
+    return _DISJOINT.replace("<SEG>", segments)
+
+
+# The newest generation of each selected (entity, metric), how many ranks wrote it and whether it is clean (no
+# duplicate rows in ``points``), from ``series_stats``.
 _NEWEST: Final = """
     SELECT entity_id, metric, generation FROM (
-        SELECT entity_id, metric, generation, uniqExact(rank) AS ranks, anyLast(kind) AS kind FROM series
+        SELECT entity_id, metric, generation, uniqExact(rank) AS ranks, anyLast(kind) AS kind,
+               <CLEAN> AS clean
+        FROM series_stats
         WHERE <SCOPE> AND <SELECT>
         GROUP BY entity_id, metric, generation
         ORDER BY generation DESC
@@ -29,11 +49,11 @@ _NEWEST: Final = """
 """
 
 # One row per (entity, metric, step): the value (cross-rank mean), the latest value by time (for single values)
-# and the kind. Series written by one rank are read straight from ``points FINAL`` (a step is one row there);
-# only several ranks need the per-step GROUP BY, which costs ~2x on large scans.
+# and the kind. Series written by one rank are read straight from ``points`` (a step is one row there), with
+# ``FINAL`` only when the series holds duplicates; only several ranks need the per-step GROUP BY.
 _ONE_RANK: Final = """
     SELECT entity_id, metric, step, value AS v, value AS lv, time AS t, kind
-    FROM points FINAL
+    FROM points <FINAL>
     WHERE <SCOPE> AND <SELECT> AND (entity_id, metric, generation) IN (<NEWEST>)
 """
 _RANKS: Final = """
@@ -53,25 +73,28 @@ def fill(template: str, **parts: str) -> str:
 
 
 def newest(select: str, ranks: str = "1", kind: str = "1") -> str:
-    return fill(_NEWEST, scope=_SCOPE, select=select, ranks=ranks, kind=kind)
+    return fill(_NEWEST, scope=_SCOPE, select=select, ranks=ranks, kind=kind,
+                clean=disjoint("groupArrayArray(segments)"))
 
 
 def per_step(select: str, kind: str = "1") -> str:
     """Per-step rows for the (entity, metric) pairs matched by ``select`` (a condition on bound parameters)."""
-    one = fill(_ONE_RANK, scope=_SCOPE, select=select, newest=newest(select, "ranks = 1", kind))
+    clean = fill(_ONE_RANK, scope=_SCOPE, select=select, final="", newest=newest(select, "ranks = 1 AND clean", kind))
+    dirty = fill(_ONE_RANK, scope=_SCOPE, select=select, final="FINAL",
+                 newest=newest(select, "ranks = 1 AND NOT clean", kind))
     several = fill(_RANKS, scope=_SCOPE, select=select, newest=newest(select, "ranks > 1", kind))
-    return f"{one}\n    UNION ALL\n{several}"
+    return f"{clean}\n    UNION ALL\n{dirty}\n    UNION ALL\n{several}"
 
 
 _NOT_NAN: Final = "NOT isNaN(v)"
 
-# compare: only the requested aggregate is computed (each costs a pass over ~10M values at 1,000 runs);
-# series and single values are separate branches, chosen from ``series.kind``.
+# compare by scanning points: only the requested aggregate is computed; series and single values are separate
+# branches, chosen from ``series_stats.kind``. Ties of min / max go to the smallest step.
 COMPARE_AGGREGATES: Final = {
     "last": "argMax(v, step), max(step)",
     "first": "argMin(v, step), min(step)",
-    "min": f"minIfOrNull(v, {_NOT_NAN}), argMinIf(step, v, {_NOT_NAN})",
-    "max": f"maxIfOrNull(v, {_NOT_NAN}), argMaxIf(step, v, {_NOT_NAN})",
+    "min": f"minIfOrNull(v, {_NOT_NAN}), argMinIf(step, (v, step), {_NOT_NAN})",
+    "max": f"maxIfOrNull(v, {_NOT_NAN}), argMaxIf(step, (v, -step), {_NOT_NAN})",
     "mean": f"avgIf(v, {_NOT_NAN}), max(step)",
 }
 _COMPARE: Final = """
@@ -82,33 +105,103 @@ SELECT entity_id, argMax(lv, (t, step)), argMax(step, (t, step)) FROM (<SINGLE>)
 
 
 def compare_sql(select: str, agg: str) -> str:
-    """Rows (entity_id, value, step) for every entity matched by ``select``."""
+    """Rows (entity_id, value, step) for every entity matched by ``select``, by scanning ``points``."""
     return fill(_COMPARE, aggregate=COMPARE_AGGREGATES[agg], series=per_step(select, "kind != 'single'"),
                 single=per_step(select, "kind = 'single'"))
 
 
-_BOUNDS: Final = """
-    SELECT entity_id, min(min_step) AS lo, max(max_step) AS hi FROM series
-    WHERE <SCOPE> AND <SELECT> AND (entity_id, metric, generation) IN (<NEWEST>)
-    GROUP BY entity_id
+# compare from the statistics alone: per entity, the newest generation's merged statistics. ``exact`` says
+# whether they answer the query (one rank, and no duplicate rows or a single value); otherwise the caller scans.
+# Only the tuple aggregate the requested ``agg`` needs is computed (they are the expensive part).
+STATS_AGGREGATES: Final = {
+    "last": ("max(last)", "pick.2", "pick.1"),
+    "first": ("min(first)", "pick.2", "pick.1"),
+    "min": ("min(low)", "if(finite > 0, pick.1, NULL)", "if(finite > 0, pick.2, NULL)"),
+    "max": ("max(high)", "if(finite > 0, pick.1, NULL)", "if(finite > 0, -pick.2, NULL)"),
+    "mean": ("0", "if(finite > 0, total / finite, nan)", "max_step"),
+}
+_STATS: Final = f"""
+SELECT entity_id, ranks = 1 AND (single OR {disjoint("seg")}) AS exact,
+       if(single, latest.3, <VALUE>) AS value, if(single, latest.2, <STEP>) AS step
+FROM (
+    SELECT entity_id, generation, if(min(rank) = max(rank), 1, 2) AS ranks, anyLast(kind) = 'single' AS single,
+           groupArrayArray(segments) AS seg, sum(finite) AS finite, sum(total) AS total,
+           max(max_step) AS max_step, <PICK> AS pick, maxIf(latest, kind = 'single') AS latest
+    FROM series_stats
+    WHERE {_SCOPE} AND <SELECT>
+    GROUP BY entity_id, generation
+    ORDER BY generation DESC
+    LIMIT 1 BY entity_id
+)
 """
 
+
+def stats_sql(select: str, agg: str) -> str:
+    """Rows (entity_id, exact, value, step) from ``series_stats`` for the entities matched by ``select``."""
+    pick, value, step = STATS_AGGREGATES[agg]
+    return fill(_STATS, select=select, pick=pick, value=value, step=step)
+
+
+# curves planning: per entity the newest generation's step range, kind, ranks and cleanliness.
+PLAN: Final = f"""
+SELECT entity_id, generation, lo, hi, kind = 'single', ranks, {disjoint("seg")} AS clean FROM (
+    SELECT entity_id, generation, min(min_step) AS lo, max(max_step) AS hi, uniqExact(rank) AS ranks,
+           anyLast(kind) AS kind, groupArrayArray(segments) AS seg
+    FROM series_stats
+    WHERE {_SCOPE} AND <SELECT>
+    GROUP BY entity_id, generation
+    ORDER BY generation DESC
+    LIMIT 1 BY entity_id
+)
+"""
+
+# Per-entity bucket origin and width (steps), bound as arrays.
+_BOUNDS: Final = """
+    SELECT t.1 AS entity_id, t.2 AS generation, t.3 AS lo, t.4 AS width
+    FROM (SELECT arrayJoin(arrayZip({ids:Array(String)}, {generations:Array(UInt32)}, {los:Array(Int64)},
+                                    {widths:Array(Int64)})) AS t)
+"""
+
+# Per-step rows of the planned entities, by how they were written: one rank without duplicates (no FINAL
+# needed), one rank with duplicates (FINAL), several ranks (FINAL, mean over ranks per step).
+_ROWS: Final = {
+    "clean": "SELECT entity_id, generation, step, value AS v FROM points WHERE <WHERE>",
+    "dirty": "SELECT entity_id, generation, step, value AS v FROM points FINAL WHERE <WHERE>",
+    "ranks": """SELECT entity_id, generation, step, if(count() = 1, any(value), avg(value)) AS v FROM points FINAL
+        WHERE <WHERE> GROUP BY entity_id, generation, step""",
+}
+_ROWS_WHERE: Final = f"{_SCOPE} AND metric = {{metric:String}} AND entity_id IN {{ids:Array(String)}}"
+
 CURVES: Final = """
-SELECT s.entity_id AS entity_id,
-       intDiv(s.step - b.lo, intDiv(b.hi - b.lo + {points:Int64}, {points:Int64})) AS bucket,
+SELECT s.entity_id AS entity_id, intDiv(s.step - b.lo, b.width) AS bucket,
        min(s.step) AS step_from, max(s.step) AS step_to,
        minIfOrNull(s.v, NOT isNaN(s.v)) AS min, maxIfOrNull(s.v, NOT isNaN(s.v)) AS max,
        avgIf(s.v, NOT isNaN(s.v)) AS avg, argMax(s.v, s.step) AS last
-FROM (<PER_STEP>) AS s
-INNER JOIN (<BOUNDS>) AS b ON s.entity_id = b.entity_id
+FROM (<ROWS>) AS s
+INNER JOIN (<BOUNDS>) AS b ON s.entity_id = b.entity_id AND s.generation = b.generation
 GROUP BY entity_id, bucket
 ORDER BY entity_id, bucket
 """
 
 
-def curves_sql(select: str) -> str:
-    bounds = fill(_BOUNDS, scope=_SCOPE, select=select, newest=newest(select))
-    return fill(CURVES, per_step=per_step(select), bounds=bounds)
+def curves_sql(category: str) -> str:
+    """curves by scanning points for the entities of one plan category (``clean``, ``dirty``, ``ranks``)."""
+    return fill(CURVES, rows=fill(_ROWS[category], where=_ROWS_WHERE), bounds=_BOUNDS)
+
+
+# curves from ``series_blocks``, whose rows go straight into buckets (``lo`` and ``width`` are in steps, whole
+# blocks: see ``query.curve_plan``); ``i`` finds an entity's bucket origin and width in the bound arrays.
+CURVES_ROLLUP: Final = f"""
+SELECT entity_id, indexOf({{ids:Array(String)}}, entity_id) AS i,
+       intDiv(block * {{block_steps:Int64}} - {{los:Array(Int64)}}[i], {{widths:Array(Int64)}}[i]) AS bucket,
+       min(min_step) AS step_from, max(max_step) AS step_to,
+       if(sum(finite) > 0, min(low), NULL) AS min, if(sum(finite) > 0, max(high), NULL) AS max,
+       sum(total) / sum(finite) AS avg, argMax(last.2, last.1) AS last
+FROM series_blocks
+WHERE {_ROWS_WHERE} AND level = {{level:UInt8}} AND generation = {{generations:Array(UInt32)}}[i]
+GROUP BY entity_id, i, bucket
+ORDER BY entity_id, bucket
+"""
 
 
 ENTITY_METRICS: Final = """
@@ -124,6 +217,11 @@ SELECT entity_id, name, status, mapKeys(tags) AS tag_keys, mapValues(tags) AS ta
 FROM entities FINAL
 WHERE {_SCOPE} <SELECT>
 ORDER BY started_ns, entity_id
+"""
+
+NAMES: Final = f"""
+SELECT entity_id, name FROM entities FINAL
+WHERE {_SCOPE} <SELECT>
 """
 
 PARAMS: Final = f"""

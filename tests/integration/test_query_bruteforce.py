@@ -17,7 +17,8 @@ import pytest
 from schemas.envelope import EntityRef, MetricBatch
 from schemas.processed import EntityState, PointBlock
 from sinks.backend import Backend
-from sinks.query import QueryService
+from sinks.query import QueryService, curve_plan
+from sinks.schema import BLOCK_STEPS
 from sinks.sink import Sink
 
 PROJECT = "proj'\\\"; DROP TABLE points; --"
@@ -84,6 +85,7 @@ def generate() -> World:
     w.blocks.append(special)  # replayed block
     w.log("run-special", "loss", [5, 6], [42.0, -42.0])  # steps logged again later: these win
     w.log("run-nan", "loss", list(range(10)), [math.nan] * 10)
+    w.log("run-long", "loss", list(range(-700, 3000)), w.curve(3700, special=True))  # level-2 rollups
     return w
 
 
@@ -143,7 +145,7 @@ def world(backend: Backend) -> World:
     return w
 
 
-ENTITIES = ("run-0", "run-1", "run-2", "run-ranks", "run-over", "run-special", "run-nan")
+ENTITIES = ("run-0", "run-1", "run-2", "run-ranks", "run-over", "run-special", "run-nan", "run-long")
 
 
 @pytest.mark.parametrize("agg", ["last", "first", "min", "max", "mean"])
@@ -180,13 +182,16 @@ def test_compare_grouped_by_params(world: World, backend: Backend) -> None:
         assert row["max"] == values.max()
 
 
-@pytest.mark.parametrize("points", [1, 7, 64, 1000])
+@pytest.mark.parametrize("points", [1, 2, 3, 5, 7, 64, 1000])
 def test_curves_match_brute_force(world: World, backend: Backend, points: int) -> None:
     result = QueryService(backend=backend).curves(PROJECT, list(ENTITIES), "loss", points=points)
     for entity in ENTITIES:
         steps, values, _ = per_step(world, entity, "loss")
-        width = math.ceil((steps[-1] - steps[0] + 1) / points)
-        buckets = (steps - steps[0]) // width
+        origin, width, _rollup = curve_plan(int(steps[0]), int(steps[-1]), points, clean=True)
+        if width >= BLOCK_STEPS[1]:
+            assert origin % BLOCK_STEPS[1] == 0
+            assert width % BLOCK_STEPS[1] == 0
+        buckets = (steps - origin) // width
         expected = []
         for b in np.unique(buckets):
             s, v = steps[buckets == b], values[buckets == b]

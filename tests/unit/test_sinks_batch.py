@@ -99,8 +99,11 @@ def test_points_tables_columns_and_series_rows() -> None:
     assert points["rank"] == [1, 1, 1]
     assert points["step"] == [3, 4, 0]
     assert points["kind"] == ["series", "series", "single"]
-    series = tables["series"].to_pydict()
+    series = tables["series_stats"].to_pydict()
     assert (series["metric"], series["min_step"], series["max_step"]) == (["a", "b"], [3, 0], [4, 0])
+    assert series["kind"] == ["series", "single"]
+    assert series["segments"] == [[{"1": 3, "2": 4}], [{"1": 0, "2": 0}]]
+    assert tables["series_blocks"].to_pydict()["level"] == [1, 2]
     ingested = tables["ingested"].to_pydict()
     assert ingested["seq"] == [5, 1]
     assert ingested["points"] == [3, 0]
