@@ -41,6 +41,15 @@ def workload() -> list[dict[str, float]]:
     return [{key: rng.random() for key in KEYS} for _ in range(VARIANTS)]
 
 
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so a phase's peak is its own; False if unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -205,6 +214,8 @@ def caller_cost(target: Target, data: list[dict[str, float]], budget_s: float) -
 
 def sustained(target: Target, data: list[dict[str, float]], seconds: float, max_calls: int) -> dict[str, float]:
     """Log at full rate for ``seconds`` (or ``max_calls``), then wait until delivered: points/s end to end."""
+    process_peak_mb = rss_kib("VmHWM") / 1024
+    peak_reset = reset_peak_rss()
     rss_before = rss_kib("VmRSS")
     start = time.perf_counter()
     step = 0
@@ -224,8 +235,10 @@ def sustained(target: Target, data: list[dict[str, float]], seconds: float, max_
         "caller_points_per_s": points / (logged - start),
         "delivered_points_per_s": points / (done - start),
         "drain_s": done - logged,
+        "rss_before_mb": rss_before / 1024,
         "rss_growth_mb": (rss_kib("VmHWM") - rss_before) / 1024,
-        "peak_rss_mb": rss_kib("VmHWM") / 1024,
+        "peak_rss_reset": peak_reset,
+        "peak_rss_mb": max(process_peak_mb, rss_kib("VmHWM") / 1024),
     }
 
 

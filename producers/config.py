@@ -4,6 +4,11 @@ Every field ``name`` can also be set by the environment variable ``TRACKSTREAM_<
 ``TRACKSTREAM_KAFKA_BOOTSTRAP``, ``TRACKSTREAM_LINGER_MS``, ``TRACKSTREAM_KAFKA_SASL_PASSWORD``. With no
 ``kafka_bootstrap`` the producer writes to the local spool only. Secrets (the SASL password) never appear
 in reprs or logs.
+
+``max_buffer_bytes`` is the memory budget of one handle's data on its way out, in quarters: points in the
+handle's buffer (a log call past it waits, at most 2 s, for the flusher), the batch the flusher is
+encoding, encoded envelopes awaiting Kafka (past it, they go to the spool), and transport buffers (a
+chunk of spool being drained, aiokafka's batch).
 """
 
 from __future__ import annotations

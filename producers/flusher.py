@@ -18,6 +18,7 @@ from typing import Protocol
 from producers.buffer import Drained, MetricBuffer
 from producers.config import ProducerConfig
 from producers.errors import FlushTimeoutError
+from producers.kafka import FLUSHER_THREAD
 from producers.pipeline import Pipeline
 from schemas import EntityRef
 
@@ -56,7 +57,7 @@ class Flusher:
         self._urgent = False
         ready = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(ready,), name="trackstream-flusher", daemon=True,
+            target=self._run, args=(ready,), name=FLUSHER_THREAD, daemon=True,
         )
         self._thread.start()
         ready.wait()

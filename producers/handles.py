@@ -153,7 +153,7 @@ class Run(_Handle):
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None,
     ) -> None:
-        self.finish(runtime.status_after(kind))
+        self.finish(runtime.status_after(kind, value))
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Record hyperparameters (JSON values; numbers stay numbers)."""
@@ -239,6 +239,7 @@ def start_run(
         started = {"name": name or "", "params": checked_params, "tags": checked_tags}
         run.add_event(Event("run_started", now, started))
     runtime.flusher().register(run)
+    runtime.install_sigterm_handler()
     return run
 
 
@@ -255,6 +256,7 @@ def model(
         _env_int(rank, "RANK", 0), _env_int(world_size, "WORLD_SIZE", 1),
     )
     runtime.flusher().register(handle)
+    runtime.install_sigterm_handler()
     return handle
 
 

@@ -5,6 +5,12 @@ Envelopes of one entity are sent as record batches (``send_batch``) one after th
 before the next: a failed batch can never be overtaken by a later one of the same entity, so after a
 failure the producer can spool the unacknowledged envelopes and replay them in seq order.
 Different entities are sent concurrently.
+
+aiokafka logs every failed connection attempt at ERROR, which during an outage floods the training job's
+stderr. The producer reports an outage itself, once (see :mod:`producers.pipeline`), and demotes to DEBUG
+the records aiokafka emits on the flusher's thread, with a filter on the ``aiokafka`` loggers: levels,
+handlers and the user's own aiokafka clients (on other threads) are left as they are, and the demoted
+records are still there for whoever logs ``aiokafka`` at DEBUG.
 """
 
 from __future__ import annotations
@@ -19,6 +25,31 @@ from producers.errors import TrackstreamError
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
+
+
+FLUSHER_THREAD = "trackstream-flusher"
+
+
+class _DemoteOwnRecords(logging.Filter):
+    """Turns aiokafka records of the flusher's thread into DEBUG records (CRITICAL stays)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.threadName == FLUSHER_THREAD and logging.DEBUG < record.levelno < logging.CRITICAL:
+            record.levelno = logging.DEBUG
+            record.levelname = logging.getLevelName(logging.DEBUG)
+        return True
+
+
+_DEMOTE = _DemoteOwnRecords()
+
+
+def quiet_aiokafka() -> None:
+    """Attach the demoting filter to every ``aiokafka`` logger (a logger's filters see only its own records)."""
+    names = [n for n in list(logging.root.manager.loggerDict) if n == "aiokafka" or n.startswith("aiokafka.")]
+    for name in ["aiokafka", *names]:
+        logger = logging.getLogger(name)
+        if _DEMOTE not in logger.filters:
+            logger.addFilter(_DEMOTE)
 
 
 class TransportError(TrackstreamError):
@@ -79,6 +110,7 @@ class KafkaTransport:
             return
         from aiokafka import AIOKafkaProducer
 
+        quiet_aiokafka()
         config = self.config
         producer = AIOKafkaProducer(
             bootstrap_servers=config.kafka_bootstrap, acks="all", enable_idempotence=True,

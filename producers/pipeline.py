@@ -7,8 +7,8 @@ All methods run on the flusher's event loop thread. Modes:
   Kafka acknowledged all of it.
 - spooled: envelopes are appended to the spool and a drainer sends the spool to Kafka in order, resuming
   from a saved position. The producer enters it when a round fails (Kafka down at start or mid-run), when
-  the unacknowledged bytes pass ``max_buffer_bytes``, or always with ``durability="spool"``; it returns to
-  direct once the drainer caught up (``durability="memory"`` only).
+  the unacknowledged bytes pass a quarter of ``max_buffer_bytes``, or always with ``durability="spool"``;
+  it returns to direct once the drainer caught up (``durability="memory"`` only).
 
 Order is kept per entity: on entering spooled mode, every unacknowledged envelope (the round in flight,
 then the outbox) is written to the spool before any newer one, and the drainer starts only after the round
@@ -74,6 +74,12 @@ class Pipeline:
         self._work = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._origins: dict[tuple[int, int], Origin] = {}
+        # The memory budget (ProducerConfig.max_buffer_bytes): a quarter for encoded envelopes awaiting Kafka,
+        # at most an eighth for one chunk of spool drained into Kafka.
+        self._direct_limit = config.max_buffer_bytes // 4
+        self._outage = False
+        self._behind_noted = False
+        self._drain_bytes = max(1 << 16, min(_DRAIN_BYTES, config.max_buffer_bytes // 8))
 
     def __repr__(self) -> str:
         return f"Pipeline(producer_id={self.producer_id!r}, spooled={self.spooled}, config={self.config!r})"
@@ -96,12 +102,34 @@ class Pipeline:
         else:
             self._outbox.extend(envelopes)
             self._outbox_bytes += sum(len(e.payload) for e in envelopes)
-            if self._outbox_bytes + self._inflight_bytes > self.config.max_buffer_bytes // 2:
-                log.warning("trackstream: Kafka is behind, spooling to %s", self.config.spool_dir)
+            if self._outbox_bytes + self._inflight_bytes > self._direct_limit:
+                self._note_behind()
                 self._enter_spooled(include_inflight=True)
         if self.kafka is not None:
             self._ensure_sender()
             self._work.set()
+
+    def _note_outage(self, exc: Exception) -> None:
+        """Say once per outage that Kafka is unreachable and where the data goes meanwhile."""
+        if self._outage:
+            return
+        self._outage = True
+        log.warning("trackstream: Kafka at %s is unreachable; spooling to %s - nothing is lost, the spool "
+                    "is sent to Kafka when it is back (cause: %s)", self.config.kafka_bootstrap, self.spool_path,
+                    exc.__cause__ or exc)
+
+    def _note_recovered(self) -> None:
+        if self._outage:
+            self._outage = False
+            log.warning("trackstream: Kafka at %s is reachable again; sending the spooled data",
+                        self.config.kafka_bootstrap)
+
+    def _note_behind(self) -> None:
+        """Kafka acknowledges slower than the job logs: said once per producer, then at DEBUG."""
+        level = logging.DEBUG if self._behind_noted else logging.WARNING
+        self._behind_noted = True
+        log.log(level, "trackstream: Kafka acknowledges slower than points are logged; the overflow goes "
+                "through the spool at %s", self.spool_path)
 
     def _ensure_sender(self) -> None:
         if self._sender is None or self._sender.done():
@@ -163,14 +191,16 @@ class Pipeline:
             try:
                 caught_up = await self._drain_spool()
             except TransportError as exc:
-                log.info("trackstream: Kafka unavailable (%s), retrying in %.1fs", exc, backoff_s)
+                self._note_outage(exc)
+                log.debug("trackstream: Kafka unavailable (%s), retrying in %.1fs", exc, backoff_s)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
                 continue
             backoff_s = self.config.retry_backoff_ms / 1000
+            self._note_recovered()
             if caught_up:
                 if self.config.durability == "memory":
-                    log.info("trackstream: spool drained into Kafka, sending directly again")
+                    log.debug("trackstream: spool drained into Kafka, sending directly again")
                     self.spooled = False
                     continue
                 self._work.clear()
@@ -185,12 +215,13 @@ class Pipeline:
             await self.kafka.send([(e.key, e.payload) for e in batch])
             ok = True
         except TransportError as exc:
-            log.warning("trackstream: %s; spooling to %s until Kafka is back", exc, self.config.spool_dir)
+            self._note_outage(exc)
             ok = False
         self._inflight, self._inflight_bytes = [], 0
         if self._inflight_spooled:
             return
         if ok:
+            self._note_recovered()
             self._ack(batch[-1].seq)
             return
         self._inflight = batch
@@ -207,7 +238,7 @@ class Pipeline:
             self._drain_pos = self._reader.load_position(KAFKA_CONSUMER)
         items: list[tuple[bytes, bytes]] = []
         last = None
-        for position, key, payload in self._reader.frames(self._drain_pos, max_bytes=_DRAIN_BYTES):
+        for position, key, payload in self._reader.frames(self._drain_pos, max_bytes=self._drain_bytes):
             items.append((key, payload))
             last = position
         if last is None:

@@ -11,7 +11,7 @@ Layout (format version 1)::
 A frame is ``<u32 length><u32 crc32><u16 key length><key><payload>`` (little-endian), where ``length``
 counts the bytes after the 8-byte header and ``crc32`` (zlib) covers them. ``key`` is the Kafka key (the
 entity key) and ``payload`` one encoded envelope (:func:`schemas.encode`). A writer appends whole frames
-with one ``write`` per batch and starts a new segment past ``segment_bytes``; it never rewrites a byte.
+(``writev``, no copy of the payloads) and starts a new segment past ``segment_bytes``; it never rewrites a byte.
 
 Readers (:class:`SpoolReader`) iterate frames from a :class:`SpoolPosition` and get the position after
 each frame, so they can save it and resume. A frame that is incomplete or fails its CRC ends the readable
@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 import orjson
 
@@ -47,6 +47,7 @@ SEGMENT_SUFFIX: Final = ".seg"
 _HEADER: Final = struct.Struct("<II")
 _KEY_LEN: Final = struct.Struct("<H")
 _MAX_FRAME: Final = 256 * 1024 * 1024
+_IOV_BUFFERS: Final = 3 * 300  # three buffers per frame, below IOV_MAX (1024 on Linux)
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -127,31 +128,55 @@ class SpoolWriter:
         return SpoolPosition(self._index, self._size)
 
     def append(self, frames: Iterable[tuple[bytes, bytes]]) -> SpoolPosition:
-        """Append (key, payload) frames in order, with one write; returns the new end position."""
-        data = b"".join(encode_frame(key, payload) for key, payload in frames)
-        if not data:
-            return self.end()
-        if self._size > len(MAGIC) and self._size + len(data) > self.segment_bytes:
-            self._roll()
-        self._write_all(data)
-        self._dirty = True
+        """Append (key, payload) frames in order; returns the new end position.
+
+        Frames go out with ``writev`` in groups, header and payload as separate buffers: the payloads
+        are never copied, so spooling tens of MiB at once (Kafka away) costs no extra memory.
+        """
+        vectors: list[bytes] = []
+        pending = 0
+        for key, payload in frames:
+            prefix = _KEY_LEN.pack(len(key)) + key
+            length = len(prefix) + len(payload)
+            size = self._size + pending
+            if size > len(MAGIC) and size + _HEADER.size + length > self.segment_bytes:
+                self._write_vectors(vectors)
+                vectors, pending = [], 0
+                self._roll()
+            vectors += (_HEADER.pack(length, zlib.crc32(payload, zlib.crc32(prefix))), prefix, payload)
+            pending += _HEADER.size + length
+            if len(vectors) >= _IOV_BUFFERS:
+                self._write_vectors(vectors)
+                vectors, pending = [], 0
+        self._write_vectors(vectors)
         if self.fsync == "batch" or (
             self.fsync == "interval" and time.monotonic_ns() - self._last_sync_ns >= self._fsync_interval_ns
         ):
             self.sync()
         return self.end()
 
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
+    def _write_vectors(self, vectors: list[bytes]) -> None:
+        """Write ``vectors`` whole at the end of the segment; on failure cut back what was written."""
+        if not vectors:
+            return
+        total = sum(len(v) for v in vectors)
         written = 0
+        remaining: list[bytes | memoryview] = list(vectors)
         try:
-            while written < len(view):
-                written += os.write(self._fd, view[written:])
+            while written < total:
+                done = os.writev(self._fd, remaining)
+                written += done
+                while remaining and done >= len(remaining[0]):
+                    done -= len(remaining[0])
+                    remaining.pop(0)
+                if done:
+                    remaining[0] = memoryview(remaining[0])[done:]
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)
             raise SpoolError(f"cannot write to spool {self.path}: {exc}") from exc
         self._size += written
+        self._dirty = True
 
     def _roll(self) -> None:
         self.sync()
@@ -284,19 +309,31 @@ class SpoolReader:
                 raise SpoolError(f"{self.path / _segment_name(index)} is not a spool segment")
             handle.seek(offset)
             while True:
-                header = handle.read(_HEADER.size)
-                if len(header) < _HEADER.size:
-                    self.torn_bytes = len(header)
+                frame = self._read_frame(handle)
+                if frame is None:
                     return
-                length, crc = _HEADER.unpack(header)
-                body = handle.read(length) if length <= _MAX_FRAME else b""
-                if len(body) != length or zlib.crc32(body) != crc:
-                    self.torn_bytes = _HEADER.size + len(body)
-                    return
-                offset += _HEADER.size + length
-                key_len = _KEY_LEN.unpack_from(body)[0]
-                key = body[_KEY_LEN.size : _KEY_LEN.size + key_len]
-                yield SpoolPosition(index, offset), key, body[_KEY_LEN.size + key_len :]
+                key, payload = frame
+                offset += _HEADER.size + _KEY_LEN.size + len(key) + len(payload)
+                yield SpoolPosition(index, offset), key, payload
+
+    def _read_frame(self, handle: BinaryIO) -> tuple[bytes, bytes] | None:
+        """The next (key, payload), read without copying the payload; None at a torn or corrupt frame."""
+        head = handle.read(_HEADER.size + _KEY_LEN.size)
+        if len(head) < _HEADER.size + _KEY_LEN.size:
+            self.torn_bytes = len(head)
+            return None
+        length, crc = _HEADER.unpack_from(head)
+        key_len = _KEY_LEN.unpack_from(head, _HEADER.size)[0]
+        if not _KEY_LEN.size + key_len <= length <= _MAX_FRAME:
+            self.torn_bytes = len(head)
+            return None
+        key = handle.read(key_len)
+        payload = handle.read(length - _KEY_LEN.size - key_len)
+        got = _KEY_LEN.size + len(key) + len(payload)
+        if got != length or zlib.crc32(payload, zlib.crc32(head[_HEADER.size :] + key)) != crc:
+            self.torn_bytes = _HEADER.size + got
+            return None
+        return key, payload
 
     def delete_consumed(self, position: SpoolPosition) -> int:
         """Delete the segments wholly before ``position``; returns how many were deleted."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,7 +60,10 @@ def finished_runs(count: int) -> Callable[[list[Envelope]], bool]:
 
 
 def unique_per_producer(found: list[Envelope]) -> dict[str, list[Envelope]]:
-    """Envelopes per producer in seq order, duplicates dropped; asserts the seqs are contiguous from 0."""
+    """Envelopes per producer in seq order, duplicates dropped; asserts the seqs are contiguous from 0.
+
+    Also per (producer, entity): entity_seq contiguous from 0, entity_offset = the points sent before.
+    """
     by_producer: dict[str, dict[int, Envelope]] = {}
     for envelope in found:
         by_producer.setdefault(envelope.producer_id, {}).setdefault(envelope.seq, envelope)
@@ -66,6 +71,11 @@ def unique_per_producer(found: list[Envelope]) -> dict[str, list[Envelope]]:
     for producer_id, by_seq in by_producer.items():
         assert sorted(by_seq) == list(range(len(by_seq))), f"gap in the seqs of producer {producer_id}"
         ordered[producer_id] = [by_seq[s] for s in sorted(by_seq)]
+        counters: dict[str, tuple[int, int]] = {}
+        for envelope in ordered[producer_id]:
+            count, points = counters.get(envelope.entity.key().decode(), (0, 0))
+            assert (envelope.entity_seq, envelope.entity_offset) == (count, points), f"seq {envelope.seq}"
+            counters[envelope.entity.key().decode()] = (count + 1, points + envelope.point_count())
     return ordered
 
 
@@ -192,6 +202,8 @@ def test_no_broker_at_start_spools_and_sync_delivers_exactly_once(
     result = subprocess.run([sys.executable, "-c", NO_BROKER], env=env, capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.returncode == 0, result.stderr
+    assert result.stderr.count("is unreachable; spooling to") == 1, result.stderr
+    assert "Unable connect" not in result.stderr, "aiokafka's connection errors are demoted to DEBUG"
     assert [s.alive for s in list_spools(tmp_path)] == [False]
     report = sync_spool(tmp_path, kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix)
     assert report.producers == 1
@@ -213,8 +225,9 @@ def log_block(run: ts.Run, start: int, count: int) -> None:
 
 
 def test_broker_stopped_mid_run_and_restarted_loses_nothing(
-    kafka_broker_factory: Callable[[], Any], tmp_path: Path,
+    kafka_broker_factory: Callable[[], Any], tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="producers")
     broker = kafka_broker_factory()
     run = ts.start_run("proj", "outage", run_id="outage-1", kafka_bootstrap=broker.bootstrap,
                        topic_prefix="outage", spool_dir=str(tmp_path), request_timeout_ms=3000,
@@ -235,7 +248,51 @@ def test_broker_stopped_mid_run_and_restarted_loses_nothing(
         return finished_runs(1)(found) and len(seqs) == max(seqs) + 1
 
     found = consume(broker.bootstrap, "outage", complete, timeout_s=120)
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("producers")
+            and r.levelno >= logging.WARNING]
+    down = sum("is unreachable; spooling" in m for m in said)
+    assert down >= 1
+    assert down == sum("is reachable again" in m for m in said), "every outage said once, and its end"
+    noisy = [r for r in caplog.records if r.name.startswith("aiokafka") and r.levelno >= logging.WARNING
+             and r.threadName == "trackstream-flusher"]
+    assert noisy == [], "aiokafka records of the flusher thread are demoted to DEBUG"
     [envelopes] = unique_per_producer(found).values()
     state = replay(envelopes)
     assert state["loss", "series"] == {i: float(i) for i in range(35_000)}
     assert state["lr", "series"] == {i: 1.0 / (i + 1) for i in range(35_000)}
+
+
+TERMINATED = """
+import trackstream as ts
+run = ts.start_run("proj", "terminated", run_id="sigterm-1")
+i = 0
+while True:
+    run.log_metrics({"loss": float(i), "lr": 1.0 / (i + 1)})
+    i += 1
+    if i == 50_000:
+        print("ready", flush=True)
+"""
+
+
+def test_sigterm_delivers_everything_to_kafka_and_the_run_ends_killed(
+    kafka_bootstrap: str, topic_prefix_factory: Callable[..., str], tmp_path: Path,
+) -> None:
+    prefix = topic_prefix_factory()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TRACKSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+           "TRACKSTREAM_TOPIC_PREFIX": prefix, "TRACKSTREAM_SPOOL_DIR": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-c", TERMINATED], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), stderr
+    found = consume(kafka_bootstrap, prefix, finished_runs(1))
+    [envelopes] = unique_per_producer(found).values()
+    assert [ev.data for e in envelopes for ev in e.events if ev.type == "run_finished"] == [{"status": "killed"}]
+    state = replay(envelopes)
+    count = len(state["loss", "series"])
+    assert count >= 50_000
+    assert state["loss", "series"] == {i: float(i) for i in range(count)}
+    assert state["lr", "series"] == {i: 1.0 / (i + 1) for i in range(count)}
+    assert list_spools(tmp_path) == [], "Kafka acknowledged everything before the process died"

@@ -75,3 +75,47 @@ def test_events_lead_and_run_finished_comes_last() -> None:
     only_events = builder.build(RUN, ORIGIN, Drained(events=[events[2]]))
     assert len(only_events) == 1
     assert decode(only_events[0].payload).events[0].data == {"status": "completed"}
+
+
+def assert_entity_counters(payloads: list[bytes]) -> dict[tuple[str, EntityRef], int]:
+    """Per (producer, entity): entity_seq contiguous from 0 in seq order, entity_offset = points sent before.
+
+    Duplicates (same producer and seq) are dropped first; returns the envelope count per (producer, entity).
+    """
+    unique = {(e.producer_id, e.seq): e for e in map(decode, payloads)}
+    tracks: dict[tuple[str, EntityRef], tuple[int, int]] = {}
+    for _, envelope in sorted(unique.items()):
+        track = (envelope.producer_id, envelope.entity)
+        count, points = tracks.get(track, (0, 0))
+        assert (envelope.entity_seq, envelope.entity_offset) == (count, points), (
+            f"seq {envelope.seq} of {track}: entity_seq/offset {envelope.entity_seq}/{envelope.entity_offset}, "
+            f"expected {count}/{points}")
+        tracks[track] = (count + 1, points + envelope.point_count())
+    return {track: count for track, (count, _) in tracks.items()}
+
+
+def test_entity_seq_and_offset_count_per_entity_across_builds() -> None:
+    builder = EnvelopeBuilder(SeqCounter(), max_points=100, max_bytes=1 << 20)
+    model = EntityRef("proj", "model", "m")
+    outs = []
+    outs += builder.build(RUN, ORIGIN, drained(130, keys=3, events=[Event("run_started", 1, {})]))
+    outs += builder.build(model, ORIGIN, drained(10))
+    outs += builder.build(RUN, Origin("pid0", 2, 4, "host-b"), drained(7))
+    outs += builder.build(RUN, ORIGIN, Drained(events=[Event("run_finished", 2, {"status": "completed"})]))
+    outs += builder.build(model, ORIGIN, drained(250))
+    counts = assert_entity_counters([o.payload for o in outs])
+    assert counts == {("pid0", RUN): 4 + 1 + 1, ("pid0", model): 1 + 3}
+    first = decode(outs[0].payload)
+    assert (first.entity_seq, first.entity_offset) == (0, 0)
+
+
+def test_entity_counters_stay_exact_when_an_envelope_is_split_by_bytes() -> None:
+    builder = EnvelopeBuilder(SeqCounter(), max_points=100_000, max_bytes=20_000)
+    events = [Event("overwrite", 1, {"metric": "m0"}), Event("run_finished", 2, {"status": "killed"})]
+    outs = builder.build(RUN, ORIGIN, drained(5000, keys=3, events=events))
+    outs += builder.build(RUN, ORIGIN, drained(3001))
+    assert len(outs) > 4, "the byte bound split the envelopes recursively"
+    assert_entity_counters([o.payload for o in outs])
+    offsets = [decode(o.payload).entity_offset for o in outs]
+    assert offsets[-1] == 15_000 + 3001 - outs[-1].points
+    assert [o.seq for o in outs] == list(range(len(outs)))

@@ -38,6 +38,18 @@ def series(found: list[Envelope], producer_id: str | None = None) -> dict[str, l
     return out
 
 
+def entity_counters(found: list[Envelope]) -> dict[str, list[tuple[int | None, int | None]]]:
+    """Per producer, the (entity_seq, entity_offset) of its envelopes (one entity) in seq order."""
+    out: dict[str, list[tuple[int | None, int | None]]] = {}
+    sent: dict[str, int] = {}
+    for envelope in sorted(found, key=lambda e: (e.producer_id, e.seq)):
+        counters = out.setdefault(envelope.producer_id, [])
+        assert envelope.entity_offset == sent.get(envelope.producer_id, 0), "offset = points sent before"
+        sent[envelope.producer_id] = sent.get(envelope.producer_id, 0) + envelope.point_count()
+        counters.append((envelope.entity_seq, envelope.entity_offset))
+    return out
+
+
 def events(found: list[Envelope]) -> list[tuple[str, dict[str, Any]]]:
     return [(e.type, e.data) for env in sorted(found, key=lambda e: (e.producer_id, e.seq)) for e in env.events]
 
@@ -208,6 +220,11 @@ def test_a_forked_child_logs_too_and_both_arrive(tmp_path: Path) -> None:
     (child_id,) = producers - {run.producer_id}
     assert series(found, run.producer_id) == {"parent": [(0, 1.0), (1, 5.0)]}
     assert series(found, child_id) == {"child": [(0, 2.0), (1, 3.0), (2, 4.0)]}
+    counters = entity_counters(found)
+    assert counters[child_id] == [(0, 0)], "a new producer id: the child's entity counters start at 0"
+    parent = counters[run.producer_id]
+    assert [es for es, _ in parent] == list(range(len(parent)))
+    assert parent[0] == (0, 0)
     assert [t for t, _ in events(found)].count("run_finished") == 1
 
 

@@ -28,6 +28,7 @@ class ScriptedKafka:
     def __init__(self, config: ProducerConfig) -> None:
         self.up = True
         self.delivered: list[tuple[bytes, int]] = []
+        self.payloads: list[bytes] = []
         self.gate: asyncio.Event | None = None
         self.before_send: Any = None
         ScriptedKafka.instances.append(self)
@@ -40,6 +41,7 @@ class ScriptedKafka:
         if not self.up:
             raise TransportError("scripted outage")
         self.delivered.extend((key, decode(payload).seq) for key, payload in items)
+        self.payloads.extend(payload for _, payload in items)
 
     async def close(self) -> None:
         return None
@@ -74,6 +76,18 @@ async def eventually(condition: Any, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
+def assert_entity_counters(payloads: list[bytes]) -> None:
+    """After dropping duplicates: per entity, entity_seq is 0, 1, ... and entity_offset the points before."""
+    unique = {decode(p).seq: decode(p) for p in payloads}
+    tracks: dict[EntityRef, tuple[int, int]] = {}
+    for seq in sorted(unique):
+        envelope = unique[seq]
+        count, points = tracks.get(envelope.entity, (0, 0))
+        assert (envelope.entity_seq, envelope.entity_offset) == (count, points), f"seq {seq}"
+        tracks[envelope.entity] = (count + 1, points + envelope.point_count())
+    assert set(tracks) == set(ENTITIES)
+
+
 def assert_complete_and_ordered(pipe: Pipeline, delivered: list[tuple[bytes, int]]) -> None:
     """Every seq delivered at least once, and per entity no seq first seen after a higher one."""
     assert {seq for _, seq in delivered} == set(range(pipe.seqs.next))
@@ -93,6 +107,7 @@ def test_direct_mode_delivers_in_order_without_touching_the_spool(tmp_path: Path
         submit(pipe, 4)
         await asyncio.wait_for(pipe.wait_settled(), 10)
         assert_complete_and_ordered(pipe, kafka.instances[0].delivered)
+        assert_entity_counters(kafka.instances[0].payloads)
         assert not pipe.spooled
         assert pipe.spool is None
         await pipe.close()
@@ -124,6 +139,7 @@ def test_kafka_down_at_start_spools_then_drains_in_order_and_goes_direct(tmp_pat
         await asyncio.wait_for(pipe.wait_settled(), 10)
         await eventually(lambda: len({s for _, s in fake.delivered}) == pipe.seqs.next)
         assert_complete_and_ordered(pipe, fake.delivered)
+        assert_entity_counters(fake.payloads)
         await pipe.close()
 
     asyncio.run(scenario())
@@ -147,6 +163,7 @@ def test_an_outage_mid_round_keeps_order_per_entity(tmp_path: Path, kafka: Any) 
         await asyncio.wait_for(pipe.wait_settled(), 10)
         await eventually(lambda: len({s for _, s in fake.delivered}) == pipe.seqs.next and not pipe.spooled)
         assert_complete_and_ordered(pipe, fake.delivered)
+        assert_entity_counters(fake.payloads)
         await pipe.close()
 
     asyncio.run(scenario())
@@ -165,6 +182,7 @@ def test_past_the_memory_bound_batches_go_to_the_spool_first(tmp_path: Path, kaf
         fake.gate.set()
         await eventually(lambda: len({s for _, s in fake.delivered}) == pipe.seqs.next and not pipe.spooled)
         assert_complete_and_ordered(pipe, fake.delivered)
+        assert_entity_counters(fake.payloads)
         await pipe.close()
 
     asyncio.run(scenario())
@@ -187,6 +205,7 @@ def test_durability_spool_writes_every_batch_before_sending_it(tmp_path: Path, k
         reader = SpoolReader(pipe.spool_path)
         assert reader.at_end(reader.load_position("kafka"))
         assert_complete_and_ordered(pipe, fake.delivered)
+        assert_entity_counters(fake.payloads)
         await pipe.close()
 
     asyncio.run(scenario())
@@ -200,8 +219,9 @@ def test_at_exit_unacknowledged_batches_are_spooled(tmp_path: Path, kafka: Any) 
         await eventually(lambda: pipe._inflight != [])
         submit(pipe, 1)
         assert pipe.spool_unsettled() == pipe.seqs.next
-        spooled = [decode(p).seq for _, _, p in SpoolReader(pipe.spool_path).frames()]
-        assert spooled == list(range(pipe.seqs.next))
+        frames = [p for _, _, p in SpoolReader(pipe.spool_path).frames()]
+        assert [decode(p).seq for p in frames] == list(range(pipe.seqs.next))
+        assert_entity_counters(frames)
         await asyncio.wait_for(pipe.wait_settled(), 1)
         await pipe.close()
 

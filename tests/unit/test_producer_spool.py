@@ -144,3 +144,18 @@ def test_a_new_writer_in_an_existing_directory_starts_a_new_segment(tmp_path: Pa
     reader = SpoolReader(tmp_path / "p1")
     assert reader.segments() == [0, 1]
     assert [(k, v) for _, k, v in reader.frames()] == frames(3)
+
+
+def test_one_large_append_spans_write_groups_and_segments(tmp_path: Path) -> None:
+    writer = SpoolWriter(tmp_path, "p1", segment_bytes=50_000, fsync="never")
+    expected = [(f"k{i % 5}".encode(), bytes([i % 251]) * (i % 700)) for i in range(2000)]
+    end = writer.append(expected)
+    reader = SpoolReader(tmp_path / "p1")
+    got = list(reader.frames())
+    assert [(k, v) for _, k, v in got] == expected
+    assert got[-1][0] == end == writer.end()
+    segments = reader.segments()
+    assert len(segments) > 10
+    assert all((tmp_path / "p1" / f"{i:020d}.seg").stat().st_size <= 50_000 for i in segments)
+    assert reader.torn_bytes == 0
+    writer.close()
