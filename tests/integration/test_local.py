@@ -171,3 +171,32 @@ def test_cli_query_goes_through_the_owner_and_matches_an_in_process_query(tmp_pa
     assert through_http == direct
     assert [row["value"] for row in sorted(direct, key=lambda r: r["id"])] == [0.5, 0.25, 0.5 / 3]
     assert "serving the query API" in log
+
+
+def test_cli_runs_compare_curves_and_plot_on_the_embedded_store(tmp_path: Path) -> None:
+    data, spool, plot = tmp_path / "data", tmp_path / "spool", tmp_path / "curves.png"
+    env = _env(spool, data)
+    script = (
+        "import trackstream as ts\n"
+        "for i in range(2):\n"
+        "    with ts.start_run('cli', name=f\"it's {i}\", run_id=f'c{i}', params={'lr': 0.1 * (i + 1)},\n"
+        "                      tags={'note': 'a \\\\ b; DROP TABLE points'}) as run:\n"
+        "        run.log_metric('loss', [float(100 - s) / (i + 1) for s in range(100)])\n"
+    )
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
+    runs = {row["id"]: row for row in _cli_json(env, "runs", "cli")}
+    assert runs["c0"]["name"] == "it's 0"
+    assert runs["c1"]["tags"] == {"note": "a \\ b; DROP TABLE points"}
+    assert runs["c1"]["params"] == {"lr": 0.2}
+    curves = _cli_json(env, "curves", "cli", "loss", "--runs", "c0,c1", "--points", "10")
+    assert [len(curves[run]) for run in ("c0", "c1")] == [10, 10]
+    assert curves["c0"][0]["max"] == 100.0
+    assert curves["c1"][-1]["min"] == 0.5
+    table = subprocess.run([*CLI, "curves", "cli", "loss", "--runs", "c0,c1", "--plot", str(plot)], env=env,
+                           capture_output=True, timeout=300, check=False)
+    assert table.returncode == 0, table.stderr.decode()[-2000:]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rendered = subprocess.run([*CLI, "compare", "cli", "loss", "--agg", "min"], env=env, capture_output=True,
+                              timeout=300, check=True).stdout.decode()
+    assert "it's 1" in rendered
+    assert "0.5" in rendered
