@@ -32,14 +32,15 @@ from trackstream.demo_worker import metric_names
 
 log = logging.getLogger("trackstream.demo")
 
-LEARNING_RATES = (1e-3, 3e-4, 1e-4, 3e-3, 3e-5)
-BATCH_SIZES = (32, 128, 64)
+LEARNING_RATES = (1e-3, 3e-4, 1e-4, 3e-3, 3e-5, 1e-2)
+BATCH_SIZES = (32, 128)
 
 
 def sweep_configs(count: int) -> list[dict[str, Any]]:
-    """``count`` distinct hyperparameter sets: learning rate x batch size, learning rates varying fastest."""
-    grid = itertools.product(BATCH_SIZES, LEARNING_RATES)
-    configs = [{"lr": lr, "batch_size": batch} for batch, lr in itertools.islice(grid, count)]
+    """``count`` distinct hyperparameter sets: each learning rate with every batch size (so that grouping by
+    learning rate compares several runs), then the next learning rate."""
+    grid = itertools.product(LEARNING_RATES, BATCH_SIZES)
+    configs = [{"lr": lr, "batch_size": batch} for lr, batch in itertools.islice(grid, count)]
     configs.sort(key=lambda c: (c["lr"], c["batch_size"]))
     return configs
 
