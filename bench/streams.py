@@ -7,7 +7,8 @@
 2. Latency: a fresh topic family, the worker running, envelopes produced in real time at half the measured
    rate; added latency = time the point block is read from ``<prefix>.points`` minus time its envelope
    was produced (p50/p99 ms), and ("out") its broker timestamp, i.e. when the worker produced it.
-3. The pure processor alone (no Kafka) on the same envelopes, to show where the time goes.
+3. The pure processor alone (no Kafka) on the same envelopes, with its output encoding and state snapshots,
+   in a process whose garbage collector is tuned like the worker's (:func:`streams.tune_gc`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from schemas import encode  # noqa: E402
 from schemas.processed import decode_point_block  # noqa: E402
-from streams import Processor, SourcePosition  # noqa: E402
+from schemas.topics import Topics  # noqa: E402
+from streams import Processor, SourcePosition, output_messages, tune_gc  # noqa: E402
 from streams.synthetic import RunSpec, run_envelopes  # noqa: E402
 
 SUFFIXES = ("metrics", "metrics.dlq", "points", "steps", "summaries", "entities")
@@ -162,10 +164,13 @@ def latency(args: argparse.Namespace, messages: list[tuple[bytes, bytes]], point
 
 
 def pure(messages: list[tuple[bytes, bytes]], points: int) -> float:
+    """Processor alone, flushing like a worker under load: messages and dirty state after every envelope."""
     processor = Processor()
+    topics = Topics("bench")
     start = time.perf_counter()
     for offset, (key, raw) in enumerate(messages):
-        processor.process(raw, source=SourcePosition("bench", 0, offset), key=key)
+        output_messages(processor.process(raw, source=SourcePosition("bench", 0, offset), key=key), topics)
+        processor.take_dirty()
     return points / (time.perf_counter() - start)
 
 
@@ -180,6 +185,7 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=300.0)
     parser.add_argument("--worker-args", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
+    tune_gc()
     if not args.bootstrap:
         raise SystemExit("--bootstrap or TRACKSTREAM_KAFKA_BOOTSTRAP is required (make kafka-up starts one)")
     header = (f"{'world size':>10} {'pts/env':>8} {'points':>10} {'pure pts/s':>12} {'worker pts/s':>13} "

@@ -15,9 +15,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from schemas.envelope import EntityRef
 from schemas.processed import MetricSummary, StepAggregate
-from streams.floats import float_from_wire, float_to_wire, floats_from_wire, floats_to_wire
+from streams.floats import float_from_wire, float_to_wire, floats_from_wire
 
 NAN = math.nan
 
@@ -91,36 +93,45 @@ class Summary:
                    max=float_from_wire(high), max_step=high_step, first_time_ns=first, version=version)
 
 
-@dataclass(slots=True)
-class StepAcc:
-    """One (metric, step) waiting for ranks: arrival time of its first point, latest point time, values by rank."""
+# A pending step is a plain list ``[first_seen_ns, time_ns, emitted, {rank: value}]``, not an object: there is
+# one per (metric, step) of a multi-rank run, and a list is cheap to build and serializes in one orjson call.
+FIRST_SEEN, TIME, EMITTED, VALUES = 0, 1, 2, 3
+StepAcc = list[Any]
+Emitted = list[tuple[int, StepAcc]]
 
-    first_seen_ns: int
-    time_ns: int
-    values: dict[int, float]
-    emitted: int = 0
 
-    def aggregate(self, entity: EntityRef, metric: str, generation: int, step: int, world_size: int,
-                  ) -> StepAggregate:
-        values = list(self.values.values())
+def step_mean(values: list[float]) -> float:
+    """``fsum(values) / len(values)``, also where fsum raises: ``+inf`` with ``-inf`` gives NaN, and finite
+    values whose sum overflows are summed scaled down by a power of two (exact), so their mean stays finite."""
+    count = len(values)
+    try:
+        return math.fsum(values) / count
+    except ValueError:
+        return NAN
+    except OverflowError:
+        shift = count.bit_length()
+        return math.ldexp(math.fsum([math.ldexp(v, -shift) for v in values]) / count, shift)
+
+
+def aggregate_steps(emit: Emitted, entity: EntityRef, metric: str, *, generation: int, world_size: int,
+                    into: list[StepAggregate]) -> None:
+    """Append the aggregate of every emitted step: mean, min/max ignoring NaN, count, latest point time."""
+    fsum, append = math.fsum, into.append
+    for step, acc in emit:
+        values = list(acc[VALUES].values())
+        count = len(values)
+        try:
+            total = fsum(values)
+        except (ValueError, OverflowError):
+            total = NAN
+        if total == total:  # noqa: PLR0124 - no NaN among the values: min/max see them all
+            append(StepAggregate(entity, metric, generation, step, total / count, min(values), max(values),
+                                 count, world_size, acc[TIME]))
+            continue
         present = [v for v in values if v == v]  # noqa: PLR0124
-        return StepAggregate(
-            entity=entity, metric=metric, generation=generation, step=step,
-            mean=math.fsum(values) / len(values),
-            min=min(present) if present else NAN, max=max(present) if present else NAN,
-            count=len(values), world_size=world_size, time_ns=self.time_ns,
-        )
-
-    def to_wire(self, step: int) -> list[Any]:
-        ranks = list(self.values)
-        values, nonfinite = floats_to_wire(list(self.values.values()))
-        return [step, self.first_seen_ns, self.time_ns, self.emitted, ranks, values, nonfinite]
-
-    @classmethod
-    def from_wire(cls, wire: list[Any]) -> tuple[int, StepAcc]:
-        step, first_seen, time_ns, emitted, ranks, values, nonfinite = wire
-        return step, cls(first_seen_ns=first_seen, time_ns=time_ns, emitted=emitted,
-                         values=dict(zip(ranks, floats_from_wire(values, nonfinite), strict=True)))
+        append(StepAggregate(entity, metric, generation, step, step_mean(values),
+                             min(present) if present else NAN, max(present) if present else NAN, count,
+                             world_size, acc[TIME]))
 
 
 @dataclass(slots=True)
@@ -129,7 +140,8 @@ class StepTracker:
 
     ``pending`` holds steps not yet emitted, in arrival order (so timeouts scan from the front and stop
     early); ``late`` holds steps emitted on timeout with fewer than ``world_size`` ranks, kept for
-    ``retention`` so that a late rank re-emits the step with a higher count.
+    ``retention`` so that a late rank re-emits the step with a higher count. Both map step to a
+    :data:`StepAcc` list.
     """
 
     generation: int
@@ -137,55 +149,112 @@ class StepTracker:
     late: dict[int, StepAcc]
 
     def add(self, rank: int, steps: list[int], times_ns: list[int], values: list[float], *, world_size: int,
-            now_ns: int, emit: list[tuple[int, StepAcc]]) -> None:
+            now_ns: int, emit: Emitted) -> None:
         """Record one rank's points; steps that became complete (or grew after a timeout) go to ``emit``."""
+        if self.late:
+            self._add_with_late(rank, steps, times_ns, values, world_size=world_size, now_ns=now_ns, emit=emit)
+            return
+        pending = self.pending
+        if not pending and _contiguous(steps):  # the first rank of a flush: every step is new
+            pending.update(zip(steps, [[now_ns, time_ns, 0, {rank: value}]
+                                       for time_ns, value in zip(times_ns, values, strict=True)], strict=True))
+            return
+        get, append = pending.get, emit.append
+        for step, time_ns, value in zip(steps, times_ns, values, strict=True):
+            acc = get(step)
+            if acc is None:
+                pending[step] = [now_ns, time_ns, 0, {rank: value}]
+                continue
+            ranks = acc[VALUES]
+            ranks[rank] = value
+            if time_ns > acc[TIME]:  # noqa: PLR1730 - a comparison is cheaper than a max() call per point
+                acc[TIME] = time_ns
+            if len(ranks) >= world_size:
+                del pending[step]
+                append((step, acc))
+
+    def _add_with_late(self, rank: int, steps: list[int], times_ns: list[int], values: list[float], *,
+                       world_size: int, now_ns: int, emit: Emitted) -> None:
         pending, late = self.pending, self.late
         for step, time_ns, value in zip(steps, times_ns, values, strict=True):
             acc = pending.get(step)
             if acc is None:
                 acc = late.get(step)
                 if acc is None:
-                    pending[step] = StepAcc(now_ns, time_ns, {rank: value})
+                    pending[step] = [now_ns, time_ns, 0, {rank: value}]
                     continue
-                acc.values[rank] = value
-                if len(acc.values) > acc.emitted:
-                    acc.emitted = len(acc.values)
+                ranks = acc[VALUES]
+                ranks[rank] = value
+                if len(ranks) > acc[EMITTED]:
+                    acc[EMITTED] = len(ranks)
                     emit.append((step, acc))
-                    if len(acc.values) >= world_size:
+                    if len(ranks) >= world_size:
                         del late[step]
                 continue
-            acc.values[rank] = value
-            acc.time_ns = max(acc.time_ns, time_ns)
-            if len(acc.values) >= world_size:
+            ranks = acc[VALUES]
+            ranks[rank] = value
+            if time_ns > acc[TIME]:  # noqa: PLR1730 - a comparison is cheaper than a max() call per point
+                acc[TIME] = time_ns
+            if len(ranks) >= world_size:
                 del pending[step]
                 emit.append((step, acc))
 
-    def expire(self, now_ns: int, timeout_ns: int, retention_ns: int, emit: list[tuple[int, StepAcc]]) -> bool:
+    def expire(self, now_ns: int, timeout_ns: int, retention_ns: int, emit: Emitted) -> bool:
         """Emit steps that waited ``timeout_ns``; forget late ones after ``retention_ns``. True if changed."""
         changed = False
-        for step in list(self.late):
-            acc = self.late[step]
-            if acc.first_seen_ns + retention_ns > now_ns:
+        late, pending = self.late, self.pending
+        for step in list(late):
+            if late[step][FIRST_SEEN] + retention_ns > now_ns:
                 break
-            del self.late[step]
+            del late[step]
             changed = True
-        for step in list(self.pending):
-            acc = self.pending[step]
-            if acc.first_seen_ns + timeout_ns > now_ns:
+        for step in list(pending):
+            acc = pending[step]
+            if acc[FIRST_SEEN] + timeout_ns > now_ns:
                 break
-            del self.pending[step]
-            acc.emitted = len(acc.values)
-            self.late[step] = acc
+            del pending[step]
+            acc[EMITTED] = len(acc[VALUES])
+            late[step] = acc
             emit.append((step, acc))
             changed = True
         return changed
 
     def to_wire(self) -> list[Any]:
-        return [self.generation, [acc.to_wire(step) for step, acc in self.pending.items()],
-                [acc.to_wire(step) for step, acc in self.late.items()]]
+        return [self.generation, _accs_to_wire(self.pending), _accs_to_wire(self.late)]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> StepTracker:
         generation, pending, late = wire
-        return cls(generation=generation, pending=dict(StepAcc.from_wire(w) for w in pending),
-                   late=dict(StepAcc.from_wire(w) for w in late))
+        if isinstance(pending, list):  # state version 1: one list per step
+            return cls(generation=generation, pending=dict(_acc_from_v1(w) for w in pending),
+                       late=dict(_acc_from_v1(w) for w in late))
+        return cls(generation=generation, pending=_accs_from_wire(pending), late=_accs_from_wire(late))
+
+
+def _contiguous(steps: list[int]) -> bool:
+    """True when ``steps`` is ``first, first + 1, ..., last`` (so no step repeats)."""
+    return not steps or (steps[-1] - steps[0] == len(steps) - 1 and steps == list(range(steps[0], steps[-1] + 1)))
+
+
+def _accs_to_wire(accs: dict[int, StepAcc]) -> orjson.Fragment:
+    """``{step: [first_seen, time, emitted, {rank: value}]}`` as JSON, in one orjson call when all finite.
+
+    orjson writes non-finite floats as ``null``, and nothing else in the structure can be null: when
+    ``null`` shows up, the values are written again with non-finite ones as ``[bits]``.
+    """
+    blob = orjson.dumps(accs, option=orjson.OPT_NON_STR_KEYS)
+    if b"null" in blob:
+        exact = {step: [a[FIRST_SEEN], a[TIME], a[EMITTED], {rank: float_to_wire(v) for rank, v in a[VALUES].items()}]
+                 for step, a in accs.items()}
+        blob = orjson.dumps(exact, option=orjson.OPT_NON_STR_KEYS)
+    return orjson.Fragment(blob)
+
+
+def _accs_from_wire(wire: dict[str, Any]) -> dict[int, StepAcc]:
+    return {int(step): [first, time_ns, emitted, {int(rank): float_from_wire(v) for rank, v in ranks.items()}]
+            for step, (first, time_ns, emitted, ranks) in wire.items()}
+
+
+def _acc_from_v1(wire: list[Any]) -> tuple[int, StepAcc]:
+    step, first_seen, time_ns, emitted, ranks, values, nonfinite = wire
+    return step, [first_seen, time_ns, emitted, dict(zip(ranks, floats_from_wire(values, nonfinite), strict=True))]

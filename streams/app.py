@@ -32,7 +32,7 @@ import faust
 from schemas.envelope import MAX_ENVELOPE_BYTES
 from schemas.topics import Topics
 from streams.checkpoint import load_partition, state_topic
-from streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor
+from streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor, tune_gc
 from streams.records import Output, SourcePosition, StreamsError, output_messages
 
 log = logging.getLogger(__name__)
@@ -255,4 +255,5 @@ def run_worker(*, bootstrap: str | None = None, topic_prefix: str | None = None,
         batch_within_ms=batch_within_ms, max_envelope_bytes=max_envelope_bytes,
     )
     worker = StreamsWorker(config)
+    tune_gc()
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -18,7 +18,7 @@ from schemas.processed import EntityState
 from streams.aggregate import StepTracker, Summary
 from streams.dedup import ProducerTrack
 
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2  # 2: pending steps as {step: [...]} (version 1 states still load)
 TERMINAL_RANK: Final = {"completed": 1, "killed": 2, "failed": 3}
 INITIAL_STATUS: Final = {"run": "running", "model": "active"}
 

@@ -12,15 +12,14 @@ received.
 from __future__ import annotations
 
 import base64
-import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 
-from schemas.envelope import float_to_bits
+from schemas.envelope import EntityRef, float_to_bits
 from schemas.processed import (
     PROCESSED_VERSION,
     EntityState,
@@ -133,34 +132,79 @@ class OutMessage:
     value: bytes
 
 
-def _exact(value: float) -> float | dict[str, int]:
-    return value if math.isfinite(value) else {"$f64": float_to_bits(value)}
+def _exact(value: Any) -> Any:
+    """What :func:`schemas.processed.encode_records` writes for a float field (ints pass through)."""
+    return value if value - value == 0 else {"$f64": float_to_bits(value)}
 
 
 def encode_step_aggregates(records: list[StepAggregate]) -> bytes:
     """Byte for byte :func:`schemas.processed.encode_records` for step aggregates, without ``asdict``.
 
     There is one step aggregate per (metric, step) of a multi-rank run: the generic encoder's
-    ``dataclasses.asdict`` was most of a worker's time for those.
+    ``dataclasses.asdict`` was most of a worker's time for those. Finite floats (``x - x == 0``) are
+    written as they are, the rest as ``{"$f64": bits}``.
     """
+    wire = []
+    entity: EntityRef | None = None
+    entity_wire: list[str] = []
+    for r in records:
+        if r.entity is not entity:  # records come in runs of one entity object
+            entity = r.entity
+            entity_wire = [entity.project, entity.type, entity.id]
+        mean, low, high = r.mean, r.min, r.max
+        wire.append({
+            "entity": entity_wire, "metric": r.metric, "generation": r.generation,
+            "step": r.step, "mean": mean if mean - mean == 0 else _exact(mean),
+            "min": low if low - low == 0 else _exact(low), "max": high if high - high == 0 else _exact(high),
+            "count": r.count, "world_size": r.world_size, "time_ns": r.time_ns,
+        })
+    return orjson.dumps({"v": PROCESSED_VERSION, "records": wire})
+
+
+def encode_summaries(records: list[MetricSummary]) -> bytes:
+    """Byte for byte :func:`schemas.processed.encode_records` for summaries, without ``asdict``."""
     wire = [{
-        "entity": [r.entity.project, r.entity.type, r.entity.id], "metric": r.metric,
-        "generation": r.generation, "step": r.step, "mean": _exact(r.mean), "min": _exact(r.min),
-        "max": _exact(r.max), "count": r.count, "world_size": r.world_size, "time_ns": r.time_ns,
+        "entity": [r.entity.project, r.entity.type, r.entity.id], "metric": r.metric, "generation": r.generation,
+        "kind": r.kind, "count": r.count, "last": _exact(r.last), "last_step": r.last_step, "min": _exact(r.min),
+        "min_step": r.min_step, "max": _exact(r.max), "max_step": r.max_step, "first_time_ns": r.first_time_ns,
+        "last_time_ns": r.last_time_ns, "version": r.version,
     } for r in records]
     return orjson.dumps({"v": PROCESSED_VERSION, "records": wire})
 
 
-def _latest(records: Iterable[Any], *identity: str) -> dict[bytes, list[Any]]:
-    """Records grouped by entity key, keeping only the last record per identity (later versions win)."""
-    latest: dict[tuple[Any, ...], Any] = {}
+def _entity_keys(records: list[Any]) -> list[bytes]:
+    keys = []
+    entity: EntityRef | None = None
+    key = b""
     for record in records:
-        key = (record.entity, *(getattr(record, name) for name in identity))
-        latest.pop(key, None)
-        latest[key] = record
+        if record.entity is not entity:  # records come in runs of one entity object
+            entity = record.entity
+            key = entity.key()
+        keys.append(key)
+    return keys
+
+
+def _latest(records: list[Any], idents: list[tuple[Any, ...]]) -> dict[bytes, list[Any]]:
+    """Records grouped by entity key (``ident[0]``), keeping only the last record per identity.
+
+    Later versions win. Groups appear in the order of their first kept record, records in the order of
+    their last occurrence.
+    """
+    if len(set(idents)) == len(idents):
+        kept: Iterable[tuple[tuple[Any, ...], Any]] = zip(idents, records, strict=True)
+    else:
+        latest: dict[tuple[Any, ...], Any] = {}
+        for ident, record in zip(idents, records, strict=True):
+            latest.pop(ident, None)
+            latest[ident] = record
+        kept = latest.items()
     groups: dict[bytes, list[Any]] = {}
-    for record in latest.values():
-        groups.setdefault(record.entity.key(), []).append(record)
+    for ident, record in kept:
+        group = groups.get(ident[0])
+        if group is None:
+            groups[ident[0]] = [record]
+        else:
+            group.append(record)
     return groups
 
 
@@ -172,13 +216,16 @@ def output_messages(output: Output, topics: Topics) -> list[OutMessage]:
     """
     messages = [OutMessage(topics.points, block.entity.key(), encode_point_block(block))
                 for block in output.point_blocks]
-    grouped = (
-        (topics.steps, _latest(output.step_aggregates, "metric", "generation", "step")),
-        (topics.summaries, _latest(output.summaries, "metric", "generation")),
-        (topics.entities, _latest(output.entity_states)),
+    steps, summaries, states = output.step_aggregates, output.summaries, output.entity_states
+    grouped: tuple[tuple[str, dict[bytes, list[Any]], Callable[[Any], bytes]], ...] = (
+        (topics.steps, _latest(steps, [(key, r.metric, r.generation, r.step) for key, r in
+                                       zip(_entity_keys(steps), steps, strict=True)]), encode_step_aggregates),
+        (topics.summaries, _latest(summaries, [(key, r.metric, r.generation) for key, r in
+                                               zip(_entity_keys(summaries), summaries, strict=True)]),
+         encode_summaries),
+        (topics.entities, _latest(states, [(key,) for key in _entity_keys(states)]), encode_records),
     )
-    for topic, groups in grouped:
-        encode = encode_step_aggregates if topic == topics.steps else encode_records
+    for topic, groups, encode in grouped:
         messages.extend(OutMessage(topic, key, encode(group)) for key, group in groups.items())
     messages.extend(OutMessage(topics.dlq, record.key, encode_dlq(record)) for record in output.dlq)
     return messages

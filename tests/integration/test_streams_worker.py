@@ -378,18 +378,22 @@ def test_two_workers_with_rebalance_same_result_as_one(
     envelopes = workload("rebal", 6, steps=1200, steps_per_envelope=20)
     expected = reference(messages_of(envelopes))
 
+    messages = messages_of(envelopes)
+    third = len(messages) // 3
+
     async def scenario() -> Collected:
+        # Input keeps flowing in three phases: one worker, two workers after the rebalance, then the
+        # second alone after the first left. Phases wait on the workers' logs, not on the clock.
         first = workers.start()
-        sending = asyncio.create_task(produce(kafka_bootstrap, topics.metrics, messages_of(envelopes),
-                                              per_second=40))
+        await produce(kafka_bootstrap, topics.metrics, messages[:third], per_second=40)
         await collect_until(kafka_bootstrap, topics, lambda got: len(got.points) > len(expected.points) // 10)
         workers.start()  # joins the group: the partitions are split between the two
         await wait_for_log(workers.log_dir / "worker1.log", "state restored from the checkpoint topic")
-        assert not sending.done()
         # The first worker reloads what it kept after the rebalance (it never restores before one).
         await wait_for_log(workers.log_dir / "worker0.log", "state restored from the checkpoint topic")
+        await produce(kafka_bootstrap, topics.metrics, messages[third:2 * third], per_second=40)
         first.send_signal(signal.SIGTERM)  # leaves the group: the second worker takes everything
-        await sending
+        await produce(kafka_bootstrap, topics.metrics, messages[2 * third:], per_second=40)
         return await collect_until(kafka_bootstrap, topics, complete(expected))
 
     got = asyncio.run(scenario())

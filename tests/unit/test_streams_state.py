@@ -12,6 +12,7 @@ from schemas.processed import decode_entity_states, decode_point_block, decode_s
 from schemas.topics import Topics
 from schemas.validation import Validated
 from streams import Output, Processor, SourcePosition, output_messages
+from streams.aggregate import VALUES
 from streams.dedup import MAX_AHEAD, RECENT_SIZE, ProducerTrack
 from streams.synthetic import RunSpec, run_envelopes
 
@@ -76,8 +77,8 @@ def test_nonfinite_state_survives_serialization() -> None:
     assert summary.max == math.inf
     assert summary.last != summary.last
     pending = ctx.steps["m"].pending
-    assert pending[0].values == {0: math.inf}
-    assert math.isnan(pending[1].values[0])
+    assert pending[0][VALUES] == {0: math.inf}
+    assert math.isnan(pending[1][VALUES][0])
 
 
 def test_dirty_entities_and_partition_moves() -> None:
