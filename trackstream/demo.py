@@ -249,13 +249,16 @@ def _register_best(project: str, best_run: str, sweep: str) -> dict[str, Any]:
     """Register the best run's checkpoint as a model and log its evaluation metrics on it."""
     import trackstream as ts
 
-    final = _query.compare(project, "accuracy", agg="last", runs=[best_run])[0]["value"]
-    loss = _query.compare(project, "loss", agg="min", runs=[best_run])[0]["value"]
+    evaluation: dict[str, float] = {}
+    for metric, agg in (("accuracy", "last"), ("loss", "min")):
+        rows = _query.compare(project, metric, agg=agg, runs=[best_run])
+        if rows:
+            evaluation[f"eval_{metric}"] = rows[0]["value"]
     model = ts.model(project, "demo-classifier", version=sweep)
-    model.log_metrics({"eval_accuracy": final, "eval_loss": loss})
+    model.log_metrics(evaluation)
     model.log_metric("source_run_is_best", 1.0, single_value=True)
     model.close()
-    return {"model": model.id, "eval_accuracy": final, "eval_loss": loss}
+    return {"model": model.id, **evaluation}
 
 
 def run_demo(args: argparse.Namespace) -> int:
