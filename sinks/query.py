@@ -88,15 +88,43 @@ class QueryService:
         entities = self._entities(scope, None)
         params = self._params(scope, None)
         metrics: dict[str, dict[str, Any]] = {}
-        for entity_id, metric, kind, count, last, last_step, low, high in self._rows(
-                q.fill(q.SUMMARIES, select=""), scope):
+        for entity_id, metric, kind, count, last, last_step, low, high in self._summary_rows(scope):
             metrics.setdefault(entity_id, {})[metric] = {
-                "kind": kind, "count": count, "last": last, "last_step": last_step, "min": low, "max": high,
+                "kind": kind, "count": count, "last": _num(last), "last_step": last_step, "min": _num(low),
+                "max": _num(high),
             }
         for entity in entities:
             entity["params"] = params.get(entity["id"], {})
             entity["metrics"] = metrics.get(entity["id"], {})
         return entities
+
+    def _summary_rows(self, scope: dict[str, Any]) -> list[Row]:
+        """Per (entity, metric): kind, count, last, last_step, min, max of the newest generation, exact.
+
+        Read like compare: from ``series_stats`` where that is exact, else by scanning ``points`` (FINAL) for
+        the remaining pairs, so a replay from another producer never counts a point twice. A series counts its
+        distinct steps; with several ranks every figure is over the per-step cross-rank mean.
+        """
+        rows: list[Row] = []
+        scan: dict[tuple[str, str], tuple[int, str]] = {}
+        for entity_id, metric, generation, kind, exact, *summary in self._rows(
+                q.fill(q.SUMMARY_STATS, select=""), scope):
+            if exact:
+                rows.append((entity_id, metric, kind, *summary))
+            else:
+                scan[(entity_id, metric)] = (generation, kind)
+        if scan:
+            ids, names = (list(column) for column in zip(*scan, strict=True))
+            bound = scope | {"scan_ids": ids, "scan_metrics": names,
+                             "scan_generations": [generation for generation, _kind in scan.values()]}
+            for entity_id, metric, count, last, last_step, low, high, latest, latest_step in self._rows(
+                    q.SUMMARY_SCAN, bound):
+                kind = scan[(entity_id, metric)][1]
+                if kind == "single":
+                    rows.append((entity_id, metric, kind, 1, latest, latest_step, latest, latest))
+                else:
+                    rows.append((entity_id, metric, kind, count, last, last_step, low, high))
+        return sorted(rows, key=lambda row: (row[0], row[1]))
 
     # -- compare --------------------------------------------------------------------------------------
 

@@ -15,6 +15,10 @@ Shared semantics, also what the brute-force tests compute:
   the scan of one-rank series without duplicates skips ``FINAL``.
 - A series is read per step: the mean over ranks. ``single`` values: the latest by time wins (ties: higher step).
 - min / max / mean skip NaN (a NaN step is kept in ``last`` / ``first``); ±Inf count as values.
+- runs() metric summaries follow the same rules (stats where exact, else ``points FINAL``): ``count`` is the
+  number of distinct steps, ``last`` / ``last_step`` the highest step, min / max over the per-step cross-rank
+  mean. The streams' ``summaries`` table is not read: it deduplicates by (producer_id, seq) only, so points
+  re-sent by another producer (a re-import, a replay from a new incarnation) count twice there.
 """
 
 from __future__ import annotations
@@ -230,14 +234,46 @@ WHERE {_SCOPE} <SELECT>
 ORDER BY entity_id, key
 """
 
-SUMMARIES: Final = f"""
-SELECT entity_id, metric, argMax(kind, generation), argMax(count, generation), argMax(last, generation),
-       argMax(last_step, generation), argMax(min, generation), argMax(max, generation)
-FROM summaries FINAL
-WHERE {_SCOPE} <SELECT>
-GROUP BY entity_id, metric
-ORDER BY entity_id, metric
+# runs(): per (entity, metric) summary (kind, count, last, last_step, min, max) of the newest generation, from
+# ``series_stats`` where exact (the same rule as compare: one rank, and a single value or disjoint segments, so
+# ``rows`` counts distinct steps), else ``exact`` = 0 and the caller scans (``SUMMARY_SCAN``). A single value
+# summarises as count 1 with last = min = max = the latest value by time.
+SUMMARY_STATS: Final = f"""
+SELECT entity_id, metric, generation, kind_, ranks = 1 AND (single OR {disjoint("seg")}) AS exact,
+       if(single, 1, rows_) AS count_, if(single, latest_.3, last_.2), if(single, latest_.2, last_.1),
+       if(single, latest_.3, if(finite_ > 0, low_.1, nan)), if(single, latest_.3, if(finite_ > 0, high_.1, nan))
+FROM (
+    SELECT entity_id, metric, generation, if(min(rank) = max(rank), 1, 2) AS ranks, anyLast(kind) AS kind_,
+           kind_ = 'single' AS single, groupArrayArray(segments) AS seg, sum(rows) AS rows_, sum(finite) AS finite_,
+           max(last) AS last_, min(low) AS low_, max(high) AS high_, maxIf(latest, kind = 'single') AS latest_
+    FROM series_stats
+    WHERE {_SCOPE} <SELECT>
+    GROUP BY entity_id, metric, generation
+    ORDER BY generation DESC
+    LIMIT 1 BY entity_id, metric
+)
 """
+
+# The same summaries by scanning ``points FINAL`` for the (entity, metric, generation) triples bound as parallel
+# arrays: per step the cross-rank mean (``v``) and the latest value by time (``lv``, for single values); then
+# per series the step count, last, and NaN-free min / max of ``v``, and the latest ``lv`` (ties: higher step).
+# The caller picks the series or the single-value figures by kind.
+SUMMARY_SCAN: Final = f"""
+SELECT entity_id, metric, count(), argMax(v, step), max(step), minIfOrNull(v, NOT isNaN(v)),
+       maxIfOrNull(v, NOT isNaN(v)), argMax(lv, (t, step)), argMax(step, (t, step))
+FROM (
+    SELECT entity_id, metric, step, if(count() = 1, any(value), avg(value)) AS v, argMax(value, time) AS lv,
+           max(time) AS t
+    FROM points FINAL
+    WHERE {_SCOPE} AND entity_id IN {{scan_ids:Array(String)}}
+      AND (entity_id, metric, generation) IN (
+          SELECT k.1, k.2, k.3 FROM (SELECT arrayJoin(arrayZip({{scan_ids:Array(String)}},
+              {{scan_metrics:Array(String)}}, {{scan_generations:Array(UInt32)}})) AS k))
+    GROUP BY entity_id, metric, step
+)
+GROUP BY entity_id, metric
+"""
+
 
 INGESTED: Final = """
 SELECT max(seq), count() FROM ingested

@@ -308,9 +308,9 @@ def test_query_side_shows_the_imported_run_once_with_every_point(tracking: Track
     assert queried["rows"] == sum(len(h) for h in histories.values())
 
 
-@pytest.mark.xfail(strict=True, reason="streams counts a re-delivered point again in the running summary's count "
-                   "when it comes from another producer id (dedup is per producer_id, seq)")
 def test_query_side_summary_count_is_unchanged_by_a_reimport(queried: dict[str, Any]) -> None:
     (before,) = queried["before"]["runs"]
     (after,) = queried["after"]["runs"]
+    assert before["metrics"]
+    assert all(v["count"] >= 1 for v in before["metrics"].values())
     assert {k: v["count"] for k, v in after["metrics"].items()} == {k: v["count"] for k, v in before["metrics"].items()}

@@ -126,8 +126,8 @@ def expected_compare(w: World, entity: str, metric: str, agg: str) -> tuple[floa
         return math.nan, None
     if agg == "min":
         return float(np.min(values[ok])), int(steps[ok][np.argmin(values[ok])])
-    if agg == "max":
-        return float(np.max(values[ok])), int(steps[ok][np.argmax(values[ok])])
+    assert agg == "max", agg
+    return float(np.max(values[ok])), int(steps[ok][np.argmax(values[ok])])
 
 
 @pytest.fixture
