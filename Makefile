@@ -60,7 +60,7 @@ bench-streams: $(STAMP)
 	$(PY) bench/streams.py
 
 bench-sinks: $(STAMP)
-	$(PY) bench/sinks.py
+	$(PY) bench/sinks.py $(if $(TRACKSTREAM_KAFKA_BOOTSTRAP),--bootstrap $(TRACKSTREAM_KAFKA_BOOTSTRAP)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

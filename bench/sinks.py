@@ -7,12 +7,14 @@ schedule, a noisy gradient norm (|N(1, 0.3)|) and a log-loss; step times 100 ms 
     python bench/sinks.py                 # 1,000 runs x 10 metrics x 10,000 steps + 10 runs x 1,000,000 steps
     python bench/sinks.py --quick         # 100 runs x 10 x 1,000 + 10 x 100,000 (a minute)
     python bench/sinks.py --bootstrap HOST:PORT   # also rows/s through Kafka and the sink worker
+    python bench/sinks.py --bootstrap HOST:PORT --worker-only [--worker-points N]   # only the sink worker
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import sys
 import tempfile
@@ -135,13 +137,23 @@ def ingest_rates(sink: Sink, project: str, points_target: int) -> dict[str, floa
 
 
 async def kafka_rate(bootstrap: str, data_dir: Path, points_target: int) -> float:
-    """Pre-fill a processed topic, then time one SinkWorker draining it into a fresh chDB database."""
+    """Pre-fill a processed topic, then time one SinkWorker draining it into a fresh chDB database: from
+    ``run`` (consumer start and group join included) until the last chunk is written and its offset committed
+    (the consumer's shutdown is not counted). All four processed topics exist, as they do behind ``streams``."""
     from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+    from schemas.topics import Topics
     from sinks.batch import BatchLimits
     from sinks.worker import SinkWorker
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 3, 1) for name in Topics(prefix).processed()])
+    finally:
+        await admin.close()
     rng = np.random.default_rng(2)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
                                 max_request_size=8 * 1024 * 1024)
@@ -160,15 +172,16 @@ async def kafka_rate(bootstrap: str, data_dir: Path, points_target: int) -> floa
     total = sum(b.point_count() for b in blocks)
     started = time.perf_counter()
 
-    async def watch() -> None:
-        while worker.stats.points < total:  # noqa: ASYNC110 - polls a counter the worker updates
-            await asyncio.sleep(0.05)
+    async def watch() -> float:
+        while worker.stats.points < total or worker.held_rows:  # noqa: ASYNC110 - polls the worker's counters
+            await asyncio.sleep(0.01)
+        drained = time.perf_counter()
         stop.set()
+        return drained
 
     watcher = asyncio.create_task(watch())
     await worker.run(stop)
-    await watcher
-    return total / (time.perf_counter() - started)
+    return total / (await watcher - started)
 
 
 def bytes_per_point(backend: ChdbBackend, project: str) -> tuple[float, float, dict[str, float]]:
@@ -200,7 +213,7 @@ def fill_and_ingest(args: argparse.Namespace, sink: Sink, backend: ChdbBackend, 
     for name, rate in ingest_rates(sink, "ingest", 2_000_000).items():
         results.append((f"ingest {name}", f"{rate:,.0f} rows/s"))
     if args.bootstrap:
-        rate = asyncio.run(kafka_rate(args.bootstrap, data_dir, 2_000_000))
+        rate = asyncio.run(kafka_rate(args.bootstrap, data_dir, args.worker_points))
         results.append(("ingest via Kafka + SinkWorker (1 process)", f"{rate:,.0f} rows/s"))
     compressed, raw, per_column = bytes_per_point(backend, "bench")
     results.append(("bytes/point on disk (compressed / raw)", f"{compressed:.2f} / {raw:.2f}"))
@@ -209,6 +222,16 @@ def fill_and_ingest(args: argparse.Namespace, sink: Sink, backend: ChdbBackend, 
     results.append(("bytes/point after OPTIMIZE FINAL", f"{compressed:.2f} / {raw:.2f}"))
     results.append(("  per column", ", ".join(f"{k} {v:.2f}" for k, v in per_column.items() if v >= 0.01)))
     return points, long_points
+
+
+def worker_only(args: argparse.Namespace) -> int:
+    """Just the Kafka sink-worker figure (fresh store unless --data-dir)."""
+    if not args.bootstrap:
+        raise SystemExit("--worker-only needs --bootstrap HOST:PORT")
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="trackstream-bench-"))
+    rate = asyncio.run(kafka_rate(args.bootstrap, data_dir, args.worker_points))
+    print(table([(f"ingest via Kafka + SinkWorker (1 process, {args.worker_points:,} points)", f"{rate:,.0f} rows/s")]))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="chDB store (default: a temporary directory)")
     parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap: also measure the sink worker")
     parser.add_argument("--queries-only", action="store_true", help="reuse the store in --data-dir: time queries")
+    parser.add_argument("--worker-only", action="store_true", help="only rows/s through Kafka + SinkWorker")
+    parser.add_argument("--worker-points", type=int, default=2_000_000, help="points pre-filled for the worker")
     args = parser.parse_args(argv)
+    if args.worker_only:
+        return worker_only(args)
     if args.quick:
         args.runs, args.steps, args.long_steps = 100, 1000, 100_000
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="trackstream-bench-"))
@@ -242,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [f"run-{r:05d}" for r in range(0, args.runs, max(1, args.runs // 10))][:10]
     long_runs = [f"run-{r:05d}" for r in range(args.long_runs)]
     for agg in ("last", "mean"):
-        p50, p95 = timed(lambda agg=agg: service.compare("bench", "loss", agg=agg), args.reps)
+        p50, p95 = timed(functools.partial(service.compare, "bench", "loss", agg=agg), args.reps)
         results.append((f"compare {agg} over {args.runs} runs", f"p50 {p50:.1f} ms  p95 {p95:.1f} ms"))
     p50, p95 = timed(lambda: service.compare("bench", "loss", by=["lr", "model"]), args.reps)
     results.append((f"compare by=[lr, model] over {args.runs} runs", f"p50 {p50:.1f} ms  p95 {p95:.1f} ms"))

@@ -148,17 +148,82 @@ class _Segments:
     def add(self, block: PointBlock) -> None:
         entity = self.entities("\x00".join((block.entity.project, block.entity.type, block.entity.id)))
         for batch, generation in zip(block.metrics, block.generations, strict=True):
-            if not batch.values:
+            if batch.values:
+                key = (entity, self.metrics(batch.name), self.kinds(batch.kind), generation, block.rank)
+                self.append(key, batch.steps, batch.times_ns, batch.values)
+
+    def append(self, key: tuple[int, int, int, int, int], steps: Sequence[int], times: Sequence[int],
+               values: Sequence[float | None]) -> None:
+        """One segment: its key (entity, metric, kind as interned ids; generation; rank) and its columns."""
+        entity, metric, kind, generation, rank = key
+        self.entity.append(entity)
+        self.metric.append(metric)
+        self.kind.append(kind)
+        self.generation.append(generation)
+        self.rank.append(rank)
+        self.length.append(len(values))
+        self.steps.extend(steps)
+        self.times.extend(times)
+        self.values.extend(values)  # type: ignore[arg-type]  # None (NaN on the wire) until PointColumns.values
+
+
+@dataclass(slots=True)
+class PointColumns:
+    """Point blocks accumulated straight into the flat columns :func:`points_tables` builds from.
+
+    :meth:`add_raw` reads a ``<prefix>.points`` message (:func:`schemas.processed.encode_point_block`) without
+    building a :class:`PointBlock` or a Python float per point: the worker decodes each message into the chunk
+    it is filling, and the chunk's tables are built from these lists in one pass.
+    """
+
+    segments: _Segments = field(default_factory=_Segments)
+    ingested: list[tuple[str, str, str, str, int, int, int]] = field(default_factory=list)
+    nonfinite: list[tuple[int, int]] = field(default_factory=list)  # (flat index, float64 bits)
+    points: int = 0
+
+    def __len__(self) -> int:
+        """How many blocks were added."""
+        return len(self.ingested)
+
+    def add(self, block: PointBlock) -> int:
+        self.segments.add(block)
+        return self._ingested((block.entity.project, block.entity.type, block.entity.id, block.producer_id,
+                               block.seq, block.rank, block.point_count()))
+
+    def add_raw(self, raw: bytes) -> int:
+        """Add one encoded point block; returns its points. Raises (adding nothing) on a malformed message."""
+        wire = orjson.loads(raw)
+        project, entity_type, entity_id = wire["entity"]
+        rank, producer_id, seq = int(wire["rank"]), str(wire["producer_id"]), int(wire["seq"])
+        batches = [(m["name"], m["kind"], m["steps"], m["times_ns"], m["values"], m.get("nonfinite", ()), generation)
+                   for m, generation in zip(wire["metrics"], wire["generations"], strict=True)]
+        for _, _, steps, times, values, _, _ in batches:
+            if not len(steps) == len(times) == len(values):
+                raise ValueError("metric batch columns differ in length")
+        seg, points = self.segments, 0
+        entity = seg.entities("\x00".join((project, entity_type, entity_id)))
+        for name, kind, steps, times, values, nonfinite, generation in batches:
+            if not values:
                 continue
-            self.entity.append(entity)
-            self.metric.append(self.metrics(batch.name))
-            self.kind.append(self.kinds(batch.kind))
-            self.generation.append(generation)
-            self.rank.append(block.rank)
-            self.length.append(len(batch.values))
-            self.steps.extend(batch.steps)
-            self.times.extend(batch.times_ns)
-            self.values.extend(batch.values)
+            base = len(seg.values)
+            self.nonfinite.extend((base + index, bits) for index, bits in nonfinite)
+            seg.append((entity, seg.metrics(name), seg.kinds(kind), generation, rank), steps, times, values)
+            points += len(values)
+        return self._ingested((project, entity_type, entity_id, producer_id, seq, rank, points))
+
+    def _ingested(self, row: tuple[str, str, str, str, int, int, int]) -> int:
+        self.ingested.append(row)
+        self.points += row[-1]
+        return row[-1]
+
+    def values(self) -> Any:
+        """The float64 values (JSON nulls are NaN until the exact non-finite bits are put back)."""
+        np = _np()
+        values = np.array(self.segments.values, dtype=np.float64)
+        if self.nonfinite:
+            at, bits = zip(*self.nonfinite, strict=True)
+            values.view(np.uint64)[list(at)] = np.array(bits, dtype=np.uint64)
+        return values
 
 
 def _entity_columns(interner: _Interner, per_row: Any) -> dict[str, pa.Array]:
@@ -173,13 +238,15 @@ def _entity_columns(interner: _Interner, per_row: Any) -> dict[str, pa.Array]:
     }
 
 
-def points_tables(blocks: Iterable[PointBlock]) -> dict[str, pa.Table]:
-    """The ``points`` and ``ingested`` rows for a list of point blocks."""
+def points_tables(blocks: Iterable[PointBlock] | PointColumns) -> dict[str, pa.Table]:
+    """The ``points``, ``series_stats``, ``series_blocks`` and ``ingested`` rows of some point blocks."""
     np, pa = _np(), _pa()
-    seg = _Segments()
-    blocks = list(blocks)
-    for block in blocks:
-        seg.add(block)
+    if not isinstance(blocks, PointColumns):
+        columns = PointColumns()
+        for block in blocks:
+            columns.add(block)
+        blocks = columns
+    seg = blocks.segments
     lengths = np.array(seg.length, dtype=np.int64)
 
     def repeat(column: list[int], dtype: Any) -> Any:
@@ -187,7 +254,7 @@ def points_tables(blocks: Iterable[PointBlock]) -> dict[str, pa.Table]:
 
     steps = np.array(seg.steps, dtype=np.int64)
     times = np.array(seg.times, dtype=np.int64)
-    values = np.array(seg.values, dtype=np.float64)
+    values = blocks.values()
     value32, value_exact = split_values(values)
     points = {
         **_entity_columns(seg.entities, repeat(seg.entity, np.int32)),
@@ -212,7 +279,7 @@ def points_tables(blocks: Iterable[PointBlock]) -> dict[str, pa.Table]:
         "points": pa.table(points),
         "series_stats": _series_table(seg, series_keys, *series_stats(rollup), with_kind=True),
         "series_blocks": _series_table(seg, series_keys, *series_blocks(rollup)),
-        "ingested": ingested_table(blocks),
+        "ingested": _ingested_table(blocks.ingested),
     }
 
 
@@ -242,13 +309,13 @@ def _entity_rows(entities: Sequence[EntityRef]) -> dict[str, list[str]]:
     }
 
 
-def ingested_table(blocks: Sequence[PointBlock]) -> pa.Table:
-    return _pa().table({
-        **_entity_rows([b.entity for b in blocks]),
-        "producer_id": [b.producer_id for b in blocks],
-        "seq": _pa().array([b.seq for b in blocks], _pa().uint64()),
-        "rank": _pa().array([b.rank for b in blocks], _pa().uint32()),
-        "points": _pa().array([b.point_count() for b in blocks], _pa().uint64()),
+def _ingested_table(rows: list[tuple[str, str, str, str, int, int, int]]) -> pa.Table:
+    pa = _pa()
+    project, entity_type, entity_id, producer_id, seq, rank, points = zip(*rows, strict=True) if rows else [()] * 7
+    return pa.table({
+        "project": pa.array(project, pa.string()), "entity_type": pa.array(entity_type, pa.string()),
+        "entity_id": pa.array(entity_id, pa.string()), "producer_id": pa.array(producer_id, pa.string()),
+        "seq": pa.array(seq, pa.uint64()), "rank": pa.array(rank, pa.uint32()), "points": pa.array(points, pa.uint64()),
     })
 
 

@@ -62,7 +62,9 @@ class ServerBackend:
     def insert(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
         if data.num_rows == 0:
             return
-        settings = {"insert_deduplication_token": dedup_token} if dedup_token else {}
+        settings: dict[str, Any] = {"optimize_on_insert": 0}  # as in chdb_backend: readers collapse duplicates
+        if dedup_token:
+            settings["insert_deduplication_token"] = dedup_token
         try:
             self._client.insert_arrow(table, data, settings=settings)
         except Exception as exc:

@@ -13,12 +13,15 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
 from sinks.backend import Backend, open_backend
-from sinks.batch import entities_tables, points_tables, steps_table, summaries_table
+from sinks.batch import PointColumns, entities_tables, points_tables, steps_table, summaries_table
 from sinks.schema import migrate
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,14 @@ class WriteStats:
     steps: int = 0
     summaries: int = 0
     entity_states: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The tables of one write, in insert order, and what they hold."""
+
+    tables: list[tuple[str, pa.Table]]
+    stats: WriteStats
 
 
 class Sink:
@@ -73,24 +84,40 @@ class Sink:
         dedup_key: str | None = None,
     ) -> WriteStats:
         """Insert everything given; returns once ClickHouse acknowledged every table's insert."""
+        return self.write_prepared(self.prepare(point_blocks, steps, summaries, entity_states), dedup_key=dedup_key)
+
+    @staticmethod
+    def prepare(
+        point_blocks: Sequence[PointBlock] | PointColumns = (),
+        steps: Sequence[StepAggregate] = (),
+        summaries: Sequence[MetricSummary] = (),
+        entity_states: Sequence[EntityState] = (),
+    ) -> Prepared:
+        """The columnar batches of a write, without touching the store (so a caller can build the next batch
+        while the previous one is being inserted). Empty tables are left out. Points come as blocks or as
+        :class:`PointColumns` decoded straight from topic bytes."""
+        tables: list[tuple[str, pa.Table]] = []
+        points = point_blocks.points if isinstance(point_blocks, PointColumns) else sum(
+            b.point_count() for b in point_blocks)
         if point_blocks:
-            tables = points_tables(point_blocks)
-            for name in _POINT_TABLES:
-                self._insert(name, tables[name], dedup_key)
+            built = points_tables(point_blocks)
+            tables += [(name, built[name]) for name in _POINT_TABLES]
         if steps:
-            self._insert("steps", steps_table(steps), dedup_key)
+            tables.append(("steps", steps_table(steps)))
         if summaries:
-            self._insert("summaries", summaries_table(summaries), dedup_key)
+            tables.append(("summaries", summaries_table(summaries)))
         if entity_states:
-            tables = entities_tables(entity_states)
-            self._insert("entities", tables["entities"], dedup_key)
-            self._insert("params", tables["params"], dedup_key)
-        stats = WriteStats(
-            points=sum(b.point_count() for b in point_blocks), steps=len(steps), summaries=len(summaries),
-            entity_states=len(entity_states),
-        )
-        log.debug("wrote %s (dedup key %s)", stats, dedup_key)
-        return stats
+            built = entities_tables(entity_states)
+            tables += [("entities", built["entities"]), ("params", built["params"])]
+        stats = WriteStats(points=points, steps=len(steps), summaries=len(summaries), entity_states=len(entity_states))
+        return Prepared([(name, table) for name, table in tables if table.num_rows], stats)
+
+    def write_prepared(self, prepared: Prepared, *, dedup_key: str | None = None) -> WriteStats:
+        """Insert prepared batches in order; returns once ClickHouse acknowledged every one of them."""
+        for name, table in prepared.tables:
+            self._insert(name, table, dedup_key)
+        log.debug("wrote %s (dedup key %s)", prepared.stats, dedup_key)
+        return prepared.stats
 
     def _insert(self, table: str, data: Any, dedup_key: str | None) -> None:
         token = dedup_token(dedup_key, table) if dedup_key is not None else None

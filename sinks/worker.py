@@ -7,6 +7,14 @@ chunk is written in three steps:
 2. insert its rows with the deduplication token ``<topic>:<partition>:<first>-<last>``;
 3. commit ``last + 1`` to Kafka.
 
+Steps 1-2 run in a thread (chDB releases the GIL while it inserts) while the event loop fetches the next
+messages and decodes them straight into the columns of the chunk being filled (no per-point Python objects);
+a sealed chunk's tables are built in a thread too, while the previous chunk is being inserted. At most one
+chunk is in flight and one waits for it (memory stays bounded by the batchers plus two chunks); commits follow
+the writes in order. While the writer is idle, a chunk is cut as soon as it holds a quarter of ``max_rows``,
+so writing starts early and chunks grow to ``max_rows`` only while the writer is busy (replays still cut at
+the recorded boundaries).
+
 A crash after 2 replays the chunk from the committed offset; on assignment the worker reads the recorded
 boundaries and cuts the replay at the same offsets, so the replayed inserts carry the same tokens and ClickHouse
 drops them: even a raw ``SELECT count() FROM points`` sees every point once. (Reads use ``FINAL`` on top, which
@@ -31,18 +39,18 @@ from typing import Any
 
 from schemas.processed import (
     decode_entity_states,
-    decode_point_block,
     decode_step_aggregates,
     decode_summaries,
 )
 from schemas.topics import Topics
-from sinks.batch import Batcher, BatchLimits
+from sinks.batch import Batcher, BatchLimits, PointColumns
 from sinks.errors import SinkError, require
-from sinks.sink import Sink
+from sinks.sink import Prepared, Sink
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP_ID = "trackstream-sink"
+_INFLIGHT_POLL_MS = 10  # poll timeout while a write is in flight, so its commit follows promptly
 
 _CHUNKS_SQL = """
 SELECT first_offset, last_offset FROM sink_chunks FINAL
@@ -67,11 +75,40 @@ class _Partition:
     kind: str
     batcher: Batcher[_Message]
     plans: deque[tuple[int, int]] = field(default_factory=deque)
+    columns: PointColumns = field(default_factory=PointColumns)  # the points of the batcher's messages
 
     def planned_cut(self, offset: int) -> bool:
         while self.plans and self.plans[0][1] < self.batcher.items[0].offset:
             self.plans.popleft()
         return bool(self.plans) and offset >= self.plans[0][1]
+
+    def seal(self, tp: Any) -> _Chunk:
+        """Take the accumulated messages as one chunk (its boundaries are final from here on)."""
+        items = self.batcher.items
+        first, last = items[0].offset, items[-1].offset
+        planned = bool(self.plans) and self.plans[0] == (first, last)
+        if planned:
+            self.plans.popleft()
+        chunk = _Chunk(tp, self, items, first, last, planned, self.batcher.rows, self.columns)
+        self.batcher.clear()
+        self.columns = PointColumns()
+        return chunk
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """A sealed run of messages of one partition: written (and retried) as one unit, then committed."""
+
+    tp: Any
+    held: _Partition
+    messages: list[_Message]
+    first: int
+    last: int
+    planned: bool
+    rows: int
+    columns: PointColumns
+    prepared: Prepared | None = None
+    records: int = 0
 
 
 @dataclass(slots=True)
@@ -85,7 +122,6 @@ class WorkerStats:
 
 def _decoders() -> dict[str, Callable[[bytes], list[Any]]]:
     return {
-        "points": lambda raw: [decode_point_block(raw)],
         "steps": decode_step_aggregates,
         "summaries": decode_summaries,
         "entities": decode_entity_states,
@@ -119,7 +155,15 @@ class SinkWorker:
         self._kinds = dict(zip(self.topics.processed(), ("points", "steps", "summaries", "entities"), strict=True))
         self._decoders = _decoders()
         self._held: dict[Any, _Partition] = {}
+        self._inflight: tuple[_Chunk, asyncio.Future[None]] | None = None
+        self._sealed: _Chunk | None = None  # prepared, waiting for the write in flight
         self._consumer: Any = None
+
+    @property
+    def held_rows(self) -> int:
+        """Rows held in memory: accumulating in the batchers, the chunk being written and the one waiting."""
+        chunks = [self._inflight[0] if self._inflight else None, self._sealed]
+        return sum(c.rows for c in chunks if c) + sum(held.batcher.rows for held in self._held.values())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; pending chunks are written (and committed) before returning."""
@@ -129,17 +173,27 @@ class SinkWorker:
             auto_offset_reset="earliest", **self.consumer_options,
         )
         consumer.subscribe(list(self.topics.processed()), listener=_listener(self, aiokafka))
+        # the store's first query pays a one-off setup (~0.2-0.3 s on chDB): overlap it with joining the group
+        warm_up = asyncio.ensure_future(asyncio.to_thread(self.sink.backend.query, "SELECT 1"))
         await consumer.start()
+        with contextlib.suppress(SinkError):  # a store that is down is retried where it matters (writes)
+            await warm_up
         log.info("sink worker %s consuming %s.* into %r", self.group_id, self.topics.prefix, self.sink.backend)
         try:
             while not stop.is_set():
-                fetched = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.limits.max_rows)
-                for tp, messages in fetched.items():
-                    await self._take(tp, messages, stop)
+                if self._inflight and self._inflight[1].done():
+                    await self._drain(stop)
                 for tp in [tp for tp, held in self._held.items() if held.batcher.due()]:
                     await self._flush(tp, stop)
+                for tp in [tp for tp, held in self._held.items() if not held.plans and self._idle(held)][:1]:
+                    await self._flush(tp, stop)
+                timeout_ms = min(self.poll_ms, _INFLIGHT_POLL_MS) if self._inflight else self.poll_ms
+                fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.limits.max_rows)
+                for tp, messages in fetched.items():
+                    await self._take(tp, messages, stop)
             for tp in list(self._held):
                 await self._flush(tp, stop, final=True)
+            await self._drain(stop, final=True)
         finally:
             await consumer.stop()
             log.info("sink worker %s stopped: %s", self.group_id, self.stats)
@@ -148,63 +202,111 @@ class SinkWorker:
         if not messages:
             return
         held = self._held.get(tp) or await self._open(tp, messages[0].offset)
-        decode = self._decoders[held.kind]
+        decode = self._decoders.get(held.kind)
         for message in messages:
+            records: list[Any] = []
             try:
-                records = decode(message.value)
+                if decode is None:  # points: straight into the chunk's columns
+                    rows = held.columns.add_raw(message.value)
+                else:
+                    records = decode(message.value)
+                    rows = len(records)
             except Exception:
                 self.stats.skipped_messages += 1
                 log.exception("skipping undecodable message %s[%d]@%d", tp.topic, tp.partition, message.offset)
-                records = []
-            rows = sum(r.point_count() for r in records) if held.kind == "points" else len(records)
+                rows = 0
             held.batcher.add(_Message(message.offset, records), rows=rows, nbytes=len(message.value or b""))
-            if held.planned_cut(message.offset) or (not held.plans and held.batcher.full()):
+            if held.planned_cut(message.offset) or (not held.plans and (held.batcher.full() or self._idle(held))):
                 await self._flush(tp, stop)
 
     async def _flush(self, tp: Any, stop: asyncio.Event, *, final: bool = False) -> None:
+        """Seal the partition's chunk and start writing it, once the chunk in flight (if any) is committed."""
         held = self._held.get(tp)
         if held is None or not held.batcher.items:
             return
-        first, last = held.batcher.items[0].offset, held.batcher.items[-1].offset
-        planned = bool(held.plans) and held.plans[0] == (first, last)
-        delay = 0.1
+        self._sealed = chunk = held.seal(tp)
+        try:
+            chunk.prepared = await asyncio.to_thread(self._prepare, chunk)  # overlaps the write in flight
+            await self._drain(stop, final=final)
+        finally:
+            self._sealed = None
+        if self._held.get(tp) is not held:  # revoked, or given up at shutdown: replayed from its commit
+            return
+        self._inflight = (chunk, asyncio.ensure_future(asyncio.to_thread(self._write, chunk)))
+
+    def _idle(self, held: _Partition) -> bool:
+        """Nothing is being written and this chunk is worth an insert (a quarter of ``max_rows``): start on it
+        rather than wait for it to fill, so writing starts early and chunks grow only while the writer is busy."""
+        return self._inflight is None and held.batcher.rows >= self.limits.max_rows // 4
+
+    async def _drain(self, stop: asyncio.Event, *, final: bool = False) -> None:
+        """Wait for the chunk in flight; retry it with backoff until ClickHouse acknowledged it; commit it."""
+        if self._inflight is None:
+            return
+        chunk, write = self._inflight
+        tp, delay = chunk.tp, 0.1
         while True:
             try:
-                await asyncio.to_thread(self._write, held, first, last, planned)
+                await write
                 break
             except SinkError as exc:
                 self.stats.retries += 1
                 log.warning(
                     "ClickHouse write of %s[%d] offsets %d-%d failed (%s); not committing, retrying in %.1fs",
-                    tp.topic, tp.partition, first, last, exc, delay,
+                    tp.topic, tp.partition, chunk.first, chunk.last, exc, delay,
                 )
-                if final and stop.is_set() and self.stats.retries and delay >= self.max_backoff_s:
-                    log.error("giving up at shutdown: offsets %d-%d stay uncommitted and will be replayed", first, last)
+                if final and stop.is_set() and delay >= self.max_backoff_s:
+                    log.error("giving up at shutdown: offsets %d-%d stay uncommitted and will be replayed",
+                              chunk.first, chunk.last)
+                    if self._held.get(tp) is chunk.held:  # so no later chunk of it commits past this one
+                        del self._held[tp]
+                    self._inflight = None
                     return
                 await self._backoff(delay)
                 delay = min(delay * 2, self.max_backoff_s)
-                if tp not in self._held:
+                if self._held.get(tp) is not chunk.held:  # revoked meanwhile: the next owner replays it
+                    self._inflight = None
                     return
-        if planned:
-            held.plans.popleft()
-        held.batcher.clear()
+                write = asyncio.ensure_future(asyncio.to_thread(self._write, chunk))
+                self._inflight = (chunk, write)
+        await self._commit(chunk)
+        self._inflight = None
+
+    async def _commit(self, chunk: _Chunk) -> None:
+        tp = chunk.tp
+        self.stats.chunks += 1
+        if self._held.get(tp) is not chunk.held:
+            log.info("%s[%d] was reassigned while offsets %d-%d were written; not committing (a replay is "
+                     "deduplicated)", tp.topic, tp.partition, chunk.first, chunk.last)
+            return
         try:
-            await self._consumer.commit({tp: last + 1})
+            await self._consumer.commit({tp: chunk.last + 1})
         except Exception as exc:  # rebalanced away: the next owner replays with the recorded boundaries
             log.warning("commit of %s[%d] offset %d failed (%s); the chunk will be replayed, deduplicated",
-                        tp.topic, tp.partition, last + 1, exc)
-        self.stats.chunks += 1
+                        tp.topic, tp.partition, chunk.last + 1, exc)
 
-    def _write(self, held: _Partition, first: int, last: int, planned: bool) -> None:
-        if not planned:
-            self._record_chunk(held, first, last)
-        records = [r for message in held.batcher.items for r in message.records]
-        dedup_key = f"{held.topic}:{held.partition}:{first}-{last}"
-        if held.kind == "points":
-            self.stats.points += self.sink.write(point_blocks=records, dedup_key=dedup_key).points
+    def _prepare(self, chunk: _Chunk) -> Prepared:
+        """The chunk's columnar batches (in a thread, while the previous chunk is being inserted)."""
+        if chunk.held.kind == "points":
+            chunk.records = len(chunk.columns)
+            prepared = self.sink.prepare(point_blocks=chunk.columns)
         else:
-            self.sink.write(**{_WRITE_ARG[held.kind]: records}, dedup_key=dedup_key)
-        self.stats.records += len(records)
+            records = [r for message in chunk.messages for r in message.records]
+            chunk.records = len(records)
+            prepared = self.sink.prepare(**{_WRITE_ARG[chunk.held.kind]: records})
+        chunk.messages, chunk.columns = [], PointColumns()  # the tables hold the rows from here on
+        return prepared
+
+    def _write(self, chunk: _Chunk) -> None:
+        """Record the chunk's boundaries (unless a replay reuses recorded ones), then insert it (in a thread)."""
+        held, prepared = chunk.held, chunk.prepared
+        assert prepared is not None
+        if not chunk.planned:
+            self._record_chunk(held, chunk.first, chunk.last)
+        dedup_key = f"{held.topic}:{held.partition}:{chunk.first}-{chunk.last}"
+        stats = self.sink.write_prepared(prepared, dedup_key=dedup_key)
+        self.stats.points += stats.points
+        self.stats.records += chunk.records
 
     def _record_chunk(self, held: _Partition, first: int, last: int) -> None:
         pa = require("pyarrow")

@@ -39,9 +39,9 @@ WORKER = textwrap.dedent("""
     sink.backend.command("SYSTEM STOP MERGES points")  # a merge would hide duplicates from count()
 
     class Crashing(SinkWorker):
-        def _write(self, held, first, last, planned):
-            super()._write(held, first, last, planned)
-            if held.kind == "points" and crash_after and self.stats.chunks + 1 >= crash_after:
+        def _write(self, chunk):
+            super()._write(chunk)
+            if chunk.held.kind == "points" and crash_after and self.stats.chunks + 1 >= crash_after:
                 os._exit(17)  # inserted, not committed
 
     async def main():
@@ -52,7 +52,7 @@ WORKER = textwrap.dedent("""
             while not stop.is_set():
                 (count,), = sink.backend.query("SELECT count() FROM points")[1]
                 (entities,), = sink.backend.query("SELECT count() FROM entities")[1]
-                if count >= expected and entities > 0 and not any(h.batcher.items for h in worker._held.values()):
+                if count >= expected and entities > 0 and not worker.held_rows:
                     await asyncio.sleep(0.5)  # let a possible duplicate land before stopping (not a sync point)
                     stop.set()
                 await asyncio.sleep(0.1)
@@ -190,9 +190,9 @@ def test_clickhouse_unavailable_backs_off_without_committing(
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
         await _until(lambda: flaky.failures >= 3)
-        held = sum(h.batcher.rows for h in worker._held.values())
+        held = worker.held_rows
         await _until(lambda: flaky.failures >= 8)
-        assert sum(h.batcher.rows for h in worker._held.values()) == held  # nothing new fetched while down
+        assert worker.held_rows == held  # nothing new fetched while down
         assert await _committed(kafka_bootstrap, group) == 0
         flaky.down = False
         await _until(lambda: worker.stats.points == 3000)

@@ -6,13 +6,24 @@ import math
 import struct
 
 import numpy as np
+import orjson
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.envelope import EntityRef, MetricBatch
-from schemas.processed import EntityState, PointBlock
-from sinks.batch import Batcher, BatchLimits, entities_tables, param_row, param_value, points_tables, split_values
+from schemas.processed import EntityState, PointBlock, encode_point_block
+from sinks.batch import (
+    Batcher,
+    BatchLimits,
+    PointColumns,
+    entities_tables,
+    param_row,
+    param_value,
+    points_tables,
+    split_values,
+)
 from sinks.chdb_backend import format_param
 from sinks.errors import IngestTimeout, QueryError, SinkError, StoreUnavailable
 from sinks.sql import check_read_only
@@ -108,6 +119,54 @@ def test_points_tables_columns_and_series_rows() -> None:
     assert ingested["seq"] == [5, 1]
     assert ingested["points"] == [3, 0]
     assert ingested["project"] == ["p", "q"]
+
+
+def _special_blocks() -> list[PointBlock]:
+    nan_payload = struct.unpack("<d", struct.pack("<Q", 0x7FF8_0000_0000_0ABC))[0]
+    values = [1.0, math.nan, math.inf, -math.inf, -0.0, nan_payload, 1e-310, 0.1]
+    return [
+        PointBlock(EntityRef("p", "run", "r'1"), 2, "prod", 7,
+                   [MetricBatch("loss", "series", list(range(8)), [i * 10**9 for i in range(8)], values),
+                    MetricBatch("lr", "single", [3], [5], [math.nan]), MetricBatch("x", "series", [], [], [])],
+                   [0, 1, 0]),
+        PointBlock(EntityRef("q", "model", "m:1"), 0, "prod2", 1, [MetricBatch("acc", "series", [1, 2], [1, 2],
+                                                                            [0.5, -math.inf])], [3]),
+    ]
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+def test_point_columns_from_wire_bytes_match_decoded_blocks() -> None:
+    blocks = _special_blocks()
+    columns = PointColumns()
+    assert [columns.add_raw(encode_point_block(b)) for b in blocks] == [9, 2]
+    assert columns.points == 11
+    from_raw, from_blocks = points_tables(columns), points_tables(blocks)
+    for name, table in from_blocks.items():
+        assert _ipc(from_raw[name]) == _ipc(table), name  # bit for bit (NaN never equals itself)
+    exact = from_raw["points"].column("value_exact").to_pylist()
+    narrow = from_raw["points"].column("value32").to_numpy().astype(np.float64)
+    bits = [struct.pack("<d", v if v is not None else float(n)) for v, n in zip(exact, narrow, strict=True)]
+    expected = [struct.pack("<d", v) for b in blocks for m in b.metrics for v in m.values]
+    assert bits == expected  # every float64 bit for bit, NaN payload and -0.0 included
+
+
+def test_point_columns_skip_a_malformed_message_whole() -> None:
+    columns = PointColumns()
+    good = encode_point_block(_special_blocks()[1])
+    columns.add_raw(good)
+    wire = orjson.loads(good)
+    wire["metrics"][0]["values"] = [1.0]  # shorter than its steps
+    for raw in (b"{", orjson.dumps(wire), orjson.dumps({"entity": ["p", "run"]})):
+        with pytest.raises((ValueError, KeyError, orjson.JSONDecodeError)):
+            columns.add_raw(raw)
+    assert columns.points == 2
+    assert points_tables(columns)["points"].num_rows == 2
 
 
 PARAMS = [None, True, False, 0, -7, 2**62, 0.1, 1e300, math.inf, "", "a'b\\c", "x\"); DROP", [1, "a"], {"k": [1.5]}]
