@@ -53,14 +53,21 @@ kafka-up: $(STAMP)
 kafka-down: $(STAMP)
 	@$(BROKER) down
 
+# The producer benchmark measures MLflow, W&B (offline) and TensorBoard in the same run: the `bench` extra.
 bench-producer: $(STAMP)
-	$(PY) bench/producer.py
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/producer.py $(BENCH_ARGS)
+
+# Kafka for a benchmark: TRACKSTREAM_KAFKA_BOOTSTRAP, else the project's broker for the run, always stopped.
+WITH_KAFKA = set -e; if [ -z "$$TRACKSTREAM_KAFKA_BOOTSTRAP" ]; then \
+	  TRACKSTREAM_KAFKA_BOOTSTRAP=$$($(BROKER) up --state-dir .cache/kafka/bench-broker | tail -n 1); \
+	  export TRACKSTREAM_KAFKA_BOOTSTRAP; trap '$(BROKER) down --state-dir .cache/kafka/bench-broker' EXIT; fi;
 
 bench-streams: $(STAMP)
-	$(PY) bench/streams.py
+	@$(WITH_KAFKA) $(PY) bench/streams.py $(BENCH_ARGS)
 
 bench-sinks: $(STAMP)
-	$(PY) bench/sinks.py $(if $(TRACKSTREAM_KAFKA_BOOTSTRAP),--bootstrap $(TRACKSTREAM_KAFKA_BOOTSTRAP)) $(BENCH_ARGS)
+	@$(WITH_KAFKA) $(PY) bench/sinks.py --bootstrap $$TRACKSTREAM_KAFKA_BOOTSTRAP $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis
