@@ -68,14 +68,15 @@ def _cmd_streams_worker(args: argparse.Namespace) -> int:
 
 def _cmd_sink_worker(args: argparse.Namespace) -> int:
     """The sink worker; writing to a chDB store it owns, it also serves the query API (DESIGN §1)."""
-    from schemas.topics import setting
-    from sinks.worker import DEFAULT_GROUP_ID, run_sink_worker
+    from schemas.topics import Topics, setting
+    from sinks.worker import run_sink_worker
 
-    options = {"bootstrap": _bootstrap(args.bootstrap), "topic_prefix": args.topic_prefix,
-               "group_id": args.group_id or DEFAULT_GROUP_ID}
+    prefix = Topics.from_env(args.topic_prefix).prefix
+    # One consumer group per topic family, like the stream worker's: deployments never rebalance each other.
+    bootstrap, group_id = _bootstrap(args.bootstrap), args.group_id or f"trackstream-sink-{prefix}"
     url = setting(args.clickhouse_url, "TRACKSTREAM_CLICKHOUSE_URL")
     if url:
-        run_sink_worker(clickhouse_url=url, **options)
+        run_sink_worker(bootstrap=bootstrap, topic_prefix=prefix, group_id=group_id, clickhouse_url=url)
         return 0
     from sinks.query import QueryService
     from trackstream._query import data_dir_from, store_lock
@@ -90,7 +91,7 @@ def _cmd_sink_worker(args: argparse.Namespace) -> int:
         server = QueryServer(service, data_dir)
         server.start()
         try:
-            run_sink_worker(data_dir=data_dir, **options)
+            run_sink_worker(bootstrap=bootstrap, topic_prefix=prefix, group_id=group_id, data_dir=data_dir)
         finally:
             server.stop()
             service.close()
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sink_worker = sink.add_parser("worker", help="write the processed topics into ClickHouse")
     _kafka_options(sink_worker)
     _store_options(sink_worker)
-    sink_worker.add_argument("--group-id", default=None, help="consumer group (default: trackstream-sink)")
+    sink_worker.add_argument("--group-id", default=None, help="consumer group (default: trackstream-sink-<prefix>)")
     sink_worker.set_defaults(run=_cmd_sink_worker)
 
     sync = commands.add_parser("sync", help="send spools left by dead processes to Kafka")
