@@ -33,7 +33,7 @@ from schemas.envelope import (
 )
 
 PROCESSED_VERSION: Final = 1
-_F64: Final = "$f64"
+F64_MARKER: Final = "$f64"
 
 
 @dataclass(slots=True)
@@ -103,15 +103,17 @@ class EntityState:
     version: int = 0
 
 
-def _exact(value: Any) -> Any:
+def exact_float(value: Any) -> Any:
+    """JSON-ready ``value``: a non-finite float becomes ``{"$f64": bits}``; anything else passes through."""
     if isinstance(value, float) and not math.isfinite(value):
-        return {_F64: float_to_bits(value)}
+        return {F64_MARKER: float_to_bits(value)}
     return value
 
 
-def _inexact(value: Any) -> Any:
-    if isinstance(value, dict) and len(value) == 1 and _F64 in value:
-        return bits_to_float(value[_F64])
+def inexact_float(value: Any) -> Any:
+    """Inverse of :func:`exact_float`."""
+    if isinstance(value, dict) and len(value) == 1 and F64_MARKER in value:
+        return bits_to_float(value[F64_MARKER])
     return value
 
 
@@ -151,7 +153,7 @@ def decode_point_block(raw: bytes) -> PointBlock:
 def _record_to_wire(record: StepAggregate | MetricSummary | EntityState) -> dict[str, Any]:
     wire = asdict(record)
     wire["entity"] = _entity_wire(record.entity)
-    return {key: _exact(value) for key, value in wire.items()}
+    return {key: exact_float(value) for key, value in wire.items()}
 
 
 def encode_records(records: list[StepAggregate] | list[MetricSummary] | list[EntityState]) -> bytes:
@@ -168,7 +170,7 @@ def _decode_records(raw: bytes, cls: type[Any]) -> list[Any]:
     floats = _float_fields(cls)
     records = []
     for wire in orjson.loads(raw)["records"]:
-        values = {key: _inexact(value) if key in floats else value for key, value in wire.items()}
+        values = {key: inexact_float(value) if key in floats else value for key, value in wire.items()}
         values["entity"] = _entity_from(values["entity"])
         records.append(cls(**values))
     return records

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 
-from schemas.envelope import EntityRef, float_to_bits
+from schemas.envelope import EntityRef
 from schemas.processed import (
     PROCESSED_VERSION,
     EntityState,
@@ -28,6 +28,7 @@ from schemas.processed import (
     StepAggregate,
     encode_point_block,
     encode_records,
+    exact_float,
 )
 from schemas.topics import Topics
 
@@ -132,11 +133,6 @@ class OutMessage:
     value: bytes
 
 
-def _exact(value: Any) -> Any:
-    """What :func:`schemas.processed.encode_records` writes for a float field (ints pass through)."""
-    return value if value - value == 0 else {"$f64": float_to_bits(value)}
-
-
 def encode_step_aggregates(records: list[StepAggregate]) -> bytes:
     """Byte for byte :func:`schemas.processed.encode_records` for step aggregates, without ``asdict``.
 
@@ -154,8 +150,8 @@ def encode_step_aggregates(records: list[StepAggregate]) -> bytes:
         mean, low, high = r.mean, r.min, r.max
         wire.append({
             "entity": entity_wire, "metric": r.metric, "generation": r.generation,
-            "step": r.step, "mean": mean if mean - mean == 0 else _exact(mean),
-            "min": low if low - low == 0 else _exact(low), "max": high if high - high == 0 else _exact(high),
+            "step": r.step, "mean": mean if mean - mean == 0 else exact_float(mean),
+            "min": low if low - low == 0 else exact_float(low), "max": high if high - high == 0 else exact_float(high),
             "count": r.count, "world_size": r.world_size, "time_ns": r.time_ns,
         })
     return orjson.dumps({"v": PROCESSED_VERSION, "records": wire})
@@ -165,9 +161,9 @@ def encode_summaries(records: list[MetricSummary]) -> bytes:
     """Byte for byte :func:`schemas.processed.encode_records` for summaries, without ``asdict``."""
     wire = [{
         "entity": [r.entity.project, r.entity.type, r.entity.id], "metric": r.metric, "generation": r.generation,
-        "kind": r.kind, "count": r.count, "last": _exact(r.last), "last_step": r.last_step, "min": _exact(r.min),
-        "min_step": r.min_step, "max": _exact(r.max), "max_step": r.max_step, "first_time_ns": r.first_time_ns,
-        "last_time_ns": r.last_time_ns, "version": r.version,
+        "kind": r.kind, "count": r.count, "last": exact_float(r.last), "last_step": r.last_step,
+        "min": exact_float(r.min), "min_step": r.min_step, "max": exact_float(r.max), "max_step": r.max_step,
+        "first_time_ns": r.first_time_ns, "last_time_ns": r.last_time_ns, "version": r.version,
     } for r in records]
     return orjson.dumps({"v": PROCESSED_VERSION, "records": wire})
 

@@ -9,7 +9,6 @@ other processes find it there and read through :class:`HttpQueryClient`, which o
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import urllib.error
@@ -21,13 +20,13 @@ from typing import Any, Final
 
 import orjson
 
-from schemas import EntityRef, bits_to_float, float_to_bits
+from schemas import EntityRef
+from schemas.processed import F64_MARKER, exact_float, inexact_float
 
 log = logging.getLogger(__name__)
 
 OWNER_FILE: Final = "owner.json"
 METHODS: Final = frozenset({"compare", "curves", "runs", "sql", "entity_metrics", "wait_ingested"})
-_F64: Final = "$f64"
 _ENTITY: Final = "$entity"
 
 
@@ -42,7 +41,7 @@ class QueryApiError(RuntimeError):
 def to_wire(value: Any) -> Any:
     """JSON-ready copy of ``value`` with exact floats and entity references."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else {_F64: float_to_bits(value)}
+        return exact_float(value)
     if isinstance(value, EntityRef):
         return {_ENTITY: [value.project, value.type, value.id]}
     if isinstance(value, dict):
@@ -55,8 +54,8 @@ def to_wire(value: Any) -> Any:
 def from_wire(value: Any) -> Any:
     """Inverse of :func:`to_wire` (tuples come back as lists)."""
     if isinstance(value, dict):
-        if len(value) == 1 and _F64 in value:
-            return bits_to_float(value[_F64])
+        if len(value) == 1 and F64_MARKER in value:
+            return inexact_float(value)
         if len(value) == 1 and _ENTITY in value:
             project, entity_type, entity_id = value[_ENTITY]
             return EntityRef(project=project, type=entity_type, id=entity_id)
