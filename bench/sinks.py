@@ -28,11 +28,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.envelope import EntityRef, MetricBatch
-from schemas.processed import EntityState, PointBlock, decode_point_block, encode_point_block
-from sinks.chdb_backend import ChdbBackend
-from sinks.query import QueryService
-from sinks.sink import Sink
+from trackstream.schemas.envelope import EntityRef, MetricBatch
+from trackstream.schemas.processed import EntityState, PointBlock, decode_point_block, encode_point_block
+from trackstream.schemas.settings import KafkaSettings
+from trackstream.sinks.chdb_backend import ChdbBackend
+from trackstream.sinks.query import QueryService
+from trackstream.sinks.sink import Sink
 
 METRICS = ("loss", "accuracy", "lr", "grad_norm", "log_loss")
 T0_NS = 1_767_225_600_000_000_000  # 2026-01-01
@@ -143,9 +144,9 @@ async def kafka_rate(bootstrap: str, data_dir: Path, points_target: int) -> floa
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from schemas.topics import Topics
-    from sinks.batch import BatchLimits
-    from sinks.worker import SinkWorker
+    from trackstream.schemas.topics import Topics
+    from trackstream.sinks.batch import BatchLimits
+    from trackstream.sinks.worker import SinkWorker
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -164,7 +165,7 @@ async def kafka_rate(bootstrap: str, data_dir: Path, points_target: int) -> floa
     await producer.flush()
     await producer.stop()
     sink = Sink(ChdbBackend(data_dir, database="bench_kafka"))
-    worker = SinkWorker(sink, bootstrap=bootstrap, topic_prefix=prefix, group_id=prefix,
+    worker = SinkWorker(sink, kafka=KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix), group_id=prefix,
                         limits=BatchLimits(max_rows=500_000, linger_ms=500),
                         consumer_options={"max_partition_fetch_bytes": 16 * 1024 * 1024,
                                           "fetch_max_bytes": 64 * 1024 * 1024})

@@ -8,7 +8,7 @@
    rate; added latency = time the point block is read from ``<prefix>.points`` minus time its envelope
    was produced (p50/p99 ms), and ("out") its broker timestamp, i.e. when the worker produced it.
 3. The pure processor alone (no Kafka) on the same envelopes, with its output encoding and state snapshots,
-   in a process whose garbage collector is tuned like the worker's (:func:`streams.tune_gc`).
+   in a process whose garbage collector is tuned like the worker's (:func:`trackstream.streams.tune_gc`).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ sys.path.insert(0, str(REPO))
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
-from schemas import encode  # noqa: E402
-from schemas.processed import decode_point_block  # noqa: E402
-from schemas.topics import Topics  # noqa: E402
-from streams import Processor, SourcePosition, output_messages, tune_gc  # noqa: E402
-from streams.synthetic import RunSpec, run_envelopes  # noqa: E402
+from trackstream.schemas import encode  # noqa: E402
+from trackstream.schemas.processed import decode_point_block  # noqa: E402
+from trackstream.schemas.topics import Topics  # noqa: E402
+from trackstream.streams import Processor, SourcePosition, output_messages, tune_gc  # noqa: E402
+from trackstream.streams.synthetic import RunSpec, run_envelopes  # noqa: E402
 
 SUFFIXES = ("metrics", "metrics.dlq", "points", "steps", "summaries", "entities")
 
@@ -108,7 +108,8 @@ async def read_points(bootstrap: str, topic: str, expected_points: int, timeout_
 
 
 def start_worker(bootstrap: str, prefix: str, data_dir: str, extra: list[str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "streams", "worker", "--bootstrap", bootstrap, "--topic-prefix", prefix,
+    command = [sys.executable, "-m", "trackstream.streams", "worker", "--bootstrap", bootstrap,
+               "--topic-prefix", prefix,
                "--app-id", f"bench-{prefix}", "--data-dir", data_dir, "--loglevel", "warning", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -153,7 +154,7 @@ def latency(args: argparse.Namespace, messages: list[tuple[bytes, bytes]], point
             worker.terminate()
             worker.wait(timeout=60)
     index_of = {}
-    from schemas.validation import validate
+    from trackstream.schemas.validation import validate
 
     for index, (_key, raw) in enumerate(messages):
         envelope = validate(raw).envelope
@@ -210,7 +211,7 @@ def pct(values: list[float], q: int) -> float:
 
 
 def orjson_points(raw: bytes) -> list[int]:
-    from schemas.validation import validate
+    from trackstream.schemas.validation import validate
 
     envelope = validate(raw).envelope
     return [0] * envelope.point_count()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from producers.buffer import Drained
-from schemas import EntityRef, Envelope, Event, MetricBatch, encode
+from trackstream.producers.buffer import Drained
+from trackstream.schemas import EntityRef, Envelope, Event, MetricBatch, encode
 
 
 @dataclass(slots=True)
@@ -44,6 +44,7 @@ class SeqCounter:
         self.next = 0
 
     def take(self) -> int:
+        """Return the next ``seq`` (0, 1, 2, ...) and advance the counter by one."""
         value = self.next
         self.next += 1
         return value

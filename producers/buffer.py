@@ -2,7 +2,7 @@
 
 This is the hot path of a training loop. A log call takes the handle's lock for a few appends and never
 waits for the network: the background flusher swaps the columns out (:meth:`MetricBuffer.drain`) and does
-all encoding and delivery in its own thread. Validation happens at the call (DESIGN §2): a bad metric name
+all encoding and delivery in its own thread. Validation happens at the call (docs/metrics.md): a bad metric name
 or a value that is not a number raises :class:`ValueError` naming the key, and a call that raises leaves
 the buffer exactly as it was.
 """
@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from producers.errors import HandleClosedError
-from schemas import Event, metric_name_problem
+from trackstream.producers.errors import HandleClosedError
+from trackstream.schemas import Event, metric_name_problem
 
 _time_ns: Final = time.time_ns
 _INT64_MIN: Final = -(2**63)
@@ -51,9 +51,11 @@ class Drained:
     singles: dict[str, tuple[int, int, float]] = field(default_factory=dict)
 
     def point_count(self) -> int:
+        """Number of points taken: the lengths of all series value columns plus one per single value."""
         return sum(len(cols[2]) for cols in self.series.values()) + len(self.singles)
 
     def __bool__(self) -> bool:
+        """True when anything was taken (events, series or single values)."""
         return bool(self.events or self.series or self.singles)
 
 
@@ -104,6 +106,7 @@ def check_values(key: str, value: Any) -> list[float] | None:
 
 
 def check_step(step: Any) -> int:
+    """``step`` as an int; a bool, a non-integer (floats included) or a value outside int64 raises ValueError."""
     if isinstance(step, bool):
         raise ValueError("step must be an integer, got bool")
     try:
@@ -116,6 +119,7 @@ def check_step(step: Any) -> int:
 
 
 def check_time(time_ns: Any) -> int:
+    """``time_ns`` (ns since the epoch) as an int; a bool, non-integer or value outside 0..2**63-1 raises ValueError."""
     if isinstance(time_ns, bool):
         raise ValueError("time_ns must be an integer, got bool")
     try:
@@ -128,6 +132,7 @@ def check_time(time_ns: Any) -> int:
 
 
 def check_key(key: Any) -> str:
+    """``key`` as a metric name; one that breaks the name rule (docs/metrics.md) raises ValueError naming it."""
     problem = metric_name_problem(key)
     if problem is not None:
         raise ValueError(f"metric {key!r}: {problem}")
@@ -153,7 +158,7 @@ class MetricBuffer:
         self, key: str, value: Any, *, step: int | None = None, single_value: bool = False,
         overwrite: bool = False, time_ns: int | None = None,
     ) -> None:
-        """Log one number (or a list of numbers at consecutive steps) for ``key``; see DESIGN §2.
+        """Log one number (or a list of numbers at consecutive steps) for ``key``; see docs/metrics.md.
 
         ``time_ns`` replaces the call's timestamp (for importing history); by default it is now.
         """
@@ -319,6 +324,7 @@ class MetricBuffer:
         self._events.append(Event("overwrite", now, {"metric": key}))
 
     def add_event(self, event: Event) -> None:
+        """Queue a lifecycle event for the next flush; raises HandleClosedError once the buffer is closed."""
         with self._lock:
             self._events.append(event)
 
@@ -344,6 +350,7 @@ class MetricBuffer:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close_buffer` (or a closed state kept across a fork) makes log calls raise."""
         return self._lock is not self._mutex
 
     def close_buffer(self, last_event: Event | None = None) -> None:

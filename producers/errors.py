@@ -1,38 +1,38 @@
-"""The producers' error root: every failure the SDK raises on purpose is a :class:`TrackstreamError`.
+"""The SDK's errors: :class:`ProducerError` under the one root :class:`~trackstream.schemas.errors.TrackstreamError`.
 
 Bad arguments to a log call are the exception: they raise :class:`ValueError` in the caller's thread
-(DESIGN §2), because they are programming errors, not delivery problems.
+(docs/metrics.md), because they are programming errors, not delivery problems.
 """
 
 from __future__ import annotations
 
+from trackstream.schemas.errors import ConfigError, TrackstreamError
 
-class TrackstreamError(Exception):
-    """Root of the SDK's errors; ``retriable`` says whether trying again later may succeed."""
-
-    retriable: bool = False
-
-    def __init__(self, message: str, *, retriable: bool | None = None) -> None:
-        super().__init__(message)
-        if retriable is not None:
-            self.retriable = retriable
-
-
-class ConfigError(TrackstreamError):
-    """A configuration value (keyword or environment variable) is invalid."""
+__all__ = [
+    "ConfigError",
+    "FlushTimeoutError",
+    "HandleClosedError",
+    "ProducerError",
+    "SpoolError",
+    "TrackstreamError",
+]
 
 
-class HandleClosedError(TrackstreamError):
+class ProducerError(TrackstreamError):
+    """Root of the errors the SDK raises while delivering what a training job logged."""
+
+
+class HandleClosedError(ProducerError):
     """Logging to a run that was finished or a model handle that was closed."""
 
 
-class FlushTimeoutError(TrackstreamError):
+class FlushTimeoutError(ProducerError):
     """A flush did not complete in time; the data stays queued and is still delivered later."""
 
     retriable = True
 
 
-class SpoolError(TrackstreamError):
+class SpoolError(ProducerError):
     """The local spool could not be read or written."""
 
     retriable = True

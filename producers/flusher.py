@@ -2,7 +2,7 @@
 
 Every ``linger_ms`` (or sooner, when the buffered points of the open handles pass ``flush_points``) it
 swaps the handles' buffers out, builds and encodes envelopes, and hands them to each handle's
-:class:`~producers.pipeline.Pipeline`. Callers never wait for it except in :meth:`Flusher.flush`.
+:class:`~trackstream.producers.pipeline.Pipeline`. Callers never wait for it except in :meth:`Flusher.flush`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import threading
 import time
 from typing import Protocol
 
-from producers.buffer import Drained, MetricBuffer
-from producers.config import ProducerConfig
-from producers.errors import FlushTimeoutError
-from producers.kafka import FLUSHER_THREAD
-from producers.pipeline import Pipeline
-from schemas import EntityRef
+from trackstream.producers.buffer import Drained, MetricBuffer
+from trackstream.producers.config import ProducerConfig
+from trackstream.producers.errors import FlushTimeoutError
+from trackstream.producers.kafka import FLUSHER_THREAD
+from trackstream.producers.pipeline import Pipeline
+from trackstream.schemas import EntityRef
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The public handles: :class:`Run` and :class:`Model`, and the functions that open them.
 
-A handle is a :class:`~producers.buffer.MetricBuffer` (the log calls are its methods, so a call costs no
+A handle is a :class:`~trackstream.producers.buffer.MetricBuffer` (the log calls are its methods, so a call costs no
 extra dispatch) plus identity, configuration and lifecycle. Transport keywords of :func:`start_run` and
-:func:`model` are the fields of :class:`~producers.config.ProducerConfig`.
+:func:`model` are the fields of :class:`~trackstream.producers.config.ProducerConfig`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 
 import orjson
 
-from producers import runtime
-from producers.buffer import POINT_BYTES, MetricBuffer, check_time
-from producers.config import ProducerConfig, resolve_config
-from producers.errors import TrackstreamError
-from producers.readback import read_backend
-from schemas import EntityRef, Event, model_entity_id
-from schemas.envelope import RUN_STATUSES
+from trackstream.producers import runtime
+from trackstream.producers.buffer import POINT_BYTES, MetricBuffer, check_time
+from trackstream.producers.config import ProducerConfig, resolve_config
+from trackstream.producers.errors import TrackstreamError
+from trackstream.producers.readback import read_backend
+from trackstream.schemas import EntityRef, Event, model_entity_id
+from trackstream.schemas.envelope import RUN_STATUSES
 
 _MAX_PARAMS_BYTES = 256 * 1024
 
@@ -102,7 +102,7 @@ class _Handle(MetricBuffer):
         """Block until everything logged so far was acknowledged by Kafka or written to the spool.
 
         ``acknowledged=True`` waits until Kafka acknowledged it, even what went through the spool while
-        Kafka was away. Raises :class:`~producers.errors.FlushTimeoutError` (retriable) after
+        Kafka was away. Raises :class:`~trackstream.producers.errors.FlushTimeoutError` (retriable) after
         ``timeout_s``; the data stays queued and is still delivered.
         """
         runtime.flusher().flush(timeout_s, [self.config], acknowledged=acknowledged)
@@ -216,7 +216,7 @@ def start_run(
     else a new one; rank and world size from ``RANK``/``WORLD_SIZE`` unless given. ``resume=True``
     continues an existing run: no ``run_started``, params and tags are recorded as updates.
     ``started_ns`` replaces the start time (for importing history). ``options``
-    are :class:`~producers.config.ProducerConfig` fields (``kafka_bootstrap``, ``spool_dir``, ...).
+    are :class:`~trackstream.producers.config.ProducerConfig` fields (``kafka_bootstrap``, ``spool_dir``, ...).
     """
     _check_project(project)
     resolved = resolve_config(config, **options)

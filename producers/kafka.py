@@ -7,7 +7,7 @@ failure the producer can spool the unacknowledged envelopes and replay them in s
 Different entities are sent concurrently.
 
 aiokafka logs every failed connection attempt at ERROR, which during an outage floods the training job's
-stderr. The producer reports an outage itself, once (see :mod:`producers.pipeline`), and demotes to DEBUG
+stderr. The producer reports an outage itself, once (see :mod:`trackstream.producers.pipeline`), and demotes to DEBUG
 the records aiokafka emits on the flusher's thread, with a filter on the ``aiokafka`` loggers: levels,
 handlers and the user's own aiokafka clients (on other threads) are left as they are, and the demoted
 records are still there for whoever logs ``aiokafka`` at DEBUG.
@@ -20,9 +20,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from producers.config import ProducerConfig
-from producers.errors import TrackstreamError
-from schemas.topics import Topics
+from trackstream.producers.config import ProducerConfig
+from trackstream.producers.errors import ProducerError
+from trackstream.schemas.settings import kafka_setting_error
+from trackstream.schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def quiet_aiokafka() -> None:
             logger.addFilter(_DEMOTE)
 
 
-class TransportError(TrackstreamError):
+class TransportError(ProducerError):
     """Kafka did not acknowledge a batch (unreachable, timed out, or refused)."""
 
     retriable = True
@@ -71,37 +72,22 @@ def pick_compression(requested: str) -> str | None:
     return None if requested == "none" else requested
 
 
-def _security_options(config: ProducerConfig) -> dict[str, Any]:
-    options: dict[str, Any] = {"security_protocol": config.kafka_security_protocol}
-    if config.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        options["ssl_context"] = create_ssl_context(
-            cafile=config.kafka_ssl_cafile, certfile=config.kafka_ssl_certfile,
-            keyfile=config.kafka_ssl_keyfile,
-        )
-    if config.kafka_sasl_mechanism:
-        options["sasl_mechanism"] = config.kafka_sasl_mechanism
-        options["sasl_plain_username"] = config.kafka_sasl_username
-        options["sasl_plain_password"] = config.kafka_sasl_password
-    return options
-
-
 class KafkaTransport:
     """Delivers encoded envelopes to ``<prefix>.metrics``, keyed by entity."""
 
     def __init__(self, config: ProducerConfig) -> None:
         self.config = config
-        self.topic = Topics(config.topic_prefix).metrics
+        self.topic = Topics(config.kafka.topic_prefix).metrics
         self._producer: Any = None
         self._partitions: list[int] = []
         self._partition_of: dict[bytes, int] = {}
 
     def __repr__(self) -> str:
-        return f"KafkaTransport(bootstrap={self.config.kafka_bootstrap!r}, topic={self.topic!r})"
+        return f"KafkaTransport(bootstrap={self.config.kafka.bootstrap!r}, topic={self.topic!r})"
 
     @property
     def started(self) -> bool:
+        """True while connected (after :meth:`start`, until :meth:`reset` or :meth:`close`)."""
         return self._producer is not None
 
     async def start(self) -> None:
@@ -113,11 +99,11 @@ class KafkaTransport:
         quiet_aiokafka()
         config = self.config
         producer = AIOKafkaProducer(
-            bootstrap_servers=config.kafka_bootstrap, acks="all", enable_idempotence=True,
+            acks="all", enable_idempotence=True,
             compression_type=pick_compression(config.compression), linger_ms=0,
             max_batch_size=config.max_batch_bytes, max_request_size=max(1 << 20, 2 * config.max_batch_bytes),
             request_timeout_ms=config.request_timeout_ms, retry_backoff_ms=100,
-            client_id="trackstream-producer", **_security_options(config),
+            **config.kafka.client_options(),
         )
         try:
             await producer.start()
@@ -126,7 +112,10 @@ class KafkaTransport:
                 raise TransportError(f"topic {self.topic} does not exist and was not auto-created")
         except Exception as exc:
             await _stop_quietly(producer)
-            raise TransportError(f"Kafka at {config.kafka_bootstrap} is unreachable: {exc!r}") from exc
+            problem = kafka_setting_error(config.kafka, exc, "the producer")
+            if problem is not None:
+                raise TransportError(str(problem), retriable=False) from exc
+            raise TransportError(f"Kafka at {config.kafka.bootstrap} is unreachable: {exc!r}") from exc
         self._producer = producer
         self._partitions = sorted(partitions)
         self._partition_of.clear()
@@ -187,6 +176,7 @@ class KafkaTransport:
             await _stop_quietly(producer)
 
     async def close(self) -> None:
+        """Disconnect, as :meth:`reset`; a later send connects again. Does not raise when the broker is away."""
         await self.reset()
 
 

@@ -32,12 +32,12 @@ import socket
 import uuid
 from pathlib import Path
 
-from producers.batching import EnvelopeBuilder, Origin, Outgoing, SeqCounter
-from producers.buffer import Drained
-from producers.config import ProducerConfig
-from producers.kafka import KafkaTransport, TransportError
-from producers.spool import SpoolPosition, SpoolReader, SpoolWriter
-from schemas import EntityRef, decode
+from trackstream.producers.batching import EnvelopeBuilder, Origin, Outgoing, SeqCounter
+from trackstream.producers.buffer import Drained
+from trackstream.producers.config import ProducerConfig
+from trackstream.producers.kafka import KafkaTransport, TransportError
+from trackstream.producers.spool import SpoolPosition, SpoolReader, SpoolWriter
+from trackstream.schemas import EntityRef, decode
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,10 @@ class Pipeline:
         return f"Pipeline(producer_id={self.producer_id!r}, spooled={self.spooled}, config={self.config!r})"
 
     def build(self, entity: EntityRef, rank: int, world_size: int, drained: Drained) -> list[Outgoing]:
+        """Encode one drained buffer of ``entity`` into envelopes (delivery order) and record its last seq.
+
+        Bounded by ``max_envelope_points`` and ``max_envelope_bytes``; nothing is queued (see :meth:`submit`).
+        """
         origin = self._origins.get((rank, world_size))
         if origin is None:
             origin = self._origins[(rank, world_size)] = Origin(self.producer_id, rank, world_size, _HOST)
@@ -114,15 +118,19 @@ class Pipeline:
         if self._outage:
             return
         self._outage = True
+        if isinstance(exc, TransportError) and not exc.retriable:
+            log.error("trackstream: %s. Meanwhile every point is spooled to %s: nothing is lost, and the spool "
+                      "is sent once the setting is fixed (or by `trackstream sync`)", exc, self.spool_path)
+            return
         log.warning("trackstream: Kafka at %s is unreachable; spooling to %s - nothing is lost, the spool "
-                    "is sent to Kafka when it is back (cause: %s)", self.config.kafka_bootstrap, self.spool_path,
+                    "is sent to Kafka when it is back (cause: %s)", self.config.kafka.bootstrap, self.spool_path,
                     exc.__cause__ or exc)
 
     def _note_recovered(self) -> None:
         if self._outage:
             self._outage = False
             log.warning("trackstream: Kafka at %s is reachable again; sending the spooled data",
-                        self.config.kafka_bootstrap)
+                        self.config.kafka.bootstrap)
 
     def _note_behind(self) -> None:
         """Kafka acknowledges slower than the job logs: said once per producer, then at DEBUG."""
@@ -262,6 +270,10 @@ class Pipeline:
         return self.kafka is not None and self.spooled and self.spool is not None
 
     async def close(self) -> None:
+        """Stop the sender, close the Kafka transport and the spool writer.
+
+        Removes the spool directory when it was fully drained into Kafka (an OSError there is ignored).
+        """
         if self._sender is not None:
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
@@ -280,6 +292,7 @@ class Pipeline:
 
     @property
     def spool_path(self) -> Path:
+        """This incarnation's spool directory: ``<spool_dir>/<producer_id>`` (it may not exist yet)."""
         return Path(self.config.spool_dir) / self.producer_id
 
 

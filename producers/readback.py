@@ -11,15 +11,15 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from producers.errors import TrackstreamError
-from schemas import EntityRef
+from trackstream.producers.errors import TrackstreamError
+from trackstream.schemas import EntityRef
 
 
 class ReadBackend(Protocol):
     """What the SDK needs from the read side."""
 
     def entity_metrics(self, entity: EntityRef) -> dict[str, float | list[float]]:
-        """``{key: number | list}`` for one entity (DESIGN §2)."""
+        """``{key: number | list}`` for one entity (docs/metrics.md)."""
         ...
 
     def wait_ingested(self, entity: EntityRef, producer_id: str, seq: int, *, timeout_s: float) -> None:

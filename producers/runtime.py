@@ -34,8 +34,8 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, Final, NoReturn
 
-from producers import buffer
-from producers.flusher import Flusher
+from trackstream.producers import buffer
+from trackstream.producers.flusher import Flusher
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,12 @@ def flusher() -> Flusher:
 
 
 def current_flusher() -> Flusher | None:
+    """This process's flusher if one was started, else None; unlike :func:`flusher` it never starts one."""
     return _flusher
 
 
 def exit_status() -> str:
+    """How the process is ending so far: ``completed`` (default), ``failed`` or ``killed``, as set by the exit hooks."""
     return _exit_status
 
 

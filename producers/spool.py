@@ -10,7 +10,7 @@ Layout (format version 1)::
 
 A frame is ``<u32 length><u32 crc32><u16 key length><key><payload>`` (little-endian), where ``length``
 counts the bytes after the 8-byte header and ``crc32`` (zlib) covers them. ``key`` is the Kafka key (the
-entity key) and ``payload`` one encoded envelope (:func:`schemas.encode`). A writer appends whole frames
+entity key) and ``payload`` one encoded envelope (:func:`trackstream.schemas.encode`). A writer appends whole frames
 (``writev``, no copy of the payloads) and starts a new segment past ``segment_bytes``; it never rewrites a byte.
 
 Readers (:class:`SpoolReader`) iterate frames from a :class:`SpoolPosition` and get the position after
@@ -37,7 +37,7 @@ from typing import BinaryIO, Final
 
 import orjson
 
-from producers.errors import SpoolError
+from trackstream.producers.errors import SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ START: Final = SpoolPosition(0, len(MAGIC))
 
 
 def encode_frame(key: bytes, payload: bytes) -> bytes:
+    """One spool frame as bytes: ``<u32 length><u32 crc32><u16 key length><key><payload>``, little-endian.
+
+    ``length`` counts the bytes after the 8-byte header and ``crc32`` (zlib) covers them (docs/wire-format.md).
+    """
     body = _KEY_LEN.pack(len(key)) + key + payload
     return _HEADER.pack(len(body), zlib.crc32(body)) + body
 
@@ -186,6 +190,10 @@ class SpoolWriter:
         self._size = len(MAGIC)
 
     def sync(self) -> None:
+        """fsync the current segment if anything was written since the last sync (not with ``fsync="never"``).
+
+        Restarts the ``interval`` clock; an :class:`OSError` from fsync is not wrapped.
+        """
         if self._dirty and self.fsync != "never":
             os.fsync(self._fd)
         self._dirty = False
@@ -273,11 +281,13 @@ class SpoolReader:
         return True
 
     def release(self) -> None:
+        """Give up the lock taken by :meth:`claim`, if held; a no-op otherwise."""
         if self._claim_fd >= 0:
             os.close(self._claim_fd)
             self._claim_fd = -1
 
     def segments(self) -> list[int]:
+        """Numbers of the segment files in the directory, ascending (empty when the directory is gone)."""
         return _segments(self.path)
 
     def frames(

@@ -15,11 +15,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from producers.config import resolve_config
-from producers.errors import ConfigError
-from producers.kafka import KafkaTransport
-from producers.pipeline import KAFKA_CONSUMER
-from producers.spool import SpoolReader, list_spools
+from trackstream.producers.config import resolve_config
+from trackstream.producers.errors import ConfigError
+from trackstream.producers.kafka import KafkaTransport
+from trackstream.producers.pipeline import KAFKA_CONSUMER
+from trackstream.producers.spool import SpoolReader, list_spools
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class SyncReport:
 async def sync_spool_async(spool_dir: str | os.PathLike[str] | None = None, **options: Any) -> SyncReport:
     """Async form of :func:`sync_spool`."""
     config = resolve_config(spool_dir=None if spool_dir is None else str(spool_dir), **options)
-    if config.kafka_bootstrap is None:
+    if config.kafka.bootstrap is None:
         raise ConfigError("sync needs Kafka: pass kafka_bootstrap= or set TRACKSTREAM_KAFKA_BOOTSTRAP")
     report = SyncReport()
     transport = KafkaTransport(config)
@@ -86,7 +86,7 @@ def sync_spool(spool_dir: str | os.PathLike[str] | None = None, **options: Any) 
 
     ``options`` are producer settings (``kafka_bootstrap``, ``topic_prefix``, security, ...), with the
     usual keyword > environment > default precedence. Raises
-    :class:`~producers.kafka.TransportError` (retriable) when Kafka does not acknowledge; what was
+    :class:`~trackstream.producers.kafka.TransportError` (retriable) when Kafka does not acknowledge; what was
     acknowledged before stays recorded.
     """
     return asyncio.run(sync_spool_async(spool_dir, **options))

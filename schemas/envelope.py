@@ -1,9 +1,9 @@
-"""Wire format v1: one Kafka message is one envelope (DESIGN §3).
+"""Wire format v1: one Kafka message is one envelope (docs/wire-format.md).
 
 An envelope carries one producer's batch for one entity: identity (producer id and a strictly increasing
 ``seq`` per producer incarnation), provenance (rank, world size, host), lifecycle events and the points,
 grouped per metric as parallel columns. Encoding uses orjson only: this module runs inside training jobs
-and must not import pydantic (stream-side validation lives in :mod:`schemas.validation`).
+and must not import pydantic (stream-side validation lives in :mod:`trackstream.schemas.validation`).
 
 orjson writes NaN and ±Inf as ``null``, so a metric group carries its non-finite values explicitly in
 ``nonfinite`` as ``[index, ieee754_bits]`` pairs, with ``null`` at that index in ``values``. Finite values
@@ -16,12 +16,13 @@ point of that metric in the same envelope (the producer drops what it buffered b
 
 from __future__ import annotations
 
-import math
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import orjson
+
+from trackstream.schemas.errors import TrackstreamError
+from trackstream.schemas.floats import join_nonfinite, split_nonfinite
 
 SCHEMA_VERSION: Final = 1
 MAX_ENVELOPE_BYTES: Final = 4 * 1024 * 1024
@@ -41,15 +42,13 @@ EVENT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 }
 RUN_STATUSES: Final = ("running", "completed", "failed", "killed")
 
-_DOUBLE: Final = struct.Struct("<d")
-_BITS: Final = struct.Struct("<Q")
 
 
-class WireFormatError(ValueError):
+class WireFormatError(TrackstreamError, ValueError):
     """Bytes that are not a well-formed v1 envelope (from :func:`decode`); ``reason`` is machine-readable."""
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(f"{reason}: {detail}", retriable=False)
         self.reason = reason
         self.detail = detail
 
@@ -113,33 +112,8 @@ class Envelope:
         return sum(len(batch) for batch in self.metrics)
 
 
-def float_to_bits(value: float) -> int:
-    """The IEEE-754 bit pattern of a float64, as an unsigned 64-bit integer."""
-    bits: int = _BITS.unpack(_DOUBLE.pack(value))[0]
-    return bits
-
-
-def bits_to_float(bits: int) -> float:
-    """Inverse of :func:`float_to_bits`."""
-    value: float = _DOUBLE.unpack(_BITS.pack(bits))[0]
-    return value
-
-
-def _split_nonfinite(values: list[float]) -> tuple[list[float | None], list[list[int]]]:
-    # sum() is finite only if every term is: one C-speed pass decides the common case.
-    if math.isfinite(sum(values)):
-        return list(values), []
-    column: list[float | None] = list(values)
-    nonfinite: list[list[int]] = []
-    for index, value in enumerate(values):
-        if not math.isfinite(value):
-            column[index] = None
-            nonfinite.append([index, float_to_bits(value)])
-    return column, nonfinite
-
-
 def metric_to_wire(batch: MetricBatch) -> dict[str, Any]:
-    values, nonfinite = _split_nonfinite(batch.values)
+    values, nonfinite = split_nonfinite(batch.values)
     wire: dict[str, Any] = {
         "name": batch.name,
         "kind": batch.kind,
@@ -183,9 +157,7 @@ def encode(envelope: Envelope) -> bytes:
 
 
 def metric_from_wire(wire: dict[str, Any]) -> MetricBatch:
-    values = [float(v) if v is not None else math.nan for v in wire["values"]]
-    for index, bits in wire.get("nonfinite", ()):
-        values[index] = bits_to_float(bits)
+    values = join_nonfinite(wire["values"], wire.get("nonfinite", ()))
     return MetricBatch(
         name=wire["name"], kind=wire["kind"], steps=list(wire["steps"]), times_ns=list(wire["times_ns"]),
         values=values,
@@ -198,7 +170,7 @@ def _event_from_wire(wire: dict[str, Any]) -> Event:
 
 
 def envelope_from_wire(wire: dict[str, Any]) -> Envelope:
-    """Build an :class:`Envelope` from an already-checked mapping (see :mod:`schemas.validation`)."""
+    """Build an :class:`Envelope` from an already-checked mapping (see :mod:`trackstream.schemas.validation`)."""
     entity = wire["entity"]
     return Envelope(
         version=wire["v"],
@@ -220,7 +192,7 @@ def decode(raw: bytes) -> Envelope:
     """Parse v1 wire bytes produced by :func:`encode`, trusting their shape.
 
     Raises :class:`WireFormatError` with reason ``malformed`` or ``unsupported_version``; use
-    :func:`schemas.validation.validate` for untrusted input.
+    :func:`trackstream.schemas.validation.validate` for untrusted input.
     """
     try:
         wire = orjson.loads(raw)

@@ -10,7 +10,7 @@ _METRIC_NAME: Final = re.compile(r"[A-Za-z0-9_\-./ ]{1,250}")
 
 
 def is_valid_metric_name(name: object) -> bool:
-    """1-250 characters of letters, digits, ``_ - . /`` and space (DESIGN §2)."""
+    """1-250 characters of letters, digits, ``_ - . /`` and space (docs/metrics.md)."""
     return isinstance(name, str) and _METRIC_NAME.fullmatch(name) is not None
 
 

@@ -1,4 +1,4 @@
-"""Records that stream processors emit and sinks write (DESIGN §1): the processed topics' wire format.
+"""Records that stream processors emit and sinks write (docs/architecture.md): the processed topics' wire format.
 
 One message on each processed topic carries a list of records of one kind, keyed by entity key:
 
@@ -12,28 +12,20 @@ step, generation); summaries and entity states carry a ``version`` that only gro
 out-of-date copies lose against newer ones. ``generation`` counts ``overwrite`` markers per
 (entity, metric): readers keep only the newest generation.
 
-Floats are exact: non-finite values travel as ``{"$f64": bits}``, as in the envelope format.
+Floats are exact: non-finite values travel as ``{"$f64": bits}`` (:mod:`trackstream.schemas.floats`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Final
 
 import orjson
 
-from schemas.envelope import (
-    EntityRef,
-    MetricBatch,
-    bits_to_float,
-    float_to_bits,
-    metric_from_wire,
-    metric_to_wire,
-)
+from trackstream.schemas.envelope import EntityRef, MetricBatch, metric_from_wire, metric_to_wire
+from trackstream.schemas.floats import exact_float, inexact_float
 
 PROCESSED_VERSION: Final = 1
-F64_MARKER: Final = "$f64"
 
 
 @dataclass(slots=True)
@@ -101,20 +93,6 @@ class EntityState:
     producers: list[dict[str, Any]] = field(default_factory=list)
     lost_points: int = 0
     version: int = 0
-
-
-def exact_float(value: Any) -> Any:
-    """JSON-ready ``value``: a non-finite float becomes ``{"$f64": bits}``; anything else passes through."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return {F64_MARKER: float_to_bits(value)}
-    return value
-
-
-def inexact_float(value: Any) -> Any:
-    """Inverse of :func:`exact_float`."""
-    if isinstance(value, dict) and len(value) == 1 and F64_MARKER in value:
-        return bits_to_float(value[F64_MARKER])
-    return value
 
 
 def _entity_wire(entity: EntityRef) -> list[str]:

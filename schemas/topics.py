@@ -1,19 +1,10 @@
-"""Topic names and the configuration every component shares (DESIGN §7: keyword > environment > default)."""
+"""The Kafka topics of one deployment, all named under one prefix (``KafkaSettings.topic_prefix``)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Final
 
-DEFAULT_TOPIC_PREFIX: Final = "trackstream"
-
-
-def setting(value: str | None, env_var: str, default: str | None = None) -> str | None:
-    """A keyword argument wins over the environment variable, which wins over the default."""
-    if value is not None:
-        return value
-    return os.environ.get(env_var) or default
+from trackstream.schemas.settings import DEFAULT_TOPIC_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +12,6 @@ class Topics:
     """The Kafka topics of one deployment, all under one prefix."""
 
     prefix: str = DEFAULT_TOPIC_PREFIX
-
-    @classmethod
-    def from_env(cls, prefix: str | None = None) -> Topics:
-        return cls(setting(prefix, "TRACKSTREAM_TOPIC_PREFIX", DEFAULT_TOPIC_PREFIX) or DEFAULT_TOPIC_PREFIX)
 
     @property
     def metrics(self) -> str:

@@ -1,6 +1,6 @@
-"""Stream-side validation of untrusted envelope bytes (DESIGN §1, §3).
+"""Stream-side validation of untrusted envelope bytes (docs/architecture.md, docs/wire-format.md).
 
-:func:`validate` turns raw Kafka message bytes into an :class:`~schemas.envelope.Envelope`, or says why it
+:func:`validate` turns raw Kafka message bytes into an :class:`~trackstream.schemas.envelope.Envelope`, or says why it
 cannot, with a machine-readable reason from :data:`REASONS` that the DLQ record carries.
 
 Two levels of rejection, because one bad metric must not cost the points of every other metric:
@@ -13,7 +13,7 @@ Speed: the columns are checked by one strict pydantic validation of the whole en
 over typed lists; Python only looks at per-group facts (name, lengths, ``nonfinite`` entries) and at the
 error list when something is wrong, whose locations already point at the offending index.
 
-This is the only module of :mod:`schemas` that imports pydantic; ``import schemas`` does not load it.
+This is the only module of :mod:`trackstream.schemas` that imports pydantic; ``import schemas`` does not load it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pydantic.types import FailFast
 from pydantic_core import ErrorDetails
 from typing_extensions import TypedDict
 
-from schemas.envelope import (
+from trackstream.schemas.envelope import (
     EVENT_FIELDS,
     MAX_ENVELOPE_BYTES,
     RUN_STATUSES,
@@ -36,7 +36,7 @@ from schemas.envelope import (
     WireFormatError,
     envelope_from_wire,
 )
-from schemas.names import metric_name_problem
+from trackstream.schemas.names import metric_name_problem
 
 REASONS: Final = frozenset({
     "oversize",
@@ -76,7 +76,7 @@ _STRICT_CLOSED: Final = ConfigDict(strict=True, extra="forbid")
 class Rejection(WireFormatError):
     """The whole envelope is rejected: ``reason`` is one of :data:`REASONS`, ``detail`` names the path."""
 
-    retriable: Final = False
+    retriable = False
 
 
 @dataclass(slots=True)

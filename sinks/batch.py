@@ -4,7 +4,8 @@
 rows, bytes or age is reached, then one ``write`` call receives them all. A failed write keeps the items, so the
 caller retries the same batch (same rows, same deduplication token) instead of losing or reshaping it.
 
-The ``*_table`` functions turn processed records into pyarrow tables whose columns match :mod:`sinks.schema`;
+The ``*_table`` functions turn processed records into pyarrow tables whose columns match
+:mod:`trackstream.sinks.schema`;
 both backends insert these tables as they are. Points are built segment-wise (one segment per metric batch) so
 the per-point work is list ``extend`` and numpy, never a Python loop over points.
 """
@@ -19,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
-from schemas.envelope import EntityRef
-from schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
-from sinks.errors import require
-from sinks.rollup import Points, series_blocks, series_stats
+from trackstream.schemas.envelope import EntityRef
+from trackstream.schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
+from trackstream.sinks.errors import require
+from trackstream.sinks.rollup import Points, series_blocks, series_stats
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -171,7 +172,8 @@ class _Segments:
 class PointColumns:
     """Point blocks accumulated straight into the flat columns :func:`points_tables` builds from.
 
-    :meth:`add_raw` reads a ``<prefix>.points`` message (:func:`schemas.processed.encode_point_block`) without
+    :meth:`add_raw` reads a ``<prefix>.points`` message (:func:`trackstream.schemas.processed.encode_point_block`)
+    without
     building a :class:`PointBlock` or a Python float per point: the worker decodes each message into the chunk
     it is filling, and the chunk's tables are built from these lists in one pass.
     """

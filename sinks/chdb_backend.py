@@ -1,4 +1,4 @@
-"""Embedded store: chDB on a directory (one process holds it; DESIGN §1).
+"""Embedded store: chDB on a directory (one process holds it; docs/architecture.md).
 
 Inserts hand a pyarrow table to chDB's ``Python()`` table function, which reads the Arrow buffers directly
 (dictionary-encoded strings included): ~2M rows/s on this machine against ~0.8M for plain string columns and
@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sinks.backend import Row
-from sinks.errors import QueryError, StoreUnavailable, require
+from trackstream.sinks.backend import Row
+from trackstream.sinks.errors import QueryError, StoreUnavailable, require
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -1,22 +1,15 @@
-"""The sinks package's error root (one per package, with ``retriable``) and the optional-dependency check."""
+"""The errors of the sinks and the query side: :class:`SinkError` under the one root ``TrackstreamError``."""
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-INSTALL_HINT = "pip install 'trackstream[sinks]'"
+from trackstream.schemas import errors
+from trackstream.schemas.errors import TrackstreamError
 
 
-class SinkError(Exception):
-    """Root of every error the sinks and the query side raise; ``retriable`` says whether a retry can help."""
-
-    retriable: bool = False
-
-    def __init__(self, message: str, *, retriable: bool | None = None) -> None:
-        super().__init__(message)
-        if retriable is not None:
-            self.retriable = retriable
+class SinkError(TrackstreamError):
+    """Root of every error the sinks and the query side raise; ``code`` carries ClickHouse's error code."""
 
 
 class StoreUnavailable(SinkError):
@@ -36,8 +29,5 @@ class IngestTimeout(SinkError, TimeoutError):
 
 
 def require(module: str) -> ModuleType:
-    """Import an optional dependency of the sinks extra, or fail with the command that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise SinkError(f"{module} is not installed; {INSTALL_HINT}") from exc
+    """Import an optional dependency of the ``sinks`` extra; raises ``MissingDependencyError`` naming the extra."""
+    return errors.require(module, "sinks")

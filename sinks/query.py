@@ -1,4 +1,4 @@
-"""Query API (DESIGN §6, contract): compare, curves, runs, sql, plus the SDK read-back (metrics, wait_ingested).
+"""Query API (docs/queries.md, contract): compare, curves, runs, sql, plus the SDK read-back (metrics, wait_ingested).
 
 :class:`QueryService` holds one backend and returns plain JSON-able data (floats may be NaN/±Inf), so an
 HTTP-backed client can offer the same methods. The module-level functions use one default service configured
@@ -8,8 +8,6 @@ from the environment (``TRACKSTREAM_CLICKHOUSE_URL``, else the chDB store in ``T
 from __future__ import annotations
 
 import math
-import os
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -17,12 +15,14 @@ from typing import Any, Final
 
 import orjson
 
-from schemas.envelope import EntityRef
-from sinks import sql as q
-from sinks.backend import Backend, Row, open_backend
-from sinks.batch import param_value
-from sinks.errors import IngestTimeout, QueryError
-from sinks.schema import BLOCK_STEPS, migrate
+from trackstream.schemas.envelope import EntityRef
+from trackstream.schemas.settings import StoreSettings
+from trackstream.sinks import sql as q
+from trackstream.sinks.backend import Backend, Row
+from trackstream.sinks.batch import param_value
+from trackstream.sinks.connect import open_backend
+from trackstream.sinks.errors import IngestTimeout, QueryError
+from trackstream.sinks.schema import BLOCK_STEPS, migrate
 
 AGGREGATES: Final = ("last", "min", "max", "mean", "first")
 _NAN: Final = math.nan
@@ -39,17 +39,13 @@ def _iso(ns: int) -> str | None:
 
 
 class QueryService:
-    """Reads one store; construct with ``clickhouse_url`` or ``data_dir`` (keyword > environment > default)."""
+    """Reads one store: ``backend``, else ``store`` resolved with ``keywords`` (:class:`StoreSettings` fields).
 
-    def __init__(
-        self,
-        *,
-        clickhouse_url: str | None = None,
-        data_dir: str | os.PathLike[str] | None = None,
-        database: str | None = None,
-        backend: Backend | None = None,
-    ) -> None:
-        self.backend = backend if backend is not None else open_backend(clickhouse_url, data_dir, database=database)
+    Raises :class:`~trackstream.sinks.errors.StoreUnavailable` when the store cannot be reached.
+    """
+
+    def __init__(self, store: StoreSettings | None = None, *, backend: Backend | None = None, **keywords: Any) -> None:
+        self.backend = backend if backend is not None else open_backend(store, **keywords)
         migrate(self.backend)
 
     def __repr__(self) -> str:
@@ -217,7 +213,7 @@ class QueryService:
     # -- SDK read-back --------------------------------------------------------------------------------
 
     def entity_metrics(self, entity: EntityRef) -> dict[str, float | list[float]]:
-        """DESIGN §2: single values and one-point series read as numbers, longer series as per-step lists."""
+        """docs/metrics.md: single values and one-point series read as numbers, longer series as per-step lists."""
         sql = q.fill(q.ENTITY_METRICS, per_step=q.per_step("entity_id = {entity_id:String}"))
         params = {"project": entity.project, "entity_type": entity.type, "entity_id": entity.id}
         metrics: dict[str, float | list[float]] = {}
@@ -300,35 +296,3 @@ def _grouped(rows: Iterable[dict[str, Any]], by: list[str]) -> list[dict[str, An
             "min": min(finite) if finite else _NAN, "max": max(finite) if finite else _NAN,
         })
     return result
-
-
-_DEFAULT: QueryService | None = None
-_DEFAULT_LOCK = threading.Lock()
-
-
-def default_service() -> QueryService:
-    """The process-wide service configured from the environment (created on first use)."""
-    global _DEFAULT
-    with _DEFAULT_LOCK:
-        if _DEFAULT is None:
-            _DEFAULT = QueryService()
-        return _DEFAULT
-
-
-def compare(project: str, metric: str, *, agg: str = "last", by: Sequence[str] | None = None,
-            runs: Sequence[str] | None = None, entity_type: str = "run") -> list[dict[str, Any]]:
-    return default_service().compare(project, metric, agg=agg, by=by, runs=runs, entity_type=entity_type)
-
-
-def curves(
-    project: str, runs: Sequence[str] | str, metric: str, *, points: int = 1000
-) -> dict[str, list[dict[str, Any]]]:
-    return default_service().curves(project, runs, metric, points=points)
-
-
-def runs(project: str) -> list[dict[str, Any]]:
-    return default_service().runs(project)
-
-
-def sql(query: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
-    return default_service().sql(query, parameters)

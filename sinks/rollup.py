@@ -1,7 +1,8 @@
 """Per-series statistics and step-block rollups, computed with numpy while a batch of points is built.
 
 Both are inserted next to ``points`` (same deduplication key, own token per table) into the aggregating tables
-``series_stats`` and ``series_blocks`` (:mod:`sinks.schema`), so compare and long curves read thousands of rows
+``series_stats`` and ``series_blocks`` (:mod:`trackstream.sinks.schema`), so compare and long curves read thousands
+of rows
 instead of scanning points. They are exact only for a series without duplicate rows; ``segments`` records the
 step ranges each write covered, one per series and write, and twice when a write repeats a step (or is not
 ordered by step), so "segments pairwise disjoint" proves a series clean and readers fall back to scanning
@@ -16,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sinks.errors import require
-from sinks.schema import BLOCK_STEPS
+from trackstream.sinks.errors import require
+from trackstream.sinks.schema import BLOCK_STEPS
 
 if TYPE_CHECKING:
     import pyarrow as pa

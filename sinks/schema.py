@@ -1,4 +1,4 @@
-"""ClickHouse layout (DESIGN §5): the same DDL on a ClickHouse server and on chDB, applied idempotently.
+"""ClickHouse layout (docs/storage.md): the same DDL on a ClickHouse server and on chDB, applied idempotently.
 
 Choices, measured with ``bench/sinks.py`` on noisy float32 training curves:
 

@@ -3,55 +3,74 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
-from sinks.backend import Row
-from sinks.chdb_backend import check_identifier
-from sinks.errors import QueryError, StoreUnavailable, require
+from trackstream.schemas.settings import StoreSettings
+from trackstream.sinks.backend import Row
+from trackstream.sinks.chdb_backend import check_identifier
+from trackstream.sinks.errors import QueryError, StoreUnavailable, require
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
+_CODE = re.compile(r"Code: (\d+)")
 
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+
+def _server_code(message: str) -> int | None:
+    """The ClickHouse error code in a server message (``Code: 60. DB::Exception: ...``), if any."""
+    found = _CODE.search(message)
+    return int(found.group(1)) if found else None
+
+
+def _scrub(exc: BaseException, store: StoreSettings) -> str:
+    """``exc``'s text without the password, whatever the driver put into it."""
+    text = str(exc)
+    return text.replace(store.password.reveal(), "***") if store.password and store.password.reveal() else text
 
 
 class ServerBackend:
-    """One clickhouse-connect client; the URL may carry user, password and database (never logged)."""
+    """One clickhouse-connect client for ``store`` (a resolved :class:`StoreSettings` with a URL).
+
+    Credentials come from ``store.user`` / ``store.password`` and are never logged. Raises
+    :class:`StoreUnavailable` (retriable) when the server cannot be reached.
+    """
 
     kind = "server"
 
-    def __init__(self, url: str, *, database: str | None = None) -> None:
+    def __init__(self, store: StoreSettings) -> None:
         require("pyarrow")
         driver = require("clickhouse_connect")
-        self._url = _redacted(url)
+        self._url = str(store.url)
+        database = store.database
+        credentials: dict[str, Any] = {"username": store.user} if store.user else {}
+        if store.password is not None:
+            credentials["password"] = store.password.reveal()
         try:
             if database:
                 check_identifier(database)
-                admin = driver.get_client(dsn=url, autogenerate_session_id=False)
+                admin = driver.get_client(dsn=self._url, autogenerate_session_id=False, **credentials)
                 admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
                 admin.close()
-            self._client = driver.get_client(dsn=url, database=database, autogenerate_session_id=False)
+            self._client = driver.get_client(
+                dsn=self._url, database=database, autogenerate_session_id=False, **credentials
+            )
         except Exception as exc:
-            raise StoreUnavailable(f"cannot reach ClickHouse at {self._url}: {exc}") from exc
+            raise StoreUnavailable(f"cannot reach ClickHouse at {self._url}: {_scrub(exc, store)}") from exc
 
     def __repr__(self) -> str:
         return f"ServerBackend({self._url!r})"
 
     def _wrap(self, exc: Exception) -> Exception:
         errors = require("clickhouse_connect.driver.exceptions")
+        code = getattr(exc, "code", None)
+        code = code if isinstance(code, int) else _server_code(str(exc))
         if isinstance(exc, errors.OperationalError):
-            return StoreUnavailable(f"ClickHouse at {self._url}: {exc}")
-        return QueryError(f"ClickHouse: {exc}")
+            return StoreUnavailable(f"ClickHouse at {self._url}: {exc}", code=code)
+        return QueryError(f"ClickHouse: {exc}", code=code)
 
     def command(self, sql: str) -> None:
         try:

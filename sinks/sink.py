@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
-from sinks.backend import Backend, open_backend
-from sinks.batch import PointColumns, entities_tables, points_tables, steps_table, summaries_table
-from sinks.schema import migrate
+from trackstream.schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
+from trackstream.schemas.settings import StoreSettings
+from trackstream.sinks.backend import Backend
+from trackstream.sinks.batch import PointColumns, entities_tables, points_tables, steps_table, summaries_table
+from trackstream.sinks.connect import open_backend
+from trackstream.sinks.schema import migrate
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -61,15 +62,13 @@ class Sink:
         migrate(backend)
 
     @classmethod
-    def open(
-        cls,
-        *,
-        clickhouse_url: str | None = None,
-        data_dir: str | os.PathLike[str] | None = None,
-        database: str | None = None,
-    ) -> Sink:
-        """The configured store (keyword > TRACKSTREAM_CLICKHOUSE_URL / TRACKSTREAM_DATA_DIR > default)."""
-        return cls(open_backend(clickhouse_url, data_dir, database=database))
+    def open(cls, store: StoreSettings | None = None, **keywords: Any) -> Sink:
+        """A sink on the configured store; ``keywords`` are :class:`StoreSettings` fields (``url``, ``data_dir``, ...).
+
+        Keyword > ``store`` > ``TRACKSTREAM_CLICKHOUSE_*`` / ``TRACKSTREAM_DATA_DIR`` > default. Creates the
+        tables. Raises :class:`~trackstream.sinks.errors.StoreUnavailable` when the store cannot be reached.
+        """
+        return cls(open_backend(store, **keywords))
 
     def __repr__(self) -> str:
         return f"Sink({self.backend!r})"

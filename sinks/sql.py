@@ -1,4 +1,4 @@
-"""The read queries (DESIGN §6). Every value is a ``{name:Type}`` parameter; only identifiers are fixed text.
+"""The read queries (docs/queries.md). Every value is a ``{name:Type}`` parameter; only identifiers are fixed text.
 
 Shared semantics, also what the brute-force tests compute:
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from sinks.errors import QueryError
+from trackstream.sinks.errors import QueryError
 
 _SCOPE: Final = "project = {project:String} AND entity_type = {entity_type:String}"
 

@@ -1,4 +1,4 @@
-"""Sink worker (``trackstream sink worker``): processed topics -> :class:`sinks.sink.Sink`, exactly once.
+"""Sink worker (``trackstream sink worker``): processed topics -> :class:`trackstream.sinks.sink.Sink`, exactly once.
 
 Per topic partition, messages accumulate into a chunk bounded by rows, bytes and age (:class:`Batcher`). A
 chunk is written in three steps:
@@ -30,22 +30,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.processed import (
+from trackstream.schemas.processed import (
     decode_entity_states,
     decode_step_aggregates,
     decode_summaries,
 )
-from schemas.topics import Topics
-from sinks.batch import Batcher, BatchLimits, PointColumns
-from sinks.errors import SinkError, require
-from sinks.sink import Prepared, Sink
+from trackstream.schemas.settings import KafkaSettings, StoreSettings, kafka_setting_error
+from trackstream.schemas.topics import Topics
+from trackstream.sinks.batch import Batcher, BatchLimits, PointColumns
+from trackstream.sinks.errors import SinkError, require
+from trackstream.sinks.sink import Prepared, Sink
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,7 @@ class SinkWorker:
         self,
         sink: Sink,
         *,
-        bootstrap: str,
-        topic_prefix: str | None = None,
+        kafka: KafkaSettings,
         group_id: str = DEFAULT_GROUP_ID,
         limits: BatchLimits | None = None,
         poll_ms: int = 200,
@@ -144,8 +143,8 @@ class SinkWorker:
         consumer_options: dict[str, Any] | None = None,
     ) -> None:
         self.sink = sink
-        self.bootstrap = bootstrap
-        self.topics = Topics.from_env(topic_prefix)
+        self.kafka = kafka
+        self.topics = Topics(kafka.topic_prefix)
         self.group_id = group_id
         self.limits = limits or BatchLimits()
         self.poll_ms = poll_ms
@@ -169,13 +168,21 @@ class SinkWorker:
         """Consume until ``stop`` is set; pending chunks are written (and committed) before returning."""
         aiokafka = require("aiokafka")
         self._consumer = consumer = aiokafka.AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
+            **self.kafka.client_options(), group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", **self.consumer_options,
         )
         consumer.subscribe(list(self.topics.processed()), listener=_listener(self, aiokafka))
         # the store's first query pays a one-off setup (~0.2-0.3 s on chDB): overlap it with joining the group
         warm_up = asyncio.ensure_future(asyncio.to_thread(self.sink.backend.query, "SELECT 1"))
-        await consumer.start()
+        try:
+            await consumer.start()
+        except Exception as exc:
+            await warm_up
+            problem = kafka_setting_error(self.kafka, exc, "the sink worker")
+            if problem is not None:
+                raise problem from exc
+            message = f"the sink worker cannot reach Kafka at {self.kafka.bootstrap}: {exc}"
+            raise SinkError(message, retriable=True) from exc
         with contextlib.suppress(SinkError):  # a store that is down is retried where it matters (writes)
             await warm_up
         log.info("sink worker %s consuming %s.* into %r", self.group_id, self.topics.prefix, self.sink.backend)
@@ -366,18 +373,20 @@ def _listener(worker: SinkWorker, aiokafka: Any) -> Any:
 
 def run_sink_worker(
     *,
-    bootstrap: str,
-    topic_prefix: str | None = None,
-    clickhouse_url: str | None = None,
-    data_dir: str | os.PathLike[str] | None = None,
-    database: str | None = None,
+    kafka: KafkaSettings,
+    store: StoreSettings,
     group_id: str = DEFAULT_GROUP_ID,
     limits: BatchLimits | None = None,
     stop: asyncio.Event | None = None,
 ) -> WorkerStats:
-    """Run a sink worker until SIGINT/SIGTERM (or ``stop``); blocking. Returns what it wrote."""
-    sink = Sink.open(clickhouse_url=clickhouse_url, data_dir=data_dir, database=database)
-    worker = SinkWorker(sink, bootstrap=bootstrap, topic_prefix=topic_prefix, group_id=group_id, limits=limits)
+    """Run a sink worker from ``kafka`` into ``store`` until SIGINT/SIGTERM (or ``stop``); blocking.
+
+    Returns what it wrote. Raises :class:`~trackstream.schemas.errors.ConfigError` when Kafka rejects the
+    credentials, :class:`SinkError` (retriable) when Kafka or the store cannot be reached at start.
+    """
+    kafka.require_bootstrap("the sink worker")
+    sink = Sink.open(store)
+    worker = SinkWorker(sink, kafka=kafka, group_id=group_id, limits=limits)
 
     async def main() -> None:
         done = stop or asyncio.Event()

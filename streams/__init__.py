@@ -1,11 +1,12 @@
-"""Stream processing between ``<prefix>.metrics`` and the processed topics (DESIGN §1, §4).
+"""Stream processing between ``<prefix>.metrics`` and the processed topics (docs/architecture.md).
 
-The processing is plain Python (:class:`~streams.processor.Processor`); :mod:`streams.app` only wires it to
+The processing is plain Python (:class:`~trackstream.streams.processor.Processor`); :mod:`trackstream.streams.app`
+only wires it to
 Kafka with faust-streaming. Importing this package loads neither faust nor aiokafka.
 """
 
-from streams.processor import Processor, tune_gc
-from streams.records import DlqRecord, OutMessage, Output, SourcePosition, StreamsError, output_messages
+from trackstream.streams.processor import Processor, tune_gc
+from trackstream.streams.records import DlqRecord, OutMessage, Output, SourcePosition, StreamsError, output_messages
 
 __all__ = ["DlqRecord", "OutMessage", "Output", "Processor", "SourcePosition", "StreamsError", "output_messages",
            "tune_gc"]

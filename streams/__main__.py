@@ -1,15 +1,15 @@
-"""``python -m streams worker ...``: run a streams worker (the CLI's ``trackstream streams worker`` calls the same)."""
+"""``python -m trackstream.streams worker ...``: a streams worker, as ``trackstream streams worker`` runs it."""
 
 from __future__ import annotations
 
 import argparse
 
-from schemas.envelope import MAX_ENVELOPE_BYTES
-from streams.processor import DEFAULT_STEP_TIMEOUT_MS
+from trackstream.schemas.envelope import MAX_ENVELOPE_BYTES
+from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m streams")
+    parser = argparse.ArgumentParser(prog="python -m trackstream.streams")
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="consume <prefix>.metrics, produce the processed topics")
     worker.add_argument("--bootstrap", help="Kafka bootstrap servers (else TRACKSTREAM_KAFKA_BOOTSTRAP)")
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--max-envelope-bytes", type=int, default=MAX_ENVELOPE_BYTES)
     worker.add_argument("--loglevel", default="info")
     args = parser.parse_args(argv)
-    from streams.app import run_worker
+    from trackstream.streams.app import run_worker
 
     run_worker(bootstrap=args.bootstrap, topic_prefix=args.topic_prefix, partitions=args.partitions,
                app_id=args.app_id, data_dir=args.data_dir, step_timeout_ms=args.step_timeout_ms,

@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from schemas.envelope import EntityRef
-from schemas.processed import MetricSummary, StepAggregate
-from streams.floats import float_from_wire, float_to_wire, floats_from_wire
+from trackstream.schemas.envelope import EntityRef
+from trackstream.schemas.floats import exact_float, inexact_float, join_nonfinite
+from trackstream.schemas.processed import MetricSummary, StepAggregate
 
 NAN = math.nan
 
@@ -81,16 +81,16 @@ class Summary:
         )
 
     def to_wire(self) -> list[Any]:
-        return [self.kind, self.generation, self.count, float_to_wire(self.last), self.last_step,
-                self.last_time_ns, float_to_wire(self.min), self.min_step, float_to_wire(self.max), self.max_step,
+        return [self.kind, self.generation, self.count, exact_float(self.last), self.last_step,
+                self.last_time_ns, exact_float(self.min), self.min_step, exact_float(self.max), self.max_step,
                 self.first_time_ns, self.version]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> Summary:
         kind, gen, count, last, last_step, last_time, low, low_step, high, high_step, first, version = wire
-        return cls(kind=kind, generation=gen, count=count, last=float_from_wire(last), last_step=last_step,
-                   last_time_ns=last_time, min=float_from_wire(low), min_step=low_step,
-                   max=float_from_wire(high), max_step=high_step, first_time_ns=first, version=version)
+        return cls(kind=kind, generation=gen, count=count, last=inexact_float(last), last_step=last_step,
+                   last_time_ns=last_time, min=inexact_float(low), min_step=low_step,
+                   max=inexact_float(high), max_step=high_step, first_time_ns=first, version=version)
 
 
 # A pending step is a plain list ``[first_seen_ns, time_ns, emitted, {rank: value}]``, not an object: there is
@@ -240,21 +240,21 @@ def _accs_to_wire(accs: dict[int, StepAcc]) -> orjson.Fragment:
     """``{step: [first_seen, time, emitted, {rank: value}]}`` as JSON, in one orjson call when all finite.
 
     orjson writes non-finite floats as ``null``, and nothing else in the structure can be null: when
-    ``null`` shows up, the values are written again with non-finite ones as ``[bits]``.
+    ``null`` shows up, the values are written again with non-finite ones as ``{"$f64": bits}``.
     """
     blob = orjson.dumps(accs, option=orjson.OPT_NON_STR_KEYS)
     if b"null" in blob:
-        exact = {step: [a[FIRST_SEEN], a[TIME], a[EMITTED], {rank: float_to_wire(v) for rank, v in a[VALUES].items()}]
+        exact = {step: [a[FIRST_SEEN], a[TIME], a[EMITTED], {rank: exact_float(v) for rank, v in a[VALUES].items()}]
                  for step, a in accs.items()}
         blob = orjson.dumps(exact, option=orjson.OPT_NON_STR_KEYS)
     return orjson.Fragment(blob)
 
 
 def _accs_from_wire(wire: dict[str, Any]) -> dict[int, StepAcc]:
-    return {int(step): [first, time_ns, emitted, {int(rank): float_from_wire(v) for rank, v in ranks.items()}]
+    return {int(step): [first, time_ns, emitted, {int(rank): inexact_float(v) for rank, v in ranks.items()}]
             for step, (first, time_ns, emitted, ranks) in wire.items()}
 
 
 def _acc_from_v1(wire: list[Any]) -> tuple[int, StepAcc]:
     step, first_seen, time_ns, emitted, ranks, values, nonfinite = wire
-    return step, [first_seen, time_ns, emitted, dict(zip(ranks, floats_from_wire(values, nonfinite), strict=True))]
+    return step, [first_seen, time_ns, emitted, dict(zip(ranks, join_nonfinite(values, nonfinite), strict=True))]

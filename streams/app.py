@@ -1,8 +1,8 @@
-"""The faust-streaming worker: wires ``<prefix>.metrics`` through a :class:`~streams.processor.Processor`.
+"""The faust-streaming worker: wires ``<prefix>.metrics`` through a :class:`~trackstream.streams.processor.Processor`.
 
 faust moves bytes and runs the consumer group: one agent takes envelopes (manual acks), one timer flushes,
 one emits timed-out step aggregates. Entity state is checkpointed in ``<app_id>-entity-state`` (compacted,
-one partition per source partition, see :mod:`streams.checkpoint`). The ordering that makes at-least-once
+one partition per source partition, see :mod:`trackstream.streams.checkpoint`). The ordering that makes at-least-once
 safe with dedup, per flush (every ``batch_max_events`` events or ``batch_within_ms``):
 
 1. process envelopes as they come (pure Python, no awaits, under a lock);
@@ -29,11 +29,12 @@ from typing import Any, Final
 
 import faust
 
-from schemas.envelope import MAX_ENVELOPE_BYTES
-from schemas.topics import Topics
-from streams.checkpoint import load_partition, state_topic
-from streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor, tune_gc
-from streams.records import Output, SourcePosition, StreamsError, output_messages
+from trackstream.schemas.envelope import MAX_ENVELOPE_BYTES
+from trackstream.schemas.settings import KafkaSettings, kafka_setting_error
+from trackstream.schemas.topics import Topics
+from trackstream.streams.checkpoint import load_partition, state_topic
+from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor, tune_gc
+from trackstream.streams.records import Output, SourcePosition, StreamsError, output_messages
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,7 @@ DEFAULT_APP_ID: Final = "trackstream-streams"
 class WorkerConfig:
     """Everything a worker needs; ``app_id`` is the consumer group and the changelog topic's prefix."""
 
-    bootstrap: str
-    topic_prefix: str
+    kafka: KafkaSettings
     partitions: int
     app_id: str
     data_dir: str
@@ -63,7 +63,7 @@ class StreamsWorker:
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.topics = Topics(config.topic_prefix)
+        self.topics = Topics(config.kafka.topic_prefix)
         self.app = _make_app(config)
         self.source = self.app.topic(self.topics.metrics, key_type=bytes, value_type=bytes,
                                      key_serializer="raw", value_serializer="raw",
@@ -91,7 +91,7 @@ class StreamsWorker:
         return task
 
     async def _load(self, partition: int) -> None:
-        states = await load_partition(self.config.bootstrap, self.state_topic, partition)
+        states = await load_partition(self.config.kafka, self.state_topic, partition)
         self.processor.restore(states)
         for key in states:
             log.info("entity %s: state restored from the checkpoint topic", key.decode(errors="replace"))
@@ -178,11 +178,27 @@ class StreamsWorker:
             log.info("partitions %s revoked: %d entities dropped from memory", sorted(partitions), dropped)
 
 
+def faust_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | None:
+    """faust's form of the shared Kafka security settings (``None`` for PLAINTEXT)."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    context = kafka.ssl_context() if kafka.security_protocol in ("SSL", "SASL_SSL") else None
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=kafka.sasl_username, password=kafka.sasl_password.reveal() if kafka.sasl_password else None,
+        ssl_context=context, mechanism=kafka.sasl_mechanism,
+    )
+
+
 def _make_app(config: WorkerConfig) -> faust.App:
-    brokers = [f"kafka://{host.strip()}" for host in config.bootstrap.split(",") if host.strip()]
+    bootstrap = config.kafka.require_bootstrap("the stream worker")
+    brokers = [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
     return faust.App(
         config.app_id,
         broker=brokers,
+        broker_credentials=faust_credentials(config.kafka),
+        broker_client_id=config.kafka.client_id,
         store="memory://",
         datadir=config.data_dir,
         web_enabled=False,
@@ -202,12 +218,23 @@ def _make_app(config: WorkerConfig) -> faust.App:
     )
 
 
-async def _prepare_topics(bootstrap: str, topics: Topics, partitions: int | None, state: str) -> int:
-    """The source topic's partition count (created with ``partitions`` when missing), outputs created too."""
+async def _prepare_topics(kafka: KafkaSettings, topics: Topics, partitions: int | None, state: str) -> int:
+    """The source topic's partition count (created with ``partitions`` when missing), outputs created too.
+
+    Raises :class:`ConfigError` when Kafka rejects the credentials or certificate, :class:`StreamsError`
+    (retriable) when it cannot be reached, or when partition counts disagree.
+    """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    try:
+        await admin.start()
+    except Exception as exc:
+        await admin.close()
+        problem = kafka_setting_error(kafka, exc, "the stream worker")
+        if problem is not None:
+            raise problem from exc
+        raise StreamsError(f"the stream worker cannot reach Kafka at {kafka.bootstrap}: {exc}", retriable=True) from exc
     try:
         existing = set(await admin.list_topics())
         if topics.metrics in existing:
@@ -230,26 +257,27 @@ async def _prepare_topics(bootstrap: str, topics: Topics, partitions: int | None
         await admin.close()
 
 
-def run_worker(*, bootstrap: str | None = None, topic_prefix: str | None = None, partitions: int | None = None,
+def run_worker(*, kafka: KafkaSettings | None = None, bootstrap: str | None = None, topic_prefix: str | None = None,
+               partitions: int | None = None,
                app_id: str | None = None, data_dir: str | None = None,
                step_timeout_ms: int = DEFAULT_STEP_TIMEOUT_MS, tick_interval_ms: int = 1_000,
                batch_max_events: int = 256, batch_within_ms: int = 20,
                max_envelope_bytes: int = MAX_ENVELOPE_BYTES, loglevel: str = "info") -> None:
     """Run one streams worker until SIGTERM/SIGINT (blocks; exits the process like ``faust worker``).
 
+    ``kafka`` (else ``bootstrap``/``topic_prefix`` and the ``TRACKSTREAM_KAFKA_*`` environment) says how every
+    client of the worker (faust's consumer and producer, the admin client, the state loader) reaches Kafka.
     ``partitions``: partition count of ``<prefix>.metrics`` (discovered when the topic exists; it must
     match). ``app_id`` is the consumer group: workers sharing it split the partitions.
+    Raises :class:`ConfigError` when no bootstrap is configured or Kafka rejects the credentials.
     """
-    from schemas.topics import setting
-
-    resolved_bootstrap = setting(bootstrap, "TRACKSTREAM_KAFKA_BOOTSTRAP")
-    if not resolved_bootstrap:
-        raise StreamsError("no Kafka bootstrap: pass bootstrap= or set TRACKSTREAM_KAFKA_BOOTSTRAP")
-    topics = Topics.from_env(topic_prefix)
+    settings = KafkaSettings.resolve(kafka, bootstrap=bootstrap, topic_prefix=topic_prefix)
+    settings.require_bootstrap("the stream worker")
+    topics = Topics(settings.topic_prefix)
     app_id = app_id or f"{DEFAULT_APP_ID}-{topics.prefix}"
-    found = asyncio.run(_prepare_topics(resolved_bootstrap, topics, partitions, state_topic(app_id)))
+    found = asyncio.run(_prepare_topics(settings, topics, partitions, state_topic(app_id)))
     config = WorkerConfig(
-        bootstrap=resolved_bootstrap, topic_prefix=topics.prefix, partitions=found, app_id=app_id,
+        kafka=settings, partitions=found, app_id=app_id,
         data_dir=data_dir or ".trackstream-streams",
         step_timeout_ms=step_timeout_ms, tick_interval_ms=tick_interval_ms, batch_max_events=batch_max_events,
         batch_within_ms=batch_within_ms, max_envelope_bytes=max_envelope_bytes,

@@ -15,7 +15,8 @@ from typing import Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.records import StreamsError
+from trackstream.schemas.settings import KafkaSettings
+from trackstream.streams.records import StreamsError
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,9 @@ def state_topic(app_id: str) -> str:
     return f"{app_id}-entity-state"
 
 
-async def load_partition(bootstrap: str, topic: str, partition: int) -> dict[bytes, bytes]:
-    """The newest state bytes per entity key in one partition of the state topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+async def load_partition(kafka: KafkaSettings, topic: str, partition: int) -> dict[bytes, bytes]:
+    """The newest state bytes per entity key in one partition of the state topic (reached with ``kafka``)."""
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, group_id=None,
                                 fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=64 * 1024 * 1024)
     await consumer.start()
     try:

@@ -13,10 +13,10 @@ from typing import Any, Final
 
 import orjson
 
-from schemas.envelope import EntityRef, Envelope, Event
-from schemas.processed import EntityState
-from streams.aggregate import StepTracker, Summary
-from streams.dedup import ProducerTrack
+from trackstream.schemas.envelope import EntityRef, Envelope, Event
+from trackstream.schemas.processed import EntityState
+from trackstream.streams.aggregate import StepTracker, Summary
+from trackstream.streams.dedup import ProducerTrack
 
 STATE_VERSION: Final = 2  # 2: pending steps as {step: [...]} (version 1 states still load)
 TERMINAL_RANK: Final = {"completed": 1, "killed": 2, "failed": 3}

@@ -1,14 +1,15 @@
 """The stream processing itself: validate, deduplicate, aggregate. Plain Python, no faust, no I/O.
 
-The faust worker (:mod:`streams.app`) and the embedded local runner both drive a :class:`Processor`::
+The faust worker (:mod:`trackstream.streams.app`) and the embedded local runner both drive a :class:`Processor`::
 
     processor = Processor(step_timeout_ms=30_000)
     out = processor.process(raw, source=SourcePosition(topic, partition, offset), key=message_key)
     out = processor.tick()                       # periodically: step aggregates whose ranks timed out
     for key, blob in processor.take_dirty().items():
-        checkpoint[key] = blob                   # AFTER the outputs are durable (see streams.app)
+        checkpoint[key] = blob                   # AFTER the outputs are durable (see trackstream.streams.app)
 
-State lives per entity (:class:`~streams.entity.EntityCtx`) and moves as bytes by entity key: a worker that is
+State lives per entity (:class:`~trackstream.streams.entity.EntityCtx`) and moves as bytes by entity key: a worker
+that is
 assigned a partition installs its entities with :meth:`Processor.restore` (or lazily through ``loader``), and
 drops them with :meth:`Processor.drop_partitions` when the partition is revoked.
 
@@ -25,12 +26,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
-from schemas.envelope import MAX_ENVELOPE_BYTES, EntityRef
-from schemas.processed import EntityState, PointBlock
-from schemas.validation import Rejection, Validated, validate
-from streams.aggregate import Emitted, Summary, aggregate_steps
-from streams.entity import EntityCtx
-from streams.records import DlqRecord, Output, SourcePosition
+from trackstream.schemas.envelope import MAX_ENVELOPE_BYTES, EntityRef
+from trackstream.schemas.processed import EntityState, PointBlock
+from trackstream.schemas.validation import Rejection, Validated, validate
+from trackstream.streams.aggregate import Emitted, Summary, aggregate_steps
+from trackstream.streams.entity import EntityCtx
+from trackstream.streams.records import DlqRecord, Output, SourcePosition
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Processor:
     def process_validated(self, validated: Validated, *, raw: bytes, source: SourcePosition,
                           key: bytes | None = None, now_ns: int | None = None,
                           out: Output | None = None) -> Output:
-        """Process an envelope that :func:`schemas.validation.validate` accepted (``raw`` goes to the DLQ)."""
+        """Process an envelope that :func:`~trackstream.schemas.validation.validate` accepted (``raw``: for the DLQ)."""
         out = Output() if out is None else out
         env = validated.envelope
         entity_key = env.entity.key()
@@ -211,9 +212,6 @@ class Processor:
     def partition_of(self, entity_key: bytes) -> int:
         """The source partition an entity's envelopes arrive on (where its checkpoint belongs)."""
         return self._entities[entity_key].partition
-
-    def export_entity(self, entity_key: bytes) -> bytes:
-        return self._entities[entity_key].to_bytes()
 
     def take_dirty(self) -> dict[bytes, bytes]:
         """Serialized state of every entity changed since the last call (write it after outputs are durable)."""

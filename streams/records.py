@@ -1,7 +1,8 @@
 """What one processing call returns, and how it becomes Kafka messages (pure: no faust, no aiokafka).
 
-:class:`Output` collects the records of one :meth:`~streams.processor.Processor.process` or
-:meth:`~streams.processor.Processor.tick` call; :func:`output_messages` turns it into ``(topic, key, value)``
+:class:`Output` collects the records of one :meth:`~trackstream.streams.processor.Processor.process` or
+:meth:`~trackstream.streams.processor.Processor.tick` call; :func:`output_messages` turns it into ``(topic, key,
+value)``
 triples keyed by entity key, the same for the faust worker and the embedded local runner.
 
 A DLQ message is JSON: reason, detail, the source position, the raw message bytes (base64) and, for a
@@ -19,8 +20,10 @@ from typing import Any, Final
 
 import orjson
 
-from schemas.envelope import EntityRef
-from schemas.processed import (
+from trackstream.schemas.envelope import EntityRef
+from trackstream.schemas.errors import TrackstreamError
+from trackstream.schemas.floats import exact_float
+from trackstream.schemas.processed import (
     PROCESSED_VERSION,
     EntityState,
     MetricSummary,
@@ -28,17 +31,14 @@ from schemas.processed import (
     StepAggregate,
     encode_point_block,
     encode_records,
-    exact_float,
 )
-from schemas.topics import Topics
+from trackstream.schemas.topics import Topics
 
 DLQ_VERSION: Final = 1
 
 
-class StreamsError(Exception):
-    """Root of the errors raised by :mod:`streams`; ``retriable`` says whether trying again may help."""
-
-    retriable: bool = False
+class StreamsError(TrackstreamError):
+    """Root of the errors raised by :mod:`trackstream.streams` (a :class:`TrackstreamError`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +134,7 @@ class OutMessage:
 
 
 def encode_step_aggregates(records: list[StepAggregate]) -> bytes:
-    """Byte for byte :func:`schemas.processed.encode_records` for step aggregates, without ``asdict``.
+    """Byte for byte :func:`trackstream.schemas.processed.encode_records` for step aggregates, without ``asdict``.
 
     There is one step aggregate per (metric, step) of a multi-rank run: the generic encoder's
     ``dataclasses.asdict`` was most of a worker's time for those. Finite floats (``x - x == 0``) are
@@ -158,7 +158,7 @@ def encode_step_aggregates(records: list[StepAggregate]) -> bytes:
 
 
 def encode_summaries(records: list[MetricSummary]) -> bytes:
-    """Byte for byte :func:`schemas.processed.encode_records` for summaries, without ``asdict``."""
+    """Byte for byte :func:`trackstream.schemas.processed.encode_records` for summaries, without ``asdict``."""
     wire = [{
         "entity": [r.entity.project, r.entity.type, r.entity.id], "metric": r.metric, "generation": r.generation,
         "kind": r.kind, "count": r.count, "last": exact_float(r.last), "last_step": r.last_step,

@@ -11,7 +11,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from schemas.envelope import EntityRef, Envelope, Event, MetricBatch
+from trackstream.schemas.envelope import EntityRef, Envelope, Event, MetricBatch
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,21 @@
 """trackstream: streaming metrics ingestion for ML training.
 
-The public facade. Logging (``start_run``, ``model``, ``flush``) comes from the light :mod:`producers`
+The public facade. Logging (``start_run``, ``model``, ``flush``) comes from the light :mod:`trackstream.producers`
 package; the query side (``compare``, ``curves``, ``runs``, ``sql``) is loaded on first use, so that
-``import trackstream`` inside a training job costs next to nothing.
+``import trackstream`` inside a training job costs next to nothing (orjson and the standard library).
+
+Every error raised on purpose is a :class:`TrackstreamError` with ``retriable``; the settings shared by every
+component are :class:`KafkaSettings` and :class:`StoreSettings` (docs/configuration.md).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from producers import Model, Run, TrackstreamError, flush, model, start_run
-from producers.readback import set_read_backend
+from trackstream.producers import Model, Run, flush, model, start_run
+from trackstream.producers.readback import set_read_backend
+from trackstream.schemas.errors import ConfigError, MissingDependencyError, TrackstreamError
+from trackstream.schemas.settings import KafkaSettings, Secret, StoreSettings
 
 if TYPE_CHECKING:
     from trackstream._query import compare, curves, runs, sql
@@ -20,8 +25,13 @@ __version__ = "0.1.0"
 _QUERY_FUNCTIONS = frozenset({"compare", "curves", "runs", "sql"})
 
 __all__ = [
+    "ConfigError",
+    "KafkaSettings",
+    "MissingDependencyError",
     "Model",
     "Run",
+    "Secret",
+    "StoreSettings",
     "TrackstreamError",
     "compare",
     "curves",

@@ -1,6 +1,6 @@
-"""Where reads go: a ClickHouse server, the process owning the chDB store, or the store itself (DESIGN §1).
+"""Where reads go: a ClickHouse server, the process owning the chDB store, or the store itself (docs/architecture.md).
 
-- ``TRACKSTREAM_CLICKHOUSE_URL`` set: a ``sinks.query.QueryService`` on the server.
+- ``TRACKSTREAM_CLICKHOUSE_URL`` set: a ``trackstream.sinks.query.QueryService`` on the server.
 - Embedded, and a process owns the store (``trackstream local``, a chDB sink worker): its HTTP query API.
 - Embedded, and nobody owns it: take the store lock, bring the store up to date with the spool (read your
   writes after ``flush``), query, and release the store so that a runner can take it later.
@@ -8,54 +8,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-from schemas import EntityRef
-from schemas.topics import setting
 from trackstream.http_api import ReadApi
+from trackstream.schemas import EntityRef
+from trackstream.schemas.errors import MissingDependencyError
+from trackstream.schemas.settings import StoreSettings
+from trackstream.store import StoreBusyError, spool_dir_from, store_lock
 
 log = logging.getLogger(__name__)
-
-STORE_LOCK: Final = "store.lock"
-DEFAULT_DATA_DIR: Final = "~/.trackstream/data"
-DEFAULT_SPOOL_DIR: Final = "~/.trackstream/spool"
-
-
-def _path_setting(value: Path | str | None, env_var: str, default: str) -> Path:
-    return Path(setting(None if value is None else str(value), env_var, default) or default).expanduser()
-
-
-def data_dir_from(value: Path | str | None = None) -> Path:
-    """The chDB store directory: keyword, else $TRACKSTREAM_DATA_DIR, else ~/.trackstream/data."""
-    return _path_setting(value, "TRACKSTREAM_DATA_DIR", DEFAULT_DATA_DIR)
-
-
-def spool_dir_from(value: Path | str | None = None) -> Path:
-    """The spool directory: keyword, else $TRACKSTREAM_SPOOL_DIR, else ~/.trackstream/spool."""
-    return _path_setting(value, "TRACKSTREAM_SPOOL_DIR", DEFAULT_SPOOL_DIR)
-
-
-@contextlib.contextmanager
-def store_lock(data_dir: Path, *, blocking: bool) -> Iterator[bool]:
-    """Hold the store's owner lock (an flock on ``<data_dir>/store.lock``); yields whether it was acquired."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / STORE_LOCK, "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class EmbeddedReader(ReadApi):
@@ -78,16 +43,19 @@ class EmbeddedReader(ReadApi):
                 if acquired:
                     return self._direct(method, *args, **kwargs)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the store {self.data_dir} is locked by another process that serves no query "
-                                   f"API; stop it or wait for it to finish")
+                raise StoreBusyError(f"the store {self.data_dir} is locked by another process that serves no "
+                                     "query API; stop it or wait for it to finish")
             time.sleep(0.05)
 
     def _direct(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        from sinks.query import QueryService
-        from trackstream.local import catch_up
+        try:
+            from trackstream.local import catch_up
+            from trackstream.sinks.query import QueryService
 
-        catch_up(spool_dir=self.spool_dir, data_dir=self.data_dir)
-        service = QueryService(data_dir=self.data_dir)
+            catch_up(spool_dir=self.spool_dir, data_dir=self.data_dir)
+            service = QueryService(data_dir=str(self.data_dir))
+        except ImportError as exc:
+            raise MissingDependencyError(f"{exc}; {_QUERY_EXTRA_HINT}", extra="query") from exc
         try:
             if method == "wait_ingested":
                 return None  # catch_up just ingested everything this process flushed to the spool
@@ -96,30 +64,46 @@ class EmbeddedReader(ReadApi):
             service.close()
 
 
+_QUERY_EXTRA_HINT = "reading metrics needs the query extra: pip install 'trackstream[query]'"
+
+
+def reader(store: StoreSettings | None = None, spool_dir: str | os.PathLike[str] | None = None) -> Any:
+    """A reader for ``store`` (resolved: keyword > environment > default) with the read methods of the query API.
+
+    A ClickHouse server URL reads the server; otherwise the chDB store ``data_dir`` is read through its owner
+    process, or directly when nobody owns it. Raises :class:`MissingDependencyError` naming the ``query``
+    extra on an SDK-only install.
+    """
+    settings = StoreSettings.resolve(store)
+    if settings.url:
+        try:
+            from trackstream.sinks.query import QueryService
+
+            return QueryService(settings)
+        except ImportError as exc:
+            raise MissingDependencyError(f"{exc}; {_QUERY_EXTRA_HINT}", extra="query") from exc
+    return EmbeddedReader(settings.data_path, spool_dir_from(spool_dir))
+
+
 _backend: Any = None
-_backend_key: tuple[str | None, str | None, str | None] | None = None
+_backend_key: tuple[str | None, ...] | None = None
+_ENV_KEYS = ("TRACKSTREAM_CLICKHOUSE_URL", "TRACKSTREAM_CLICKHOUSE_USER", "TRACKSTREAM_CLICKHOUSE_PASSWORD",
+             "TRACKSTREAM_CLICKHOUSE_DATABASE", "TRACKSTREAM_DATA_DIR", "TRACKSTREAM_SPOOL_DIR")
 
 
 def backend() -> Any:
-    """The read backend for the current configuration (re-resolved when the environment changes)."""
+    """The process-wide reader for the environment's configuration (made again when the environment changes)."""
     global _backend, _backend_key
-    key = (os.environ.get("TRACKSTREAM_CLICKHOUSE_URL"), os.environ.get("TRACKSTREAM_DATA_DIR"),
-           os.environ.get("TRACKSTREAM_SPOOL_DIR"))
+    key = tuple(os.environ.get(name) for name in _ENV_KEYS)
     if _backend is None or key != _backend_key:
-        url = setting(None, "TRACKSTREAM_CLICKHOUSE_URL")
-        if url:
-            from sinks.query import QueryService
-
-            _backend = QueryService(clickhouse_url=url)
-        else:
-            _backend = EmbeddedReader(data_dir_from(), spool_dir_from())
+        _backend = reader()
         _backend_key = key
     return _backend
 
 
 def compare(project: str, metric: str, *, agg: str = "last", by: list[str] | None = None,
             runs: list[str] | None = None, entity_type: str = "run") -> list[dict[str, Any]]:
-    """One row per run, or per group of runs sharing the values of the params in ``by`` (DESIGN §6)."""
+    """One row per run, or per group of runs sharing the values of the params in ``by`` (docs/queries.md)."""
     result: list[dict[str, Any]] = backend().compare(project, metric, agg=agg, by=by, runs=runs,
                                                      entity_type=entity_type)
     return result
@@ -151,9 +135,3 @@ class _ReadBack:
 
     def wait_ingested(self, entity: EntityRef, producer_id: str, seq: int, *, timeout_s: float) -> None:
         backend().wait_ingested(entity, producer_id, seq, timeout_s=timeout_s)
-
-
-def register_read_back() -> None:
-    from producers.readback import set_read_backend
-
-    set_read_backend(_ReadBack)

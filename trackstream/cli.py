@@ -11,9 +11,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from trackstream.schemas.settings import KafkaSettings, StoreSettings
 
 log = logging.getLogger("trackstream")
 
@@ -35,63 +38,86 @@ def _param(value: str) -> tuple[str, Any]:
 
 
 def _kafka_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $TRACKSTREAM_KAFKA_BOOTSTRAP)")
-    parser.add_argument("--topic-prefix", help="topic prefix (default: $TRACKSTREAM_TOPIC_PREFIX or trackstream)")
+    group = parser.add_argument_group("Kafka (each also from its TRACKSTREAM_KAFKA_* variable)")
+    group.add_argument("--bootstrap",
+                       help="Kafka bootstrap servers host:port[,...] (default: $TRACKSTREAM_KAFKA_BOOTSTRAP)")
+    group.add_argument("--topic-prefix", help="topic prefix (default: $TRACKSTREAM_TOPIC_PREFIX or trackstream)")
+    group.add_argument("--security-protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+                       help="default: $TRACKSTREAM_KAFKA_SECURITY_PROTOCOL or PLAINTEXT")
+    group.add_argument("--sasl-mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+                       help="default: $TRACKSTREAM_KAFKA_SASL_MECHANISM")
+    group.add_argument("--sasl-username", help="default: $TRACKSTREAM_KAFKA_SASL_USERNAME; the password is only "
+                       "read from $TRACKSTREAM_KAFKA_SASL_PASSWORD, never from the command line")
+    group.add_argument("--ssl-cafile", help="CA bundle (PEM) that signed the brokers' certificates "
+                       "(default: $TRACKSTREAM_KAFKA_SSL_CAFILE, else the system CAs)")
+    group.add_argument("--ssl-certfile", help="client certificate (PEM) (default: $TRACKSTREAM_KAFKA_SSL_CERTFILE)")
+    group.add_argument("--ssl-keyfile", help="client key (PEM) (default: $TRACKSTREAM_KAFKA_SSL_KEYFILE)")
+
+
+def _kafka(args: argparse.Namespace) -> KafkaSettings:
+    from trackstream.schemas.settings import KafkaSettings
+
+    return KafkaSettings.resolve(
+        bootstrap=args.bootstrap, topic_prefix=args.topic_prefix, security_protocol=args.security_protocol,
+        sasl_mechanism=args.sasl_mechanism, sasl_username=args.sasl_username, ssl_cafile=args.ssl_cafile,
+        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+    )
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clickhouse-url", help="ClickHouse server URL (default: $TRACKSTREAM_CLICKHOUSE_URL; "
-                        "unset = the embedded chDB store)")
-    parser.add_argument("--data-dir", type=Path, help="chDB store directory (default: $TRACKSTREAM_DATA_DIR "
-                        "or ~/.trackstream/data)")
+    group = parser.add_argument_group("store (each also from its TRACKSTREAM_* variable)")
+    group.add_argument("--clickhouse-url", help="ClickHouse server URL http[s]://host:port[/database] (default: "
+                       "$TRACKSTREAM_CLICKHOUSE_URL; unset = the embedded chDB store). User and password come from "
+                       "$TRACKSTREAM_CLICKHOUSE_USER / $TRACKSTREAM_CLICKHOUSE_PASSWORD")
+    group.add_argument("--data-dir", type=Path, help="chDB store directory (default: $TRACKSTREAM_DATA_DIR "
+                       "or ~/.trackstream/data)")
 
 
-def _bootstrap(value: str | None) -> str:
-    from schemas.topics import setting
+def _store(args: argparse.Namespace) -> StoreSettings:
+    from trackstream.schemas.settings import StoreSettings
 
-    bootstrap = setting(value, "TRACKSTREAM_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        raise SystemExit("no Kafka configured: pass --bootstrap or set TRACKSTREAM_KAFKA_BOOTSTRAP "
-                         "(for the embedded pipeline without Kafka, run `trackstream local`)")
-    return bootstrap
+    return StoreSettings.resolve(url=args.clickhouse_url, data_dir=args.data_dir)
+
+
+def _reader(args: argparse.Namespace) -> Any:
+    from trackstream import _query
+
+    return _query.reader(_store(args))
 
 
 def _cmd_streams_worker(args: argparse.Namespace) -> int:
-    from streams.app import run_worker
+    from trackstream.streams.app import run_worker
 
     options = {"partitions": args.partitions, "step_timeout_ms": args.step_timeout_ms,
                "data_dir": None if args.data_dir is None else str(args.data_dir)}
-    run_worker(bootstrap=_bootstrap(args.bootstrap), topic_prefix=args.topic_prefix,
-               **{key: value for key, value in options.items() if value is not None})
+    run_worker(kafka=_kafka(args), **{key: value for key, value in options.items() if value is not None})
     return 0
 
 
 def _cmd_sink_worker(args: argparse.Namespace) -> int:
-    """The sink worker; writing to a chDB store it owns, it also serves the query API (DESIGN §1)."""
-    from schemas.topics import Topics, setting
-    from sinks.worker import run_sink_worker
+    """The sink worker; writing to a chDB store it owns, it also serves the query API (docs/architecture.md)."""
+    from trackstream.sinks.worker import run_sink_worker
 
-    prefix = Topics.from_env(args.topic_prefix).prefix
+    kafka, store = _kafka(args), _store(args)
+    kafka.require_bootstrap("the sink worker")
     # One consumer group per topic family, like the stream worker's: deployments never rebalance each other.
-    bootstrap, group_id = _bootstrap(args.bootstrap), args.group_id or f"trackstream-sink-{prefix}"
-    url = setting(args.clickhouse_url, "TRACKSTREAM_CLICKHOUSE_URL")
-    if url:
-        run_sink_worker(bootstrap=bootstrap, topic_prefix=prefix, group_id=group_id, clickhouse_url=url)
+    group_id = args.group_id or f"trackstream-sink-{kafka.topic_prefix}"
+    if store.url:
+        run_sink_worker(kafka=kafka, store=store, group_id=group_id)
         return 0
-    from sinks.query import QueryService
-    from trackstream._query import data_dir_from, store_lock
     from trackstream.http_api import QueryServer
-    from trackstream.local import StoreBusyError
+    from trackstream.sinks.query import QueryService
+    from trackstream.store import StoreBusyError, store_lock
 
-    data_dir = data_dir_from(args.data_dir)
+    data_dir = store.data_path
     with store_lock(data_dir, blocking=False) as acquired:
         if not acquired:
             raise StoreBusyError(f"another process owns the store {data_dir}; stop it or use another --data-dir")
-        service = QueryService(data_dir=data_dir)
+        service = QueryService(store)
         server = QueryServer(service, data_dir)
         server.start()
         try:
-            run_sink_worker(bootstrap=bootstrap, topic_prefix=prefix, group_id=group_id, data_dir=data_dir)
+            run_sink_worker(kafka=kafka, store=store, group_id=group_id)
         finally:
             server.stop()
             service.close()
@@ -99,9 +125,9 @@ def _cmd_sink_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from producers.sync import sync_spool
+    from trackstream.producers.sync import sync_spool
 
-    report = sync_spool(args.spool_dir, kafka_bootstrap=args.bootstrap, topic_prefix=args.topic_prefix)
+    report = sync_spool(args.spool_dir, kafka=_kafka(args))
     log.info("sync finished: %s", report)
     return 0
 
@@ -120,25 +146,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from trackstream import _query, render
+    from trackstream import render
 
-    rows = _query.compare(args.project, args.metric, agg=args.agg, by=args.by, runs=args.runs,
+    rows = _reader(args).compare(args.project, args.metric, agg=args.agg, by=args.by, runs=args.runs,
                           entity_type=args.entity_type)
     render.emit_rows(rows, as_json=args.json, title=f"{args.metric} ({args.agg}) in {args.project}")
     return 0
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from trackstream import _query, render
+    from trackstream import render
 
-    render.emit_rows(_query.runs(args.project), as_json=args.json, title=f"runs in {args.project}")
+    render.emit_rows(_reader(args).runs(args.project), as_json=args.json, title=f"runs in {args.project}")
     return 0
 
 
 def _cmd_curves(args: argparse.Namespace) -> int:
-    from trackstream import _query, render
+    from trackstream import render
 
-    curves = _query.curves(args.project, args.runs, args.metric, points=args.points)
+    curves = _reader(args).curves(args.project, args.runs, args.metric, points=args.points)
     if args.plot:
         render.plot_curves(curves, metric=args.metric, path=args.plot)
         log.info("wrote %s", args.plot)
@@ -148,9 +174,9 @@ def _cmd_curves(args: argparse.Namespace) -> int:
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
-    from trackstream import _query, render
+    from trackstream import render
 
-    rows = _query.sql(args.query, dict(args.param or []))
+    rows = [tuple(row) for row in _reader(args).sql(args.query, dict(args.param or []))]
     render.emit_tuples(rows, as_json=args.json)
     return 0
 
@@ -199,11 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--runs", type=_csv, help="comma-separated run ids")
     compare.add_argument("--entity-type", default="run", choices=("run", "model"))
     compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _store_options(compare)
     compare.set_defaults(run=_cmd_compare)
 
     runs = commands.add_parser("runs", help="runs with status, params, tags")
     runs.add_argument("project")
     runs.add_argument("--json", action="store_true")
+    _store_options(runs)
     runs.set_defaults(run=_cmd_runs)
 
     curves = commands.add_parser("curves", help="downsampled curves (min/max/avg/last per bucket)")
@@ -213,17 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("--points", type=int, default=1000, help="buckets per run")
     curves.add_argument("--plot", type=Path, help="write a PNG chart here")
     curves.add_argument("--json", action="store_true")
+    _store_options(curves)
     curves.set_defaults(run=_cmd_curves)
 
     sql = commands.add_parser("sql", help="read-only SQL with bound parameters: {name:Type} placeholders")
     sql.add_argument("query")
     sql.add_argument("--param", type=_param, action="append", help="NAME=VALUE (JSON or text), repeatable")
     sql.add_argument("--json", action="store_true")
+    _store_options(sql)
     sql.set_defaults(run=_cmd_sql)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``trackstream`` command; returns the exit code (0 ok, 1 failure, 2 configuration error)."""
+    from trackstream.schemas.errors import ConfigError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -232,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     except Exception as exc:
         if args.verbose:
             raise

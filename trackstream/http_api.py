@@ -1,9 +1,9 @@
-"""The query API over HTTP on localhost, for the process that owns a chDB store (DESIGN §1).
+"""The query API over HTTP on localhost, for the process that owns a chDB store (docs/architecture.md).
 
 A chDB store can be opened by one process at a time. The owner (``trackstream local``, a sink worker writing
 to chDB) serves the read API with :class:`QueryServer` and records its address in ``<data_dir>/owner.json``;
 other processes find it there and read through :class:`HttpQueryClient`, which offers the same methods as
-``sinks.query.QueryService``. Floats cross the wire exactly: non-finite values travel as their bit patterns.
+``trackstream.sinks.query.QueryService``. Floats cross the wire exactly: non-finite values travel as their bit patterns.
 """
 
 from __future__ import annotations
@@ -20,22 +20,15 @@ from typing import Any, Final
 
 import orjson
 
-from schemas import EntityRef
-from schemas.processed import F64_MARKER, exact_float, inexact_float
+from trackstream.schemas import EntityRef
+from trackstream.schemas.errors import error_from_payload, error_payload
+from trackstream.schemas.floats import F64_MARKER, exact_float, inexact_float
 
 log = logging.getLogger(__name__)
 
 OWNER_FILE: Final = "owner.json"
 METHODS: Final = frozenset({"compare", "curves", "runs", "sql", "entity_metrics", "wait_ingested"})
 _ENTITY: Final = "$entity"
-
-
-class QueryApiError(RuntimeError):
-    """The owner process answered with an error, or could not be reached."""
-
-    def __init__(self, message: str, *, retriable: bool = False) -> None:
-        super().__init__(message)
-        self.retriable = retriable
 
 
 def to_wire(value: Any) -> Any:
@@ -90,7 +83,9 @@ class _Handler(BaseHTTPRequestHandler):
             result = getattr(self.server.service, method)(*body.get("args", []), **body.get("kwargs", {}))
         except Exception as exc:
             log.debug("query %s failed", method, exc_info=True)
-            self._reply(HTTPStatus.BAD_REQUEST, {"error": f"{type(exc).__name__}: {exc}"})
+            error = error_payload(exc)
+            status = HTTPStatus.SERVICE_UNAVAILABLE if error["retriable"] else HTTPStatus.BAD_REQUEST
+            self._reply(status, {"error": error})
             return
         self._reply(HTTPStatus.OK, {"result": to_wire(result)})
 
@@ -140,7 +135,7 @@ class QueryServer:
 
 
 class ReadApi:
-    """The read methods of ``sinks.query.QueryService``, each forwarded to ``_call(method, ...)``."""
+    """The read methods of ``trackstream.sinks.query.QueryService``, each forwarded to ``_call(method, ...)``."""
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
@@ -165,7 +160,11 @@ class ReadApi:
 
 
 class HttpQueryClient(ReadApi):
-    """Reads through the owner process; same methods and results as ``sinks.query.QueryService``."""
+    """Reads through the owner process; same methods, results and errors as ``trackstream.sinks.query.QueryService``.
+
+    An error raised in the owner comes back as the same :class:`TrackstreamError` class with the same
+    ``retriable``; an owner that cannot be reached raises ``StoreUnavailable`` (retriable).
+    """
 
     def __init__(self, url: str, *, timeout_s: float = 120.0) -> None:
         self.url = url.rstrip("/")
@@ -180,8 +179,14 @@ class HttpQueryClient(ReadApi):
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return from_wire(orjson.loads(response.read())["result"])
         except urllib.error.HTTPError as exc:
-            detail = orjson.loads(exc.read()).get("error", str(exc))
-            raise QueryApiError(f"{method} failed in the store's owner process: {detail}") from None
+            import trackstream.sinks.errors  # noqa: F401 - loads the classes the owner may name (rebuilt by name)
+
+            try:
+                error = orjson.loads(exc.read())["error"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                error = error_payload(exc)
+            raise error_from_payload(error if isinstance(error, dict) else {"message": str(error)}) from None
         except urllib.error.URLError as exc:
-            message = f"the store's owner at {self.url} is unreachable: {exc.reason}"
-            raise QueryApiError(message, retriable=True) from None
+            from trackstream.sinks.errors import StoreUnavailable
+
+            raise StoreUnavailable(f"the store's owner at {self.url} is unreachable: {exc.reason}") from None

@@ -1,7 +1,8 @@
-"""The embedded pipeline: spool -> the stream processing of :mod:`streams` -> the sink of :mod:`sinks` -> chDB.
+"""The embedded pipeline: spool -> the processing of :mod:`trackstream.streams` -> :mod:`trackstream.sinks` -> chDB.
 
-The same functions as the Kafka deployment run here in one process: ``streams.Processor`` validates,
-deduplicates and aggregates the envelopes that producers appended to the spool, and ``sinks.Sink`` writes the
+The same functions as the Kafka deployment run here in one process: ``trackstream.streams.Processor`` validates,
+deduplicates and aggregates the envelopes that producers appended to the spool, and ``trackstream.sinks.Sink`` writes
+the
 records into a chDB store. Invalid input goes to ``<data_dir>/dlq.jsonl`` (the embedded dead-letter topic).
 
 Exactly once: after every write the runner saves, in one atomic file replace, the spool position reached for
@@ -27,21 +28,16 @@ from typing import Any, Final
 
 import orjson
 
-from producers.spool import START, SpoolPosition, SpoolReader, list_spools
-from schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
-from trackstream._query import data_dir_from, spool_dir_from, store_lock
+from trackstream.producers.spool import START, SpoolPosition, SpoolReader, list_spools
+from trackstream.schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
+from trackstream.schemas.settings import StoreSettings
+from trackstream.store import StoreBusyError, spool_dir_from, store_lock
 
 log = logging.getLogger(__name__)
 
 STATE_FILE: Final = "local-state.json"
 DLQ_FILE: Final = "dlq.jsonl"
 STATE_VERSION: Final = 1
-
-
-class StoreBusyError(RuntimeError):
-    """Another process owns the chDB store."""
-
-    retriable = True
 
 
 @dataclass
@@ -87,13 +83,13 @@ class LocalIngest:
 
     def __init__(self, *, spool_dir: Path, data_dir: Path, step_timeout_ms: int | None = None,
                  max_batch_points: int = 100_000, sink: Any = None) -> None:
-        from sinks.sink import Sink
-        from streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor
+        from trackstream.sinks.sink import Sink
+        from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor
 
         self.spool_dir = spool_dir
         self.data_dir = data_dir
         self.max_batch_points = max_batch_points
-        self.sink = sink if sink is not None else Sink.open(data_dir=data_dir)
+        self.sink = sink if sink is not None else Sink.open(data_dir=str(data_dir))
         self.processor = Processor(step_timeout_ms=step_timeout_ms or DEFAULT_STEP_TIMEOUT_MS)
         self.positions: dict[str, SpoolPosition] = {}
         self._entity_blobs: dict[bytes, bytes] = {}
@@ -139,7 +135,7 @@ class LocalIngest:
 
     def ingest_pass(self, *, now_ns: int | None = None) -> PassStats:
         """Read every spool from its saved position to its current end, process, write, save."""
-        from streams.records import SourcePosition
+        from trackstream.streams.records import SourcePosition
 
         stats = PassStats()
         pending = _Pending()
@@ -176,9 +172,13 @@ class LocalIngest:
         self.sink.close()
 
 
+def _data_path(data_dir: Path | None) -> Path:
+    return StoreSettings.resolve(data_dir=data_dir).data_path
+
+
 def catch_up(*, spool_dir: Path | None = None, data_dir: Path | None = None) -> PassStats:
     """One ingest pass; the caller holds the store lock (see ``trackstream._query.EmbeddedReader``)."""
-    ingest = LocalIngest(spool_dir=spool_dir_from(spool_dir), data_dir=data_dir_from(data_dir))
+    ingest = LocalIngest(spool_dir=spool_dir_from(spool_dir), data_dir=_data_path(data_dir))
     try:
         stats = ingest.ingest_pass()
     finally:
@@ -192,12 +192,12 @@ def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, po
               step_timeout_ms: int | None = None, stop: threading.Event | None = None,
               on_ready: Callable[[str], None] | None = None) -> PassStats:
     """Own the store, ingest the spool continuously and serve the query API until stopped (SIGINT/SIGTERM)."""
-    from sinks.query import QueryService
-    from streams import tune_gc
     from trackstream.http_api import QueryServer
+    from trackstream.sinks.query import QueryService
+    from trackstream.streams import tune_gc
 
     tune_gc()  # a long-lived ingest loop: collections of its many small objects cost ~25% of its CPU
-    spool, data = spool_dir_from(spool_dir), data_dir_from(data_dir)
+    spool, data = spool_dir_from(spool_dir), _data_path(data_dir)
     stop = stop or _stop_on_signals()
     totals = PassStats()
     with store_lock(data, blocking=False) as acquired:
@@ -205,7 +205,7 @@ def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, po
             raise StoreBusyError(f"another process owns the store {data}; stop it or use another --data-dir")
         # Queries run in the server's threads beside the ingest loop: the chDB backend serializes its calls.
         ingest = LocalIngest(spool_dir=spool, data_dir=data, step_timeout_ms=step_timeout_ms)
-        service = QueryService(data_dir=data)
+        service = QueryService(data_dir=str(data))
         server = QueryServer(service, data)
         url = server.start()
         log.info("trackstream local: ingesting %s into %s; queries at %s", spool, data, url)

@@ -18,9 +18,9 @@ import pytest
 transformers = pytest.importorskip("transformers")
 np = pytest.importorskip("numpy")
 
-from producers.spool import SpoolReader, list_spools  # noqa: E402
-from schemas import Envelope, decode  # noqa: E402
 from trackstream.integrations import SOURCE_NAME_TAG_PREFIX, TrackstreamCallback, to_metric_name  # noqa: E402
+from trackstream.producers.spool import SpoolReader, list_spools  # noqa: E402
+from trackstream.schemas import Envelope, decode  # noqa: E402
 
 CallbackHandler = transformers.trainer_callback.CallbackHandler
 

@@ -24,8 +24,6 @@ sklearn_linear = pytest.importorskip("sklearn.linear_model")
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 sklearn_model_selection = pytest.importorskip("sklearn.model_selection")
 
-from producers.spool import SpoolReader, list_spools  # noqa: E402
-from schemas import Envelope, decode  # noqa: E402
 from trackstream.integrations import (  # noqa: E402
     SOURCE_NAME_TAG_PREFIX,
     from_mlflow_run,
@@ -34,6 +32,8 @@ from trackstream.integrations import (  # noqa: E402
     mlflow_autolog,
     to_metric_name,
 )
+from trackstream.producers.spool import SpoolReader, list_spools  # noqa: E402
+from trackstream.schemas import Envelope, decode  # noqa: E402
 
 CUSTOM = [1.0, 0.5, math.nan, math.inf, -0.0, 1e-310]
 

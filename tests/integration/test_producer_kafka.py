@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 import trackstream as ts
-from producers.spool import list_spools
-from producers.sync import sync_spool
-from schemas import Envelope, decode, float_to_bits
-from schemas.topics import Topics
+from trackstream.producers.spool import list_spools
+from trackstream.producers.sync import sync_spool
+from trackstream.schemas import Envelope, decode, float_to_bits
+from trackstream.schemas.topics import Topics
 
 pytestmark = pytest.mark.kafka
 

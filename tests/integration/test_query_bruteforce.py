@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from schemas.envelope import EntityRef, MetricBatch
-from schemas.processed import EntityState, PointBlock
-from sinks.backend import Backend
-from sinks.query import QueryService, curve_plan
-from sinks.schema import BLOCK_STEPS
-from sinks.sink import Sink
+from trackstream.schemas.envelope import EntityRef, MetricBatch
+from trackstream.schemas.processed import EntityState, PointBlock
+from trackstream.sinks.backend import Backend
+from trackstream.sinks.query import QueryService, curve_plan
+from trackstream.sinks.schema import BLOCK_STEPS
+from trackstream.sinks.sink import Sink
 
 PROJECT = "proj'\\\"; DROP TABLE points; --"
 T0_MS = 1_700_000_000_000
@@ -29,13 +29,14 @@ Point = tuple[str, str, int, int, int, int, float, str]  # entity, metric, gener
 @pytest.fixture
 def backend(clickhouse_backend: Any) -> Iterator[Backend]:
     if clickhouse_backend.kind == "chdb":
-        from sinks.chdb_backend import ChdbBackend
+        from trackstream.sinks.chdb_backend import ChdbBackend
 
         store: Backend = ChdbBackend(clickhouse_backend.data_dir, database=clickhouse_backend.database)
     else:
-        from sinks.server_backend import ServerBackend
+        from trackstream.schemas.settings import StoreSettings
+        from trackstream.sinks.server_backend import ServerBackend
 
-        store = ServerBackend(clickhouse_backend.url, database=clickhouse_backend.database)
+        store = ServerBackend(StoreSettings.resolve(url=clickhouse_backend.url, database=clickhouse_backend.database))
     yield store
     store.close()
 

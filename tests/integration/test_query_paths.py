@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from test_query_bruteforce import ENTITIES, PROJECT, World, backend, close, world
 
-from sinks import sql as q
-from sinks.backend import Backend
-from sinks.query import AGGREGATES, QueryService, curve_plan
-from sinks.sink import Sink
+from trackstream.sinks import sql as q
+from trackstream.sinks.backend import Backend
+from trackstream.sinks.query import AGGREGATES, QueryService, curve_plan
+from trackstream.sinks.sink import Sink
 
 __all__ = ["backend", "world"]  # fixtures used by the tests below
 

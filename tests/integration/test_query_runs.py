@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 from test_query_bruteforce import PROJECT, World, backend, close, generate, per_step
 
-from schemas.envelope import EntityRef
-from schemas.processed import EntityState, MetricSummary, PointBlock
-from sinks import sql as q
-from sinks.backend import Backend
-from sinks.query import QueryService
-from sinks.sink import Sink
+from trackstream.schemas.envelope import EntityRef
+from trackstream.schemas.processed import EntityState, MetricSummary, PointBlock
+from trackstream.sinks import sql as q
+from trackstream.sinks.backend import Backend
+from trackstream.sinks.query import QueryService
+from trackstream.sinks.sink import Sink
 
 __all__ = ["backend"]  # fixture used by the tests below
 

@@ -19,19 +19,21 @@ from typing import Any
 
 import pytest
 
-from schemas.envelope import EntityRef, MetricBatch
-from schemas.processed import EntityState, PointBlock, encode_point_block, encode_records
-from schemas.topics import Topics
-from sinks.errors import StoreUnavailable
+from trackstream.schemas.envelope import EntityRef, MetricBatch
+from trackstream.schemas.processed import EntityState, PointBlock, encode_point_block, encode_records
+from trackstream.schemas.settings import KafkaSettings
+from trackstream.schemas.topics import Topics
+from trackstream.sinks.errors import StoreUnavailable
 
 pytestmark = pytest.mark.kafka
 
 WORKER = textwrap.dedent("""
     import asyncio, json, logging, os, sys
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from sinks.batch import BatchLimits
-    from sinks.sink import Sink
-    from sinks.worker import SinkWorker
+    from trackstream.sinks.batch import BatchLimits
+    from trackstream.sinks.sink import Sink
+    from trackstream.sinks.worker import SinkWorker
+    from trackstream.schemas.settings import KafkaSettings
 
     bootstrap, prefix, store, crash_after, max_rows, expected = sys.argv[1:7]
     crash_after, expected = int(crash_after), int(expected)
@@ -45,8 +47,8 @@ WORKER = textwrap.dedent("""
                 os._exit(17)  # inserted, not committed
 
     async def main():
-        worker = Crashing(sink, bootstrap=bootstrap, topic_prefix=prefix, group_id=prefix + "-sink",
-                          limits=BatchLimits(max_rows=int(max_rows), linger_ms=300))
+        worker = Crashing(sink, kafka=KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix),
+                          group_id=prefix + "-sink", limits=BatchLimits(max_rows=int(max_rows), linger_ms=300))
         stop = asyncio.Event()
         async def watch():
             while not stop.is_set():
@@ -172,10 +174,10 @@ async def _until(condition: Any, timeout_s: float = 60.0) -> None:
 def test_clickhouse_unavailable_backs_off_without_committing(
     kafka_bootstrap: str, topic_prefix_factory: Any, chdb_store: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from sinks.batch import BatchLimits
-    from sinks.chdb_backend import ChdbBackend
-    from sinks.sink import Sink
-    from sinks.worker import SinkWorker
+    from trackstream.sinks.batch import BatchLimits
+    from trackstream.sinks.chdb_backend import ChdbBackend
+    from trackstream.sinks.sink import Sink
+    from trackstream.sinks.worker import SinkWorker
 
     prefix = topic_prefix_factory(partitions=3)
     blocks = _blocks(entities=3, blocks_per_entity=10, points=100)
@@ -183,7 +185,7 @@ def test_clickhouse_unavailable_backs_off_without_committing(
     flaky = FlakyBackend(ChdbBackend(chdb_store, database=f"flaky_{prefix}"))
     sink = Sink(flaky)
     group = f"{prefix}-sink"
-    worker = SinkWorker(sink, bootstrap=kafka_bootstrap, topic_prefix=prefix, group_id=group,
+    worker = SinkWorker(sink, kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=prefix), group_id=group,
                         limits=BatchLimits(max_rows=100_000, linger_ms=100), max_backoff_s=0.2)
 
     async def scenario() -> None:
@@ -200,7 +202,7 @@ def test_clickhouse_unavailable_backs_off_without_committing(
         stop.set()
         await task
 
-    with caplog.at_level(logging.WARNING, logger="sinks.worker"):
+    with caplog.at_level(logging.WARNING, logger="trackstream.sinks.worker"):
         asyncio.run(scenario())
     assert "not committing, retrying" in caplog.text
     (count,), = flaky.query("SELECT count() FROM points")[1]

@@ -1,7 +1,8 @@
 """Streams worker on a real broker: raw envelopes in, processed topics out, across bad input, SIGKILL, rebalance.
 
 The worker runs as a subprocess (``python -m streams worker``) so that a test can SIGKILL it. Expected outputs
-come from the same pure :class:`~streams.Processor` fed the same envelopes in one process: "same result as one
+come from the same pure :class:`~trackstream.streams.Processor` fed the same envelopes in one process: "same result
+as one
 worker, no crash". Points are compared after the sinks' dedup key (entity, metric, rank, step, generation);
 a duplicated point must be bit-identical. Summaries and entity states are compared at their highest version,
 which must equal the reference's (a double-counted summary would show a higher version or count).
@@ -26,18 +27,18 @@ import numpy as np
 import orjson
 import pytest
 
-from schemas import EntityRef, Envelope, MetricBatch, encode, envelope_to_wire, float_to_bits
-from schemas.processed import (
+from trackstream.schemas import EntityRef, Envelope, MetricBatch, encode, envelope_to_wire, float_to_bits
+from trackstream.schemas.processed import (
     decode_entity_states,
     decode_point_block,
     decode_step_aggregates,
     decode_summaries,
     encode_records,
 )
-from schemas.topics import Topics
-from streams import Output, Processor, SourcePosition, output_messages
-from streams.records import decode_dlq
-from streams.synthetic import RunSpec, run_envelopes
+from trackstream.schemas.topics import Topics
+from trackstream.streams import Output, Processor, SourcePosition, output_messages
+from trackstream.streams.records import decode_dlq
+from trackstream.streams.synthetic import RunSpec, run_envelopes
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +111,7 @@ class Workers:
 
     def start(self) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"worker{len(self.procs)}.log").open("wb")
-        command = [sys.executable, "-m", "streams", "worker", "--bootstrap", self.bootstrap,
+        command = [sys.executable, "-m", "trackstream.streams", "worker", "--bootstrap", self.bootstrap,
                    "--topic-prefix", self.prefix, "--app-id", self.app_id,
                    "--data-dir", str(self.log_dir / f"data{len(self.procs)}"),
                    "--step-timeout-ms", "600000", "--max-envelope-bytes", str(MAX_ENVELOPE_BYTES),

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from schemas.names import is_valid_metric_name
 from trackstream.integrations import SOURCE_NAME_TAG_PREFIX, MissingDependencyError, to_metric_name
 from trackstream.integrations._common import require, source_name_tags
+from trackstream.schemas.names import is_valid_metric_name
 
 
 @pytest.mark.parametrize("name", ["loss", "eval/accuracy", "train loss", "lr-0.1_x", "a" * 250])

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from producers.config import ProducerConfig
-from producers.errors import HandleClosedError
-from producers.handles import Model, Run
-from schemas import EntityRef
 from trackstream.integrations import _sdk
+from trackstream.producers.config import ProducerConfig
+from trackstream.producers.errors import HandleClosedError
+from trackstream.producers.handles import Model, Run
+from trackstream.schemas import EntityRef
 
 
 def _run(tmp_path: Path) -> Run:

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import EntityRef, MetricBatch, bits_to_float, float_to_bits
-from schemas.processed import (
+from trackstream.schemas import EntityRef, MetricBatch, bits_to_float, float_to_bits
+from trackstream.schemas.processed import (
     EntityState,
     MetricSummary,
     PointBlock,

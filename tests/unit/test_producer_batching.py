@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from producers.batching import EnvelopeBuilder, Origin, SeqCounter
-from producers.buffer import Drained
-from schemas import EntityRef, Event, decode
+from trackstream.producers.batching import EnvelopeBuilder, Origin, SeqCounter
+from trackstream.producers.buffer import Drained
+from trackstream.schemas import EntityRef, Event, decode
 
 RUN = EntityRef("proj", "run", "r1")
 ORIGIN = Origin("pid0", 1, 4, "host-a")

@@ -8,8 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from producers.buffer import MetricBuffer
-from producers.errors import HandleClosedError
+from trackstream.producers.buffer import MetricBuffer
+from trackstream.producers.errors import HandleClosedError
 
 
 def columns(buffer: MetricBuffer) -> dict[str, tuple[list[int], list[float]]]:

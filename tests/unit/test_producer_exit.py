@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from producers.spool import SpoolReader, list_spools
-from schemas import Envelope, decode
+from trackstream.producers.spool import SpoolReader, list_spools
+from trackstream.schemas import Envelope, decode
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,7 +107,7 @@ def test_an_ignored_sigterm_and_runs_started_off_the_main_thread_install_nothing
         run = ts.start_run("proj")
         print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        import producers.runtime as runtime
+        import trackstream.producers.runtime as runtime
         runtime._sigterm_installed = False
         ts.start_run("proj")
         print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 import trackstream as ts
-from producers import readback
-from producers.config import ProducerConfig, resolve_config
-from producers.errors import ConfigError, HandleClosedError, TrackstreamError
-from producers.spool import SpoolReader, list_spools
-from schemas import EntityRef, Envelope, decode
+from trackstream.producers import readback
+from trackstream.producers.config import ProducerConfig, resolve_config
+from trackstream.producers.errors import ConfigError, HandleClosedError, TrackstreamError
+from trackstream.producers.spool import SpoolReader, list_spools
+from trackstream.schemas import EntityRef, Envelope, decode
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -156,7 +156,7 @@ def test_configuration_keyword_beats_environment_beats_default(monkeypatch: pyte
     monkeypatch.setenv("TRACKSTREAM_KAFKA_BOOTSTRAP", "env:9092")
     monkeypatch.setenv("TRACKSTREAM_KAFKA_SASL_PASSWORD", "hunter2")
     config = resolve_config(linger_ms=7)
-    assert (config.linger_ms, config.kafka_bootstrap, config.fsync) == (7, "env:9092", "interval")
+    assert (config.linger_ms, config.kafka.bootstrap, config.fsync) == (7, "env:9092", "interval")
     assert "hunter2" not in repr(config)
     assert "***" in repr(config)
     monkeypatch.delenv("TRACKSTREAM_KAFKA_BOOTSTRAP")

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from producers import pipeline as pipeline_module
-from producers.buffer import Drained
-from producers.config import ProducerConfig
-from producers.kafka import TransportError
-from producers.pipeline import Pipeline
-from producers.spool import SpoolReader
-from schemas import EntityRef, decode
+from trackstream.producers import pipeline as pipeline_module
+from trackstream.producers.buffer import Drained
+from trackstream.producers.config import ProducerConfig
+from trackstream.producers.kafka import TransportError
+from trackstream.producers.pipeline import Pipeline
+from trackstream.producers.spool import SpoolReader
+from trackstream.schemas import EntityRef, decode
+from trackstream.schemas.settings import KafkaSettings
 
 ENTITIES = [EntityRef("p", "run", f"r{i}") for i in range(3)]
 
@@ -55,7 +56,7 @@ def kafka(monkeypatch: pytest.MonkeyPatch) -> type[ScriptedKafka]:
 
 
 def config(tmp_path: Path, **changes: Any) -> ProducerConfig:
-    values: dict[str, Any] = {"kafka_bootstrap": "scripted:9092", "spool_dir": str(tmp_path),
+    values: dict[str, Any] = {"kafka": KafkaSettings(bootstrap="scripted:9092"), "spool_dir": str(tmp_path),
                               "retry_backoff_ms": 10, "max_envelope_points": 10}
     values.update(changes)
     return ProducerConfig(**values)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from producers.spool import START, SpoolPosition, SpoolReader, SpoolWriter, list_spools
+from trackstream.producers.spool import START, SpoolPosition, SpoolReader, SpoolWriter, list_spools
 
 
 def frames(n: int, size: int = 100) -> list[tuple[bytes, bytes]]:
@@ -81,7 +81,7 @@ def test_a_live_writers_partial_frame_is_not_read_until_complete(tmp_path: Path)
     writer.append(frames(2))
     reader = SpoolReader(tmp_path / "p1")
     position = list(reader.frames())[-1][0]
-    from producers.spool import encode_frame
+    from trackstream.producers.spool import encode_frame
 
     frame = encode_frame(b"k", b"payload")
     with open(tmp_path / "p1" / f"{0:020d}.seg", "ab") as handle:

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.envelope import EntityRef, MetricBatch
-from schemas.processed import EntityState, PointBlock, encode_point_block
-from sinks.batch import (
+from trackstream.schemas.envelope import EntityRef, MetricBatch
+from trackstream.schemas.processed import EntityState, PointBlock, encode_point_block
+from trackstream.sinks.batch import (
     Batcher,
     BatchLimits,
     PointColumns,
@@ -24,9 +24,9 @@ from sinks.batch import (
     points_tables,
     split_values,
 )
-from sinks.chdb_backend import format_param
-from sinks.errors import IngestTimeout, QueryError, SinkError, StoreUnavailable
-from sinks.sql import check_read_only
+from trackstream.sinks.chdb_backend import format_param
+from trackstream.sinks.errors import IngestTimeout, QueryError, SinkError, StoreUnavailable
+from trackstream.sinks.sql import check_read_only
 
 
 class Clock:
@@ -233,7 +233,7 @@ def test_importing_sinks_loads_no_driver() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, sinks, sinks.query, sinks.worker, sinks.sink\n"
+    code = ("import sys, trackstream.sinks, trackstream.sinks.query, trackstream.sinks.worker, trackstream.sinks.sink\n"
             "heavy = {'chdb', 'clickhouse_connect', 'pyarrow', 'numpy', 'aiokafka'} & set(sys.modules)\n"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from sinks.rollup import Points, series_blocks, series_stats
-from sinks.schema import BLOCK_STEPS
+from trackstream.sinks.rollup import Points, series_blocks, series_stats
+from trackstream.sinks.schema import BLOCK_STEPS
 
 
 def _points(segments: list[tuple[int, list[int], list[float]]], single: set[int] | None = None) -> Points:

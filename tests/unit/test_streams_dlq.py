@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas import EntityRef, Envelope, MetricBatch, encode, envelope_to_wire
-from schemas.topics import Topics
-from streams import Processor, SourcePosition, output_messages
-from streams.records import decode_dlq
+from trackstream.schemas import EntityRef, Envelope, MetricBatch, encode, envelope_to_wire
+from trackstream.schemas.topics import Topics
+from trackstream.streams import Processor, SourcePosition, output_messages
+from trackstream.streams.records import decode_dlq
 
 RUN = EntityRef(project="p", type="run", id="r1")
 SOURCE = SourcePosition("t.metrics", 1, 17)

@@ -14,19 +14,19 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas import EntityRef, float_to_bits
-from schemas.processed import (
+from trackstream.schemas import EntityRef, float_to_bits
+from trackstream.schemas.processed import (
     EntityState,
     MetricSummary,
     StepAggregate,
     decode_step_aggregates,
     encode_records,
 )
-from schemas.topics import Topics
-from streams import Output, Processor, SourcePosition, output_messages
-from streams.aggregate import VALUES, StepTracker, aggregate_steps, step_mean
-from streams.entity import EntityCtx
-from streams.records import encode_step_aggregates, encode_summaries
+from trackstream.schemas.topics import Topics
+from trackstream.streams import Output, Processor, SourcePosition, output_messages
+from trackstream.streams.aggregate import VALUES, StepTracker, aggregate_steps, step_mean
+from trackstream.streams.entity import EntityCtx
+from trackstream.streams.records import encode_step_aggregates, encode_summaries
 
 RUN = EntityRef("p", "run", "fast")
 SPECIALS = (math.nan, math.inf, -math.inf, 0.0, -0.0, 5e-324, 1.5)
@@ -153,7 +153,7 @@ def test_step_mean_where_fsum_raises() -> None:
 
 
 def test_inf_and_minus_inf_in_one_step_do_not_fail_the_envelope() -> None:
-    from schemas import Envelope, MetricBatch, encode
+    from trackstream.schemas import Envelope, MetricBatch, encode
 
     processor = Processor()
     out = Output()
@@ -231,7 +231,7 @@ def test_fast_encoders_round_trip_exactly() -> None:
 
 
 def test_entity_state_round_trips_with_nonfinite_pending_values() -> None:
-    from schemas import Envelope, MetricBatch
+    from trackstream.schemas import Envelope, MetricBatch
 
     envelope = Envelope(producer_id="p0", seq=0, sent_ns=0, entity=RUN, world_size=3,
                         metrics=[MetricBatch("m", "series", [0, 1, 2], [0, 0, 0], [math.nan, -math.inf, -0.0])])

@@ -8,10 +8,10 @@ import random
 import numpy as np
 import pytest
 
-from schemas import EntityRef, Envelope, Event, MetricBatch, encode, float_to_bits
-from schemas.processed import MetricSummary
-from streams import Output, Processor, SourcePosition
-from streams.synthetic import RunSpec, run_envelopes
+from trackstream.schemas import EntityRef, Envelope, Event, MetricBatch, encode, float_to_bits
+from trackstream.schemas.processed import MetricSummary
+from trackstream.streams import Output, Processor, SourcePosition
+from trackstream.streams.synthetic import RunSpec, run_envelopes
 
 RUN = EntityRef(project="p", type="run", id="r1")
 

@@ -7,14 +7,19 @@ from dataclasses import dataclass
 
 import orjson
 
-from schemas import EntityRef, Envelope, MetricBatch, encode
-from schemas.processed import decode_entity_states, decode_point_block, decode_step_aggregates, decode_summaries
-from schemas.topics import Topics
-from schemas.validation import Validated
-from streams import Output, Processor, SourcePosition, output_messages
-from streams.aggregate import VALUES
-from streams.dedup import MAX_AHEAD, RECENT_SIZE, ProducerTrack
-from streams.synthetic import RunSpec, run_envelopes
+from trackstream.schemas import EntityRef, Envelope, MetricBatch, encode
+from trackstream.schemas.processed import (
+    decode_entity_states,
+    decode_point_block,
+    decode_step_aggregates,
+    decode_summaries,
+)
+from trackstream.schemas.topics import Topics
+from trackstream.schemas.validation import Validated
+from trackstream.streams import Output, Processor, SourcePosition, output_messages
+from trackstream.streams.aggregate import VALUES
+from trackstream.streams.dedup import MAX_AHEAD, RECENT_SIZE, ProducerTrack
+from trackstream.streams.synthetic import RunSpec, run_envelopes
 
 
 def feed(processor: Processor, envelopes: list[Envelope], *, partition: int = 0, now_ns: int = 0) -> Output:
@@ -170,8 +175,8 @@ def test_seq_mode_window() -> None:
 
 
 def test_fast_step_encoder_matches_the_generic_one() -> None:
-    from schemas.processed import StepAggregate, encode_records
-    from streams.records import encode_step_aggregates
+    from trackstream.schemas.processed import StepAggregate, encode_records
+    from trackstream.streams.records import encode_step_aggregates
 
     run = EntityRef("p", "run", "x")
     records = [StepAggregate(run, "m", 1, 7, math.nan, -math.inf, 2.5, 3, 4, 99),

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import EntityRef, Envelope, Event, MetricBatch, encode, envelope_to_wire, float_to_bits
-from schemas.validation import REASONS, BadPoints, Rejection, Validated, validate
+from trackstream.schemas import EntityRef, Envelope, Event, MetricBatch, encode, envelope_to_wire, float_to_bits
+from trackstream.schemas.validation import REASONS, BadPoints, Rejection, Validated, validate
 
 Wire = dict[str, Any]
 PARAMS = {"lr": 0.1, "opt": {"b": [0.9, 0.99]}}
@@ -293,7 +293,7 @@ def test_oversize_is_checked_before_parsing() -> None:
 def test_every_event_type_accepts_exactly_its_fields() -> None:
     payloads = {"name": "n", "params": {"a": [1, {"b": None}]}, "tags": {"k": "v"}, "status": "completed",
                 "metric": "m"}
-    from schemas import EVENT_FIELDS
+    from trackstream.schemas import EVENT_FIELDS
     for event_type, keys in EVENT_FIELDS.items():
         wire = good_wire()
         wire["events"] = [{"type": event_type, "time_ns": 5, **{key: payloads[key] for key in keys}}]

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import (
+from trackstream.schemas import (
     ENTITY_TYPES,
     METRIC_KINDS,
     RUN_STATUSES,
@@ -27,7 +27,7 @@ from schemas import (
     encode,
     float_to_bits,
 )
-from schemas.validation import validate
+from trackstream.schemas.validation import validate
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 METRIC_NAMES = st.text(alphabet=string.ascii_letters + string.digits + "_-./ ", min_size=1, max_size=250)

@@ -14,12 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from trackstream.integrations._common import (
-    SOURCE_NAME_TAG_PREFIX,
-    IntegrationError,
-    MissingDependencyError,
-    to_metric_name,
-)
+from trackstream.integrations._common import SOURCE_NAME_TAG_PREFIX, IntegrationError, to_metric_name
+from trackstream.schemas.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from trackstream.integrations.hf_callback import TrackstreamCallback

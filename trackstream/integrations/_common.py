@@ -9,15 +9,14 @@ never dropped: it is logged under a mapped name and the original is kept in the 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import re
 from types import ModuleType
 from typing import Final
 
-from producers.errors import TrackstreamError
-from schemas.names import METRIC_NAME_MAX, is_valid_metric_name
+from trackstream.schemas import errors
+from trackstream.schemas.errors import TrackstreamError
+from trackstream.schemas.names import METRIC_NAME_MAX, is_valid_metric_name
 
-INSTALL_HINT: Final = "pip install 'trackstream[integrations]'"
 SOURCE_NAME_TAG_PREFIX: Final = "source_metric_name/"
 _DISALLOWED: Final = re.compile(r"[^A-Za-z0-9_\-./ ]")
 _HASH_HEX: Final = 8
@@ -27,18 +26,9 @@ class IntegrationError(TrackstreamError):
     """Root of the errors raised by :mod:`trackstream.integrations`."""
 
 
-class MissingDependencyError(IntegrationError, ImportError):
-    """An optional package the integration needs (mlflow, transformers) is not installed."""
-
-
 def require(module: str) -> ModuleType:
-    """Import ``module`` or raise :class:`MissingDependencyError` naming the extra to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"this integration needs the {module.partition('.')[0]!r} package: {INSTALL_HINT}"
-        ) from exc
+    """Import ``module`` (mlflow, transformers) or raise :class:`MissingDependencyError` naming the extra."""
+    return errors.require(module, "integrations")
 
 
 def to_metric_name(name: str) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import producers
-from producers.handles import Model, Run
+from trackstream import producers
+from trackstream.producers.handles import Model, Run
 
 
 def open_run(

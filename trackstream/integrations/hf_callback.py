@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-import producers
-from producers.handles import Run, check_params
+from trackstream import producers
 from trackstream.integrations._common import require, source_name_tags, to_metric_name
+from trackstream.producers.handles import Run, check_params
 
 _transformers = require("transformers")
 TrainerCallback: Any = _transformers.TrainerCallback

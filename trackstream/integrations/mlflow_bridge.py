@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-import producers
-from producers.handles import Run
+from trackstream import producers
 from trackstream.integrations import _sdk
 from trackstream.integrations._common import IntegrationError, require, source_name_tags, to_metric_name
+from trackstream.producers.handles import Run
 
 log = logging.getLogger(__name__)
 
