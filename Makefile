@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# mypy checks the package as it is installed: trackstream/ with producers/, streams/, sinks/, schemas/ inside it.
+TYPECHECK := .cache/typecheck/trackstream
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
+	@for f in trackstream/* producers streams sinks schemas; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/; done
 	$(PY) -m mypy
 
 test-unit: $(STAMP)
@@ -39,6 +43,7 @@ test: lint
 	  echo "starting the project's own Kafka broker"; \
 	  if bootstrap=$$($(BROKER) up --state-dir $(TEST_BROKER_DIR) | tail -n 1); then \
 	    export TRACKSTREAM_KAFKA_BOOTSTRAP=$$bootstrap; echo "Kafka broker ready at $$bootstrap"; \
+	    export TRACKSTREAM_TEST_KAFKA_SECURED="$(CURDIR)/$(TEST_BROKER_DIR)/secured.json"; \
 	  else echo "the project's broker did not start; the fixtures will try testcontainers"; fi; \
 	  trap '$(BROKER) down --state-dir $(TEST_BROKER_DIR)' EXIT; \
 	fi; \

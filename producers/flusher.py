@@ -37,11 +37,14 @@ class FlushedHandle(Protocol):
     world_size: int
 
     @property
-    def closed(self) -> bool: ...
+    def closed(self) -> bool:
+        """True once the handle is finished or closed; the flusher drops it after its last drain."""
 
-    def drain(self) -> Drained: ...
+    def drain(self) -> Drained:
+        """Swap out and return everything the handle buffered since the last drain."""
 
-    def buffered_points(self) -> int: ...
+    def buffered_points(self) -> int:
+        """Approximate number of points buffered now (compared with ``flush_points``)."""
 
 
 class Flusher:
@@ -72,10 +75,12 @@ class Flusher:
             self._loop.close()
 
     def register(self, handle: FlushedHandle) -> None:
+        """Add ``handle`` to the handles drained every cycle; it stays until a cycle finds it closed."""
         with self._registry:
             self._handles.append(handle)
 
     def handles(self) -> list[FlushedHandle]:
+        """A copy of the registered handles, taken under the registry lock."""
         with self._registry:
             return list(self._handles)
 
@@ -94,6 +99,7 @@ class Flusher:
         return pipeline
 
     def wake(self) -> None:
+        """Ask the loop thread to check for a flush now rather than after its 20 ms poll; a no-op once stopped."""
         if self._wake is not None and not self._stopped:
             self._loop.call_soon_threadsafe(self._wake.set)
 
@@ -169,6 +175,10 @@ class Flusher:
             ) from None
 
     def last_seq(self, config: ProducerConfig, entity: EntityRef) -> tuple[str, int]:
+        """``(producer_id, seq)`` of the last envelope built for ``entity`` by ``config``'s pipeline.
+
+        ``seq`` is -1 when none was built yet; the pipeline is created if it does not exist.
+        """
         pipeline = self.pipeline(config)
         return pipeline.producer_id, pipeline.last_seq.get(entity, -1)
 

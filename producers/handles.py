@@ -160,6 +160,10 @@ class Run(_Handle):
         self.add_event(Event("params", time.time_ns(), {"params": check_params(params)}))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        """Merge string tags into the run's tags (numbers become str); raises ValueError for a bad dict, name or value.
+
+        Raises HandleClosedError once the run is finished or detached.
+        """
         self.add_event(Event("tags", time.time_ns(), {"tags": check_tags(tags)}))
 
     def finish(

@@ -22,7 +22,7 @@ from typing import Any
 
 from trackstream.producers.config import ProducerConfig
 from trackstream.producers.errors import ProducerError
-from trackstream.schemas.settings import kafka_setting_error
+from trackstream.schemas.settings import diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class KafkaTransport:
                 raise TransportError(f"topic {self.topic} does not exist and was not auto-created")
         except Exception as exc:
             await _stop_quietly(producer)
-            problem = kafka_setting_error(config.kafka, exc, "the producer")
+            problem = await diagnose_connect_failure(config.kafka, exc, "the producer")
             if problem is not None:
                 raise TransportError(str(problem), retriable=False) from exc
             raise TransportError(f"Kafka at {config.kafka.bootstrap} is unreachable: {exc!r}") from exc

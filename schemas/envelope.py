@@ -109,10 +109,16 @@ class Envelope:
     entity_offset: int | None = None
 
     def point_count(self) -> int:
+        """Number of points in the envelope: the sum of its metric groups' lengths (events do not count)."""
         return sum(len(batch) for batch in self.metrics)
 
 
 def metric_to_wire(batch: MetricBatch) -> dict[str, Any]:
+    """A metric group as a JSON-ready dict: ``name``, ``kind``, ``steps``, ``times_ns``, ``values`` (equal lengths).
+
+    Non-finite values become ``null`` plus ``nonfinite`` ``[[index, bits], ...]``, left out when all are finite
+    (docs/wire-format.md, non-finite floats).
+    """
     values, nonfinite = split_nonfinite(batch.values)
     wire: dict[str, Any] = {
         "name": batch.name,
@@ -157,6 +163,10 @@ def encode(envelope: Envelope) -> bytes:
 
 
 def metric_from_wire(wire: dict[str, Any]) -> MetricBatch:
+    """Inverse of :func:`metric_to_wire`: ``nonfinite`` bits are put back, a ``null`` without an entry reads as NaN.
+
+    Does not validate; a missing key raises KeyError.
+    """
     values = join_nonfinite(wire["values"], wire.get("nonfinite", ()))
     return MetricBatch(
         name=wire["name"], kind=wire["kind"], steps=list(wire["steps"]), times_ns=list(wire["times_ns"]),

@@ -19,10 +19,8 @@ from types import ModuleType
 from typing import Any, Final
 
 INSTALL_HINTS: Final = {
-    "sinks": "pip install 'trackstream[sinks]'",
-    "streams": "pip install 'trackstream[streams]'",
-    "integrations": "pip install 'trackstream[integrations]'",
-    "server": "pip install 'trackstream[server]'",
+    extra: f"pip install 'trackstream[{extra}]'"
+    for extra in ("streams", "sinks", "embedded", "cli", "query", "workers", "integrations")
 }
 
 

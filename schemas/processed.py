@@ -40,6 +40,7 @@ class PointBlock:
     generations: list[int]
 
     def point_count(self) -> int:
+        """Number of points in the block: the sum of its metric groups' lengths."""
         return sum(len(batch) for batch in self.metrics)
 
 
@@ -105,6 +106,9 @@ def _entity_from(wire: list[str]) -> EntityRef:
 
 
 def encode_point_block(block: PointBlock) -> bytes:
+    """One ``<prefix>.points`` message: JSON ``{"v": 1, "entity": [project, type, id], "rank", "producer_id", "seq",
+    "metrics", "generations"}``, groups in envelope form with ``nonfinite`` (docs/wire-format.md).
+    """
     return orjson.dumps({
         "v": PROCESSED_VERSION,
         "entity": _entity_wire(block.entity),
@@ -117,6 +121,10 @@ def encode_point_block(block: PointBlock) -> bytes:
 
 
 def decode_point_block(raw: bytes) -> PointBlock:
+    """Parse a message written by :func:`encode_point_block`, non-finite values restored bit-exactly.
+
+    Trusts the shape: malformed input raises orjson's error, KeyError or ValueError (no wrapping).
+    """
     wire = orjson.loads(raw)
     return PointBlock(
         entity=_entity_from(wire["entity"]),
@@ -155,12 +163,15 @@ def _decode_records(raw: bytes, cls: type[Any]) -> list[Any]:
 
 
 def decode_step_aggregates(raw: bytes) -> list[StepAggregate]:
+    """The records of one ``<prefix>.steps`` message (``{"$f64": bits}`` decoded in float fields only)."""
     return _decode_records(raw, StepAggregate)
 
 
 def decode_summaries(raw: bytes) -> list[MetricSummary]:
+    """The records of one ``<prefix>.summaries`` message (``{"$f64": bits}`` decoded in float fields only)."""
     return _decode_records(raw, MetricSummary)
 
 
 def decode_entity_states(raw: bytes) -> list[EntityState]:
+    """The records of one ``<prefix>.entities`` message; params shaped like ``{"$f64": bits}`` stay data."""
     return _decode_records(raw, EntityState)

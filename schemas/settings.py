@@ -189,6 +189,18 @@ class KafkaSettings:
                 "use SASL_SSL or SASL_PLAINTEXT (TRACKSTREAM_KAFKA_SECURITY_PROTOCOL)"
             )
 
+    def to_environment(self) -> dict[str, str]:
+        """The ``TRACKSTREAM_KAFKA_*`` variables that resolve back to these settings, for a child process's env.
+
+        The password is revealed into that mapping: pass it only as a subprocess environment, never log it.
+        """
+        env: dict[str, str] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if value is not None:
+                env[_kafka_env(item.name)] = value.reveal() if isinstance(value, Secret) else str(value)
+        return env
+
     def require_bootstrap(self, what: str) -> str:
         """The bootstrap servers, or :class:`ConfigError` saying how to set them for ``what`` (e.g. "the sink
         worker")."""
@@ -335,4 +347,27 @@ def kafka_setting_error(settings: KafkaSettings, exc: BaseException, what: str) 
             f"{where}: the broker's TLS certificate could not be verified with ssl_cafile={settings.ssl_cafile!r} "
             "(TRACKSTREAM_KAFKA_SSL_CAFILE)"
         )
+    return None
+
+
+async def diagnose_connect_failure(settings: KafkaSettings, exc: BaseException, what: str) -> ConfigError | None:
+    """:func:`kafka_setting_error` for ``exc``; when that finds nothing on a secured connection, find out.
+
+    aiokafka reports a rejected login only in its log and raises a bare "Unable to bootstrap" error, so on a
+    SASL or TLS connection this opens one probe connection to the first bootstrap server (10 s at most) and
+    classifies what that raised.
+    """
+    problem = kafka_setting_error(settings, exc, what)
+    if problem is not None or settings.security_protocol == "PLAINTEXT" or not settings.bootstrap:
+        return problem
+    from aiokafka.conn import create_conn
+
+    host, _, port = settings.bootstrap.split(",")[0].strip().rpartition(":")
+    options = settings.client_options()
+    del options["bootstrap_servers"]
+    try:
+        connection = await create_conn(host.strip("[]"), int(port), request_timeout_ms=10_000, **options)
+    except Exception as probe_error:
+        return kafka_setting_error(settings, probe_error, what)
+    connection.close()
     return None

@@ -15,27 +15,34 @@ class Topics:
 
     @property
     def metrics(self) -> str:
+        """``<prefix>.metrics``: the envelopes producers send, keyed by entity key."""
         return f"{self.prefix}.metrics"
 
     @property
     def dlq(self) -> str:
+        """``<prefix>.metrics.dlq``: rejected envelopes and metric groups, keyed by the source message's key."""
         return f"{self.prefix}.metrics.dlq"
 
     @property
     def points(self) -> str:
+        """``<prefix>.points``: one point block per accepted envelope."""
         return f"{self.prefix}.points"
 
     @property
     def steps(self) -> str:
+        """``<prefix>.steps``: cross-rank step aggregates."""
         return f"{self.prefix}.steps"
 
     @property
     def summaries(self) -> str:
+        """``<prefix>.summaries``: running metric summaries."""
         return f"{self.prefix}.summaries"
 
     @property
     def entities(self) -> str:
+        """``<prefix>.entities``: run and model lifecycle states."""
         return f"{self.prefix}.entities"
 
     def processed(self) -> tuple[str, str, str, str]:
+        """The four processed topics the sink consumes: ``(points, steps, summaries, entities)``."""
         return (self.points, self.steps, self.summaries, self.entities)

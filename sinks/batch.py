@@ -63,9 +63,11 @@ class Batcher(Generic[T]):
         return self.due()
 
     def full(self) -> bool:
+        """True when the rows or the approximate bytes reached ``limits.max_rows`` / ``limits.max_bytes``."""
         return self.rows >= self.limits.max_rows or self.nbytes >= self.limits.max_bytes
 
     def due(self) -> bool:
+        """True when the batch holds items and is :meth:`full` or its oldest item is ``limits.linger_ms`` (ms) old."""
         if not self.items:
             return False
         age_ms = (self.clock() - (self.started or 0.0)) * 1000.0
@@ -81,6 +83,7 @@ class Batcher(Generic[T]):
         return rows
 
     def clear(self) -> None:
+        """Drop the accumulated items without writing them and reset rows, bytes and age."""
         self.items = []
         self.rows = 0
         self.nbytes = 0
@@ -188,6 +191,7 @@ class PointColumns:
         return len(self.ingested)
 
     def add(self, block: PointBlock) -> int:
+        """Add one decoded point block; returns its number of points (empty metric groups add no segment)."""
         self.segments.add(block)
         return self._ingested((block.entity.project, block.entity.type, block.entity.id, block.producer_id,
                                block.seq, block.rank, block.point_count()))
@@ -322,6 +326,10 @@ def _ingested_table(rows: list[tuple[str, str, str, str, int, int, int]]) -> pa.
 
 
 def steps_table(steps: Sequence[StepAggregate]) -> pa.Table:
+    """The ``steps`` table rows of step aggregates, one row each; ``time`` is ``time_ns`` floored to ms (UTC).
+
+    Raises ``MissingDependencyError`` without pyarrow/numpy (the ``sinks`` extra).
+    """
     pa, np = _pa(), _np()
     return pa.table({
         **_entity_rows([s.entity for s in steps]),
@@ -338,6 +346,10 @@ def steps_table(steps: Sequence[StepAggregate]) -> pa.Table:
 
 
 def summaries_table(summaries: Sequence[MetricSummary]) -> pa.Table:
+    """The ``summaries`` table rows of metric summaries, one row each (times stay in ns).
+
+    Raises ``MissingDependencyError`` without pyarrow (the ``sinks`` extra).
+    """
     pa = _pa()
     columns: dict[str, Any] = _entity_rows([s.entity for s in summaries])
     for name in ("metric", "kind"):

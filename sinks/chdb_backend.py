@@ -82,6 +82,7 @@ def _connection(directory: Path) -> _Shared:
 
 
 def check_identifier(name: str) -> str:
+    """``name`` if it is a valid database name (letters, digits, ``_``; no leading digit), else raises QueryError."""
     if not name or not all(ch.isalnum() or ch == "_" for ch in name) or name[0].isdigit():
         raise QueryError(f"invalid database name {name!r}")
     return name
@@ -118,9 +119,15 @@ class ChdbBackend:
                 raise QueryError(f"chDB: {exc}") from exc
 
     def command(self, sql: str) -> None:
+        """Run a statement without result (DDL) in this database; raises QueryError, or StoreUnavailable once closed."""
         self._run(sql, "CSV")
 
     def insert(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
+        """Insert an Arrow table through chDB's ``Python()`` table function (a no-op for 0 rows).
+
+        Uses ``optimize_on_insert = 0`` and ``dedup_token`` as ``insert_deduplication_token``. Raises QueryError for a
+        token with characters other than letters, digits and ``-_:.,`` or a failed insert; StoreUnavailable once closed.
+        """
         if data.num_rows == 0:
             return
         settings = " SETTINGS optimize_on_insert = 0" + (
@@ -133,6 +140,11 @@ class ChdbBackend:
     def query(
         self, sql: str, params: Mapping[str, Any] | None = None, *, readonly: bool = False
     ) -> tuple[list[str], list[Row]]:
+        """Run ``sql`` with ``params`` (formatted by :func:`format_param`); returns ``(column names, rows as tuples)``.
+
+        ``readonly=True`` wraps it in ``SELECT * FROM (...) SETTINGS readonly = 1``. Raises QueryError (StoreUnavailable
+        once closed).
+        """
         if readonly:
             sql = f"SELECT * FROM (\n{sql}\n) SETTINGS readonly = 1"
         table = self._run(sql, "Arrowtable", params)

@@ -249,6 +249,7 @@ class QueryService:
             delay = min(delay * 2, 0.5)
 
     def close(self) -> None:
+        """Close the backend the service reads from."""
         self.backend.close()
 
 

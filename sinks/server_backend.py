@@ -73,12 +73,20 @@ class ServerBackend:
         return QueryError(f"ClickHouse: {exc}", code=code)
 
     def command(self, sql: str) -> None:
+        """Run a statement without result (DDL).
+
+        Raises StoreUnavailable for a driver OperationalError (connection), QueryError for any other failure.
+        """
         try:
             self._client.command(sql)
         except Exception as exc:
             raise self._wrap(exc) from exc
 
     def insert(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
+        """Insert an Arrow table (a no-op for 0 rows) with ``optimize_on_insert = 0``.
+
+        ``dedup_token`` becomes ``insert_deduplication_token``. Raises as :meth:`command` does.
+        """
         if data.num_rows == 0:
             return
         settings: dict[str, Any] = {"optimize_on_insert": 0}  # as in chdb_backend: readers collapse duplicates
@@ -92,6 +100,10 @@ class ServerBackend:
     def query(
         self, sql: str, params: Mapping[str, Any] | None = None, *, readonly: bool = False
     ) -> tuple[list[str], list[Row]]:
+        """Run ``sql`` with server-side bound ``{name:Type}`` ``params``; returns ``(column names, rows as tuples)``.
+
+        ``readonly=True`` runs it with the ``readonly = 2`` setting. Raises StoreUnavailable or QueryError.
+        """
         settings = {"readonly": 2} if readonly else {}
         try:
             result = self._client.query(sql, parameters=dict(params or {}), settings=settings)
@@ -100,4 +112,5 @@ class ServerBackend:
         return list(result.column_names), [tuple(row) for row in result.result_rows]
 
     def close(self) -> None:
+        """Close the clickhouse-connect client."""
         self._client.close()

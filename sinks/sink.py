@@ -40,6 +40,8 @@ def dedup_token(*parts: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class WriteStats:
+    """What one write inserted: ``points`` (point rows) and the ``steps``, ``summaries``, ``entity_states`` records."""
+
     points: int = 0
     steps: int = 0
     summaries: int = 0
@@ -123,4 +125,5 @@ class Sink:
         self.backend.insert(table, data, dedup_token=token)
 
     def close(self) -> None:
+        """Close the backend: the ClickHouse client, or this handle on the chDB store."""
         self.backend.close()

@@ -35,6 +35,10 @@ _DISJOINT: Final = "arrayAll((a, b) -> a.1 > b.2, arrayPopFront(arraySort(<SEG>)
 
 
 def disjoint(segments: str) -> str:
+    """SQL condition, true when the ``(first_step, last_step)`` tuples of array expression ``segments`` do not overlap.
+
+    After sorting, each segment must start after the previous one ends: no (rank, step) was inserted twice.
+    """
     return _DISJOINT.replace("<SEG>", segments)
 
 
@@ -77,6 +81,10 @@ def fill(template: str, **parts: str) -> str:
 
 
 def newest(select: str, ranks: str = "1", kind: str = "1") -> str:
+    """SQL subquery of ``(entity_id, metric, generation)``: the newest generation per selected (entity, metric).
+
+    Read from ``series_stats``; ``ranks`` and ``kind`` are conditions on its ``ranks``, ``kind`` and ``clean`` columns.
+    """
     return fill(_NEWEST, scope=_SCOPE, select=select, ranks=ranks, kind=kind,
                 clean=disjoint("groupArrayArray(segments)"))
 

@@ -41,7 +41,7 @@ from trackstream.schemas.processed import (
     decode_step_aggregates,
     decode_summaries,
 )
-from trackstream.schemas.settings import KafkaSettings, StoreSettings, kafka_setting_error
+from trackstream.schemas.settings import KafkaSettings, StoreSettings, diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 from trackstream.sinks.batch import Batcher, BatchLimits, PointColumns
 from trackstream.sinks.errors import SinkError, require
@@ -113,6 +113,12 @@ class _Chunk:
 
 @dataclass(slots=True)
 class WorkerStats:
+    """Counters of one sink worker since it started.
+
+    ``points`` and ``records`` written (for the points topic a record is one point block), ``chunks`` written,
+    write ``retries``, and ``skipped_messages`` that could not be decoded.
+    """
+
     points: int = 0
     records: int = 0
     chunks: int = 0
@@ -178,7 +184,7 @@ class SinkWorker:
             await consumer.start()
         except Exception as exc:
             await warm_up
-            problem = kafka_setting_error(self.kafka, exc, "the sink worker")
+            problem = await diagnose_connect_failure(self.kafka, exc, "the sink worker")
             if problem is not None:
                 raise problem from exc
             message = f"the sink worker cannot reach Kafka at {self.kafka.bootstrap}: {exc}"
@@ -346,6 +352,10 @@ class SinkWorker:
         return held
 
     def revoked(self, partitions: Sequence[Any]) -> None:
+        """Forget the held (uncommitted) chunks of ``partitions``; their next owner replays them from the commit.
+
+        Also called on assignment, so a partition starts afresh from its committed offset.
+        """
         for tp in partitions:
             self._held.pop(tp, None)
 

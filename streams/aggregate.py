@@ -73,6 +73,10 @@ class Summary:
             self.max, self.max_step = high, steps[values.index(high)]
 
     def record(self, entity: EntityRef, metric: str) -> MetricSummary:
+        """The summary as the processed-topic record of (``entity``, ``metric``, generation).
+
+        ``last_time_ns`` is clamped to 0 while no point was folded in (it starts at -1).
+        """
         return MetricSummary(
             entity=entity, metric=metric, generation=self.generation, kind=self.kind, count=self.count,
             last=self.last, last_step=self.last_step, min=self.min, min_step=self.min_step, max=self.max,
@@ -81,12 +85,17 @@ class Summary:
         )
 
     def to_wire(self) -> list[Any]:
+        """The summary as a JSON-ready list of 12 in field order (``kind`` ... ``version``).
+
+        Floats go through :func:`~trackstream.schemas.floats.exact_float`: non-finite ones as ``{"$f64": bits}``.
+        """
         return [self.kind, self.generation, self.count, exact_float(self.last), self.last_step,
                 self.last_time_ns, exact_float(self.min), self.min_step, exact_float(self.max), self.max_step,
                 self.first_time_ns, self.version]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> Summary:
+        """Rebuild a summary from :meth:`to_wire`'s 12-element list (``{"$f64": bits}`` back to floats)."""
         kind, gen, count, last, last_step, last_time, low, low_step, high, high_step, first, version = wire
         return cls(kind=kind, generation=gen, count=count, last=inexact_float(last), last_step=last_step,
                    last_time_ns=last_time, min=inexact_float(low), min_step=low_step,
@@ -220,10 +229,15 @@ class StepTracker:
         return changed
 
     def to_wire(self) -> list[Any]:
+        """``[generation, pending, late]``; each map is ``{step: [first_seen_ns, time_ns, emitted, {rank: value}]}``.
+
+        The maps are orjson fragments; non-finite values are written as ``{"$f64": bits}``.
+        """
         return [self.generation, _accs_to_wire(self.pending), _accs_to_wire(self.late)]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> StepTracker:
+        """Rebuild a tracker from :meth:`to_wire`'s ``[generation, pending, late]``; version-1 state loads too."""
         generation, pending, late = wire
         if isinstance(pending, list):  # state version 1: one list per step
             return cls(generation=generation, pending=dict(_acc_from_v1(w) for w in pending),

@@ -30,7 +30,7 @@ from typing import Any, Final
 import faust
 
 from trackstream.schemas.envelope import MAX_ENVELOPE_BYTES
-from trackstream.schemas.settings import KafkaSettings, kafka_setting_error
+from trackstream.schemas.settings import KafkaSettings, diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 from trackstream.streams.checkpoint import load_partition, state_topic
 from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor, tune_gc
@@ -231,7 +231,7 @@ async def _prepare_topics(kafka: KafkaSettings, topics: Topics, partitions: int 
         await admin.start()
     except Exception as exc:
         await admin.close()
-        problem = kafka_setting_error(kafka, exc, "the stream worker")
+        problem = await diagnose_connect_failure(kafka, exc, "the stream worker")
         if problem is not None:
             raise problem from exc
         raise StreamsError(f"the stream worker cannot reach Kafka at {kafka.bootstrap}: {exc}", retriable=True) from exc

@@ -24,6 +24,7 @@ LOAD_TIMEOUT_S: Final = 120.0
 
 
 def state_topic(app_id: str) -> str:
+    """Name of the compacted entity-state topic of stream app ``app_id``: ``<app_id>-entity-state``."""
     return f"{app_id}-entity-state"
 
 

@@ -96,11 +96,16 @@ class ProducerTrack:
         return lost
 
     def to_wire(self) -> list[Any]:
+        """The track as a JSON-ready list of 6: ``[high, recent, next_es, next_offset, ahead, lost_final]``.
+
+        ``ahead`` is a list of ``[entity_seq, start_offset, end_offset]`` (offsets in points, None when unknown).
+        """
         ahead = [[es, start, end] for es, (start, end) in self.ahead.items()]
         return [self.high, self.recent, self.next_es, self.next_offset, ahead, self.lost_final]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> ProducerTrack:
+        """Rebuild a track from :meth:`to_wire`'s 6-element list; a list of another length raises ValueError."""
         high, recent, next_es, next_offset, ahead, lost_final = wire
         return cls(high=high, recent=list(recent), next_es=next_es, next_offset=next_offset,
                    ahead={es: (start, end) for es, start, end in ahead}, lost_final=lost_final)

@@ -37,6 +37,10 @@ class EntityCtx:
 
     @classmethod
     def new(cls, envelope: Envelope, partition: int) -> EntityCtx:
+        """Fresh state for the entity of ``envelope``, first seen on source ``partition``.
+
+        Status starts as ``running`` for a run and ``active`` for a model; no producer is recorded yet.
+        """
         entity = envelope.entity
         state = EntityState(entity=entity, name="", status=INITIAL_STATUS.get(entity.type, "running"))
         return cls(state=state, partition=partition)
@@ -54,6 +58,7 @@ class EntityCtx:
         return True
 
     def lost_points(self) -> int:
+        """Points missing from holes in ``entity_seq``, summed over this entity's producers (see :mod:`.dedup`)."""
         return sum(track.lost_points() for track in self.tracks.values())
 
     def apply_event(self, event: Event) -> set[str]:
@@ -93,6 +98,7 @@ class EntityCtx:
         return summary
 
     def steps_for(self, metric: str) -> StepTracker:
+        """The cross-rank step tracker of the metric's current generation (a fresh, empty one after an overwrite)."""
         generation = self.generations.get(metric, 0)
         tracker = self.steps.get(metric)
         if tracker is None or tracker.generation != generation:
@@ -100,6 +106,9 @@ class EntityCtx:
         return tracker
 
     def to_wire(self) -> dict[str, Any]:
+        """The whole state as a JSON-ready dict with ``"v": STATE_VERSION`` (2): lifecycle fields, ``tracks``,
+        ``generations``, ``summaries`` and ``steps`` (only trackers with pending or late steps) keyed by metric.
+        """
         state = self.state
         return {
             "v": STATE_VERSION,
@@ -117,6 +126,10 @@ class EntityCtx:
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> EntityCtx:
+        """Rebuild the state from :meth:`to_wire`'s dict; version-1 step trackers still load.
+
+        A missing key raises KeyError; ``v`` is not checked.
+        """
         project, entity_type, entity_id = wire["entity"]
         state = EntityState(
             entity=EntityRef(project=project, type=entity_type, id=entity_id), name=wire["name"],
@@ -133,8 +146,10 @@ class EntityCtx:
         )
 
     def to_bytes(self) -> bytes:
+        """The state as JSON bytes (orjson of :meth:`to_wire`): the value of a checkpoint record."""
         return orjson.dumps(self.to_wire())
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> EntityCtx:
+        """Parse the JSON bytes written by :meth:`to_bytes` (see :meth:`from_wire`)."""
         return cls.from_wire(orjson.loads(raw))

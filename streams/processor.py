@@ -203,6 +203,7 @@ class Processor:
         return ctx
 
     def entity_keys(self) -> list[bytes]:
+        """The entity keys (orjson of ``[project, type, id]``) of every entity held in memory."""
         return list(self._entities)
 
     def entity(self, ref: EntityRef) -> EntityCtx | None:

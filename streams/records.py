@@ -65,6 +65,11 @@ class DlqRecord:
     time_ns: int = field(default_factory=time.time_ns)
 
     def to_wire(self) -> dict[str, Any]:
+        """The DLQ message as a JSON-ready dict (docs/wire-format.md, dead-letter reasons).
+
+        Keys: ``v``, ``reason``, ``detail``, ``source`` {topic, partition, offset}, ``raw`` (base64), ``metric``,
+        ``count``, ``time_ns`` (ns since the epoch), plus ``points`` for a rejected group.
+        """
         wire: dict[str, Any] = {
             "v": DLQ_VERSION,
             "reason": self.reason,
@@ -83,10 +88,15 @@ class DlqRecord:
 
 
 def encode_dlq(record: DlqRecord) -> bytes:
+    """``record`` as the JSON bytes of a DLQ message (orjson of :meth:`DlqRecord.to_wire`)."""
     return orjson.dumps(record.to_wire())
 
 
 def decode_dlq(raw: bytes, *, key: bytes | None = None) -> DlqRecord:
+    """Parse a DLQ message written by :func:`encode_dlq`; ``key`` is the message's Kafka key.
+
+    A missing ``count`` or ``time_ns`` reads as 0; malformed input raises orjson's JSONDecodeError or KeyError.
+    """
     wire = orjson.loads(raw)
     source = wire["source"]
     return DlqRecord(
@@ -109,6 +119,7 @@ class Output:
     duplicates: int = 0
 
     def extend(self, other: Output) -> None:
+        """Append ``other``'s records to this output (in order) and add its duplicate count."""
         self.point_blocks.extend(other.point_blocks)
         self.step_aggregates.extend(other.step_aggregates)
         self.summaries.extend(other.summaries)
@@ -117,10 +128,12 @@ class Output:
         self.duplicates += other.duplicates
 
     def is_empty(self) -> bool:
+        """True when there is no record of any kind to send (duplicates alone do not count)."""
         return not (self.point_blocks or self.step_aggregates or self.summaries or self.entity_states
                     or self.dlq)
 
     def point_count(self) -> int:
+        """Number of accepted points: the sum over the point blocks of their points."""
         return sum(block.point_count() for block in self.point_blocks)
 
 

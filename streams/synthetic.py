@@ -29,6 +29,7 @@ class RunSpec:
 
     @property
     def entity(self) -> EntityRef:
+        """The run's entity: ``EntityRef(project, "run", run_id)``."""
         return EntityRef(project=self.project, type="run", id=self.run_id)
 
 

@@ -4,6 +4,10 @@ Kafka, in order: ``TRACKSTREAM_KAFKA_BOOTSTRAP``; testcontainers when a Docker e
 own KRaft broker (tests/services/kafka_broker.py). Without Java/Maven the Kafka tests skip with the reason,
 except under ``CI=true``, where a service that cannot start fails the run.
 
+The secured listener (SASL_SSL, fixture ``secured_kafka``): the ``secured.json`` named by
+``TRACKSTREAM_TEST_KAFKA_SECURED`` (``make test`` sets it beside ``TRACKSTREAM_KAFKA_BOOTSTRAP``), else the one of
+the project's broker the fixtures start; that broker serves the plaintext listener of ``kafka_bootstrap`` too.
+
 ClickHouse: chDB always (one store directory per test session, since chDB binds one store per process, and a
 unique database per test); a server when ``TRACKSTREAM_CLICKHOUSE_URL`` is set or Docker answers.
 """
@@ -11,15 +15,20 @@ unique database per test); a server when ``TRACKSTREAM_CLICKHOUSE_URL`` is set o
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 from services.kafka_broker import BrokerError, KafkaBroker, missing_tools
+
+if TYPE_CHECKING:
+    from trackstream.schemas.settings import KafkaSettings
 
 log = logging.getLogger("trackstream.tests")
 
@@ -28,10 +37,16 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # and no subprocess a test starts, talks to Kafka or a ClickHouse server unless it asked for one.
 CONFIGURED_KAFKA = os.environ.pop("TRACKSTREAM_KAFKA_BOOTSTRAP", None)
 CONFIGURED_CLICKHOUSE = os.environ.pop("TRACKSTREAM_CLICKHOUSE_URL", None)
+CONFIGURED_SECURED_KAFKA = os.environ.pop("TRACKSTREAM_TEST_KAFKA_SECURED", None)
+# Kafka security settings a shell may export for the CLI would turn every plaintext client of the suite into a
+# SASL/TLS one: the secured listener reaches tests only through `secured_kafka`.
+for _variable in [v for v in os.environ if v.startswith(("TRACKSTREAM_KAFKA_SECURITY_", "TRACKSTREAM_KAFKA_SASL_",
+                                                         "TRACKSTREAM_KAFKA_SSL_"))]:
+    del os.environ[_variable]
 PROCESSED_SUFFIXES = ("metrics", "metrics.dlq", "points", "steps", "summaries", "entities")
 
 
-def service_unavailable(reason: str) -> None:
+def service_unavailable(reason: str) -> NoReturn:
     """Skip outside CI; under CI=true a service that cannot start is a failure."""
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: services must start)", pytrace=False)
@@ -66,7 +81,7 @@ def _isolated_stores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
     """Bootstrap address (host:port) of a real Kafka broker for the whole session."""
     if CONFIGURED_KAFKA:
         yield CONFIGURED_KAFKA
@@ -77,24 +92,69 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    yield from _own_broker(tmp_path_factory.mktemp("kafka"))
+    broker: KafkaBroker = request.getfixturevalue("own_kafka_broker")
+    yield broker.bootstrap
 
 
-def _own_broker(state_dir: Path) -> Iterator[str]:
+@pytest.fixture(scope="session")
+def own_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """The project's own broker, started once per session for `kafka_bootstrap` and `secured_kafka` alike."""
     missing = missing_tools()
     if missing:
         service_unavailable(f"no Kafka broker: {', '.join(missing)} not installed (or set TRACKSTREAM_KAFKA_BOOTSTRAP)")
-    broker = KafkaBroker(state_dir)
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
     try:
-        bootstrap = broker.start()
+        broker.start()
     except BrokerError as exc:
         broker.stop()
         service_unavailable(f"the project's Kafka broker did not start: {exc}")
         return
     try:
-        yield bootstrap
+        yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(request: pytest.FixtureRequest) -> KafkaSettings:
+    """Settings (SASL_SSL, SCRAM, the broker's CA) for the secured listener of the session's Kafka broker.
+
+    ``TRACKSTREAM_TEST_KAFKA_SECURED`` names its ``secured.json``; else the fixtures' own broker provides it, and
+    only when that broker is also the one of `kafka_bootstrap`, so a test may use both listeners together.
+    """
+    if CONFIGURED_SECURED_KAFKA:
+        return secured_settings(Path(CONFIGURED_SECURED_KAFKA))
+    if CONFIGURED_KAFKA:
+        service_unavailable("TRACKSTREAM_KAFKA_BOOTSTRAP is set but TRACKSTREAM_TEST_KAFKA_SECURED is not: set it to "
+                            "the secured.json of that broker's SASL_SSL listener (make test does)")
+    if docker_answers():
+        service_unavailable("the testcontainers Kafka has no SASL_SSL listener: set TRACKSTREAM_KAFKA_BOOTSTRAP and "
+                            "TRACKSTREAM_TEST_KAFKA_SECURED to the project's broker (make test does)")
+    broker: KafkaBroker = request.getfixturevalue("own_kafka_broker")
+    return secured_settings(broker.secured_file)
+
+
+def secured_settings(path: Path) -> KafkaSettings:
+    """`KafkaSettings` from a broker's ``secured.json`` (written by tests/services/kafka_broker.py)."""
+    from trackstream.schemas.errors import ConfigError
+    from trackstream.schemas.settings import KafkaSettings, Secret
+
+    try:
+        spec = json.loads(path.read_text())
+        settings = KafkaSettings(
+            bootstrap=spec["bootstrap"],
+            security_protocol=spec["security_protocol"],
+            sasl_mechanism=spec["sasl_mechanism"],
+            sasl_username=spec["sasl_username"],
+            sasl_password=Secret(spec["sasl_password"]),
+            ssl_cafile=spec["ssl_cafile"],
+        )
+        settings.check()
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
+        # The type and the message only: a JSON error's message could quote the password.
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else type(exc).__name__
+        service_unavailable(f"no secured Kafka listener: cannot use {path} ({detail})")
+    return settings
 
 
 @pytest.fixture
@@ -116,10 +176,10 @@ def kafka_broker_factory(tmp_path: Path) -> Iterator[Callable[[], KafkaBroker]]:
         broker.stop()
 
 
-async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+async def _create_topics(bootstrap: str, names: list[str], partitions: int, **options: Any) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**{"bootstrap_servers": bootstrap, **options})
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
@@ -134,6 +194,19 @@ def topic_factory(kafka_bootstrap: str) -> Callable[..., str]:
     def create(partitions: int = 3, prefix: str = "t") -> str:
         name = unique_name(prefix)
         asyncio.run(_create_topics(kafka_bootstrap, [name], partitions))
+        return name
+
+    return create
+
+
+@pytest.fixture
+def secured_topic_factory(secured_kafka: KafkaSettings) -> Callable[..., str]:
+    """`topic_factory`, through the secured listener (the admin client authenticates with SCRAM over TLS)."""
+
+    def create(partitions: int = 3, prefix: str = "t") -> str:
+        name = unique_name(prefix)
+        options: Mapping[str, Any] = secured_kafka.client_options()
+        asyncio.run(_create_topics(options["bootstrap_servers"], [name], partitions, **options))
         return name
 
     return create

@@ -182,6 +182,9 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``trackstream`` argument parser: subcommands streams worker, sink worker, sync, local, demo, compare,
+    runs, curves and sql; each sets ``run`` to the function that executes it.
+    """
     parser = argparse.ArgumentParser(prog="trackstream", description="Streaming metrics ingestion for ML training.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -29,6 +29,7 @@ import orjson
 
 from trackstream import _query
 from trackstream.demo_worker import metric_names
+from trackstream.schemas.settings import KafkaSettings
 
 log = logging.getLogger("trackstream.demo")
 
@@ -57,6 +58,11 @@ class DemoReport:
     latencies_ms: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready figures: times in s (3 decimals), ``ingest_points_per_s``, latency p50/p99 in ms.
+
+        Throughput is points / (s until all were queryable - s until the first was); percentiles are nearest-rank.
+        Figures that cannot be computed (no latency samples, no ingest interval) are None.
+        """
         latencies = sorted(self.latencies_ms)
         return {
             "points": self.points,
@@ -112,28 +118,34 @@ def _embedded_pipeline(spool_dir: Path, data_dir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _kafka_pipeline(bootstrap: str, prefix: str, data_dir: Path, logs: Path) -> Iterator[None]:
-    """A stream worker and a sink worker as subprocesses, on topics under a fresh prefix."""
+def kafka_workers(kafka: KafkaSettings, data_dir: Path, logs: Path, *, step_timeout_ms: int = 2000,
+                  timeout_s: float = 120.0) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A stream worker and a chDB sink worker (owning ``data_dir``) as subprocesses; both stopped on exit.
+
+    The workers get ``kafka`` through their environment (``TRACKSTREAM_KAFKA_*``), so a password never shows in a
+    process list. Their output goes to ``logs/streams.log`` and ``logs/sink.log``. Raises :class:`RuntimeError`
+    naming the logs when the sink worker has not started serving the store within ``timeout_s``.
+    """
     command = [sys.executable, "-m", "trackstream.cli"]
-    common = ["--bootstrap", bootstrap, "--topic-prefix", prefix]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TRACKSTREAM_KAFKA_")}, **kafka.to_environment()}
     workers = [
-        (["streams", "worker", *common, "--data-dir", str(data_dir / "streams"), "--step-timeout-ms", "2000"],
+        (["streams", "worker", "--data-dir", str(data_dir / "streams"), "--step-timeout-ms", str(step_timeout_ms)],
          "streams.log"),
-        (["sink", "worker", *common, "--data-dir", str(data_dir)], "sink.log"),
+        (["sink", "worker", "--data-dir", str(data_dir)], "sink.log"),
     ]
     processes = []
     for args, log_name in workers:
         with open(logs / log_name, "ab") as out:
-            processes.append(subprocess.Popen([*command, *args], stdout=out, stderr=subprocess.STDOUT))
+            processes.append(subprocess.Popen([*command, *args], stdout=out, stderr=subprocess.STDOUT, env=env))
     try:
         from trackstream.http_api import owner_address
 
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout_s
         while owner_address(data_dir) is None:
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-                raise RuntimeError(f"the workers did not come up; see {logs}")
+                raise RuntimeError(f"the workers did not come up; see {logs}/streams.log and {logs}/sink.log")
             time.sleep(0.1)
-        yield
+        yield processes
     finally:
         for process in processes:
             process.terminate()
@@ -287,7 +299,8 @@ def run_demo(args: argparse.Namespace) -> int:
     report = DemoReport(points=expected, processes=len(configs) * args.ranks)
     logs = base if args.data_dir is None else data_dir
     logs.mkdir(parents=True, exist_ok=True)
-    pipeline = (_kafka_pipeline(bootstrap, prefix, data_dir, logs) if bootstrap
+    pipeline = (kafka_workers(KafkaSettings.resolve(bootstrap=bootstrap, topic_prefix=prefix), data_dir, logs)
+                if bootstrap
                 else _embedded_pipeline(spool_dir, data_dir))
     with pipeline:
         stop_probe = threading.Event()

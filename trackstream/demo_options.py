@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def add_demo_options(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` the description and options of ``trackstream demo`` (sizes, paths, Kafka, ClickHouse, seed)."""
     parser.description = (
         "Simulate a hyperparameter sweep: every (config, rank) is a separate process logging through the public "
         "SDK; the pipeline ingests it (embedded: spool -> processing -> chDB; or Kafka and/or a ClickHouse "

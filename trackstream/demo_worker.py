@@ -52,6 +52,11 @@ def simulated_point(name: str, step: int, steps: int, params: dict[str, Any], no
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one simulated rank from the JSON spec in ``argv[0]`` (default ``sys.argv[1]``); returns 0.
+
+    Spec keys: project, name, params, sweep, steps, metrics, seed. Logs every metric at every step, then
+    ``test_accuracy`` as a single value.
+    """
     spec = orjson.loads((argv or sys.argv[1:])[0])
     params, steps = spec["params"], int(spec["steps"])
     names = metric_names(int(spec["metrics"]))

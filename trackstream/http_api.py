@@ -117,10 +117,12 @@ class QueryServer:
 
     @property
     def url(self) -> str:
+        """``http://127.0.0.1:<port>``, the address clients use."""
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
     def start(self) -> str:
+        """Serve in a daemon thread and record the address in ``<data_dir>/owner.json``; returns the URL."""
         self._thread.start()
         owner = self._data_dir / OWNER_FILE
         owner.with_suffix(".tmp").write_bytes(orjson.dumps({"url": self.url, "pid": os.getpid()}))
@@ -129,6 +131,7 @@ class QueryServer:
         return self.url
 
     def stop(self) -> None:
+        """Withdraw ``owner.json``, stop serving and close the socket."""
         (self._data_dir / OWNER_FILE).unlink(missing_ok=True)
         self._server.shutdown()
         self._server.server_close()
@@ -141,21 +144,27 @@ class ReadApi:
         raise NotImplementedError
 
     def compare(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.compare`` in the store's process: one row per run or group (docs/queries.md)."""
         return self._call("compare", *args, **kwargs)
 
     def curves(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.curves`` in the store's process: ``{run_id: [bucket rows]}``."""
         return self._call("curves", *args, **kwargs)
 
     def runs(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.runs`` in the store's process: one dict per run."""
         return self._call("runs", *args, **kwargs)
 
     def sql(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.sql`` in the store's process: read-only SQL, rows as lists."""
         return self._call("sql", *args, **kwargs)
 
     def entity_metrics(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.entity_metrics`` in the store's process: ``{metric: number | [values]}``."""
         return self._call("entity_metrics", *args, **kwargs)
 
     def wait_ingested(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.wait_ingested`` in the store's process; raises ``IngestTimeout`` (retriable)."""
         return self._call("wait_ingested", *args, **kwargs)
 
 

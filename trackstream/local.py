@@ -51,6 +51,7 @@ class PassStats:
     writes: int = 0
 
     def add(self, other: PassStats) -> None:
+        """Add ``other``'s counts (envelopes, points, duplicates, dead letters, writes) to this one."""
         for name in ("envelopes", "points", "duplicates", "dead_letters", "writes"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -169,6 +170,7 @@ class LocalIngest:
                 self.positions.pop(producer_id, None)
 
     def close(self) -> None:
+        """Close the sink and its chDB store handle; positions and state saved by the last write stay on disk."""
         self.sink.close()
 
 

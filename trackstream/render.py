@@ -42,12 +42,14 @@ def table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Any
 
 
 def print_table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> None:
+    """Print dict ``rows`` to the terminal as a rich table (:func:`table`); floats get 6 significant digits."""
     from rich.console import Console
 
     Console().print(table(rows, title=title))
 
 
 def emit_rows(rows: Sequence[Mapping[str, Any]], *, as_json: bool, title: str | None = None) -> None:
+    """Print dict ``rows`` to stdout: indented JSON (non-finite floats as ``{"$f64": bits}``) or a rich table."""
     if as_json:
         _json(list(rows))
     else:
@@ -55,6 +57,7 @@ def emit_rows(rows: Sequence[Mapping[str, Any]], *, as_json: bool, title: str | 
 
 
 def emit_tuples(rows: Sequence[Sequence[Any]], *, as_json: bool) -> None:
+    """Print tuple ``rows`` (e.g. SQL results): JSON as a list of lists, or a table with columns ``c0``, ``c1``, ..."""
     if as_json:
         _json([list(row) for row in rows])
     else:
@@ -62,6 +65,7 @@ def emit_tuples(rows: Sequence[Sequence[Any]], *, as_json: bool) -> None:
 
 
 def emit_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], *, as_json: bool) -> None:
+    """Print ``{run: [bucket]}`` curves: one JSON object, or one table per run titled ``run <id>``."""
     if as_json:
         _json(curves)
         return

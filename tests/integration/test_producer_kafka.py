@@ -227,7 +227,7 @@ def log_block(run: ts.Run, start: int, count: int) -> None:
 def test_broker_stopped_mid_run_and_restarted_loses_nothing(
     kafka_broker_factory: Callable[[], Any], tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="producers")
+    caplog.set_level(logging.DEBUG, logger="trackstream.producers")
     broker = kafka_broker_factory()
     run = ts.start_run("proj", "outage", run_id="outage-1", kafka_bootstrap=broker.bootstrap,
                        topic_prefix="outage", spool_dir=str(tmp_path), request_timeout_ms=3000,
@@ -248,7 +248,7 @@ def test_broker_stopped_mid_run_and_restarted_loses_nothing(
         return finished_runs(1)(found) and len(seqs) == max(seqs) + 1
 
     found = consume(broker.bootstrap, "outage", complete, timeout_s=120)
-    said = [r.getMessage() for r in caplog.records if r.name.startswith("producers")
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("trackstream.producers")
             and r.levelno >= logging.WARNING]
     down = sum("is unreachable; spooling" in m for m in said)
     assert down >= 1

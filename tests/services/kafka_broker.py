@@ -4,9 +4,15 @@ The broker's jars are resolved with Maven (``kafka-pom.xml`` beside this file) i
 every start formats a fresh KRaft storage directory (or reuses one on restart), launches the JVM in its own
 process group on a free port and waits until a message can be produced and consumed.
 
+The broker serves two client listeners on loopback: PLAINTEXT (``bootstrap``) and SASL_SSL (``secured_bootstrap``,
+SCRAM-SHA-512, TLS). The TLS certificates (a CA and a server certificate for 127.0.0.1/localhost) are made by
+``trustme`` at the first start; the SCRAM user, with a random password, is created when the storage is formatted.
+``secured.json`` in the state directory (mode 0600) says how to reach the secured listener: ``bootstrap``,
+``security_protocol``, ``sasl_mechanism``, ``sasl_username``, ``sasl_password`` and ``ssl_cafile``.
+
 Command line (what ``make kafka-up`` / ``make kafka-down`` call)::
 
-    python tests/services/kafka_broker.py up      # start or reuse; last line printed: host:port
+    python tests/services/kafka_broker.py up      # start or reuse; last line printed: host:port (PLAINTEXT)
     python tests/services/kafka_broker.py down    # stop the broker started by `up`
     python tests/services/kafka_broker.py status
 """
@@ -16,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,8 +33,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("trackstream.kafka_broker")
 
@@ -37,6 +47,10 @@ KAFKA_VERSION = "4.1.1"
 JARS = CACHE / "kafka" / f"jars-{KAFKA_VERSION}"
 DEFAULT_STATE = CACHE / "kafka" / "broker"
 HEAP = os.environ.get("TRACKSTREAM_KAFKA_HEAP", "-Xmx768m")
+SASL_MECHANISM = "SCRAM-SHA-512"
+SASL_USERNAME = "trackstream-test"
+SECURED_FILE = "secured.json"
+_SCRAM_JAAS = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
 
 
 class BrokerError(RuntimeError):
@@ -98,11 +112,16 @@ _PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{secured_port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{secured_port}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
+listener.name.sasl_ssl.sasl.enabled.mechanisms={sasl_mechanism}
+listener.name.sasl_ssl.{sasl_mechanism_lower}.sasl.jaas.config={scram_jaas}
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location={keystore}
+listener.name.sasl_ssl.ssl.client.auth=none
 log.dirs={data_dir}
 num.partitions=3
 auto.create.topics.enable=true
@@ -120,11 +139,17 @@ log.retention.hours=24
 
 @dataclass
 class KafkaBroker:
-    """One single-node KRaft broker whose files live under ``state_dir``; ``start``/``stop`` keep its port."""
+    """One single-node KRaft broker whose files live under ``state_dir``; ``start``/``stop`` keep its ports.
+
+    Two client listeners: PLAINTEXT on ``port`` and SASL_SSL (SCRAM-SHA-512 over TLS) on ``secured_port``;
+    ``secured_file`` (``secured.json``) holds what a client needs for the latter, password included.
+    """
 
     state_dir: Path
     port: int = 0
     controller_port: int = 0
+    secured_port: int = 0
+    sasl_password: str = field(default="", repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -132,8 +157,35 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def secured_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.secured_port}"
+
+    @property
     def log_file(self) -> Path:
         return self.state_dir / "broker.log"
+
+    @property
+    def secured_file(self) -> Path:
+        return self.state_dir / SECURED_FILE
+
+    @property
+    def ca_file(self) -> Path:
+        return self.state_dir / "tls-ca.pem"
+
+    @property
+    def keystore_file(self) -> Path:
+        return self.state_dir / "tls-server-keystore.pem"
+
+    def secured_settings(self) -> dict[str, str]:
+        """What ``secured.json`` holds: how a client reaches the SASL_SSL listener."""
+        return {
+            "bootstrap": self.secured_bootstrap,
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": SASL_MECHANISM,
+            "sasl_username": SASL_USERNAME,
+            "sasl_password": self.sasl_password,
+            "ssl_cafile": str(self.ca_file.absolute()),
+        }
 
     def start(self, *, timeout_s: float = 120.0) -> str:
         """Format storage on first start, launch the JVM and wait until produce/consume works."""
@@ -141,9 +193,11 @@ class KafkaBroker:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.controller_port = self.controller_port or free_port()
+        self.secured_port = self.secured_port or free_port()
+        formatted = (self.state_dir / "data" / "meta.properties").exists()
+        self._prepare_security(formatted=formatted)
         config = self._write_config()
-        data_dir = self.state_dir / "data"
-        if not (data_dir / "meta.properties").exists():
+        if not formatted:
             self._format(jars, config)
         log.info("starting Kafka %s broker on %s (log: %s)", KAFKA_VERSION, self.bootstrap, self.log_file)
         self.process = subprocess.Popen(
@@ -154,7 +208,10 @@ class KafkaBroker:
         (self.state_dir / "broker.pid").write_text(str(self.process.pid))
         (self.state_dir / "bootstrap").write_text(self.bootstrap)
         try:
-            wait_until_ready(self.bootstrap, timeout_s=timeout_s, process=self.process)
+            wait_until_ready(
+                self.bootstrap, timeout_s=timeout_s, process=self.process,
+                secured=(self.secured_bootstrap, secured_client_options(self.secured_settings())),
+            )
         except BaseException:
             self.stop()
             raise
@@ -174,17 +231,64 @@ class KafkaBroker:
     def _write_config(self) -> Path:
         data_dir = self.state_dir / "data"
         config = self.state_dir / "server.properties"
-        config.write_text(_PROPERTIES.format(port=self.port, controller_port=self.controller_port, data_dir=data_dir))
+        config.write_text(_PROPERTIES.format(
+            port=self.port, controller_port=self.controller_port, secured_port=self.secured_port, data_dir=data_dir,
+            sasl_mechanism=SASL_MECHANISM, sasl_mechanism_lower=SASL_MECHANISM.lower(), scram_jaas=_SCRAM_JAAS,
+            keystore=self.keystore_file.absolute(),
+        ))
         level = os.environ.get("TRACKSTREAM_KAFKA_LOG_LEVEL", "INFO")
         (self.state_dir / "log4j2.properties").write_text(_LOG4J2.format(log_file=self.log_file, level=level))
         return config
 
     def _format(self, jars: Path, config: Path) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        command = self._java(jars, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config))
+        # The SCRAM user lives in the metadata log: KRaft creates it from the bootstrap records written here.
+        scram = f"{SASL_MECHANISM}=[name={SASL_USERNAME},password={self.sasl_password}]"
+        command = self._java(
+            jars, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config),
+            "--add-scram", scram,
+        )
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise BrokerError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
+
+    def _prepare_security(self, *, formatted: bool) -> None:
+        """Password and TLS files of the secured listener, made once per state directory; then ``secured.json``.
+
+        A restart keeps them: the SCRAM user was created with this password when the storage was formatted, and
+        clients may hold the CA already.
+        """
+        if not self.sasl_password and formatted:
+            try:
+                self.sasl_password = json.loads(self.secured_file.read_text())["sasl_password"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise BrokerError(
+                    f"{self.state_dir} holds a formatted broker without a readable {SECURED_FILE} (its SCRAM password "
+                    f"is unknown): remove the directory to start afresh ({type(exc).__name__})"
+                ) from None
+        if not self.sasl_password:
+            self.sasl_password = secrets.token_urlsafe(24)
+        if not (self.ca_file.exists() and self.keystore_file.exists()):
+            self._write_certificates()
+        _write_private(self.secured_file, json.dumps(self.secured_settings(), indent=2).encode() + b"\n")
+
+    def _write_certificates(self) -> None:
+        """A fresh CA and a server certificate for 127.0.0.1/localhost, as PEM files Kafka reads directly."""
+        try:
+            import trustme
+            from cryptography.hazmat.primitives import serialization
+        except ImportError as exc:
+            raise BrokerError(f"the secured listener needs trustme (pip install -e '.[dev]'): {exc}") from None
+        authority = trustme.CA(organization_name="trackstream test broker")
+        server = authority.issue_cert("127.0.0.1", "localhost")
+        # Kafka's PEM key store takes PKCS#8 keys only; trustme writes the traditional OpenSSL format.
+        key = serialization.load_pem_private_key(server.private_key_pem.bytes(), password=None)
+        pkcs8 = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        chain = b"".join(blob.bytes() for blob in server.cert_chain_pems)
+        _write_private(self.keystore_file, pkcs8 + chain)
+        _write_private(self.ca_file, authority.cert_pem.bytes())
 
     def _java(self, jars: Path, main: str, *args: str) -> list[str]:
         return [
@@ -192,6 +296,29 @@ class KafkaBroker:
             f"-Dlog4j2.configurationFile={self.state_dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.state_dir}", "-cp", f"{jars}/*", main, *args,
         ]
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with a file only its owner can read (mode 0600)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    os.replace(partial, path)
+
+
+def secured_client_options(settings: Mapping[str, str]) -> dict[str, Any]:
+    """aiokafka keyword arguments (security only, no servers) for the listener ``secured.json`` describes."""
+    import ssl
+
+    return {
+        "security_protocol": settings["security_protocol"],
+        "ssl_context": ssl.create_default_context(cafile=settings["ssl_cafile"]),
+        "sasl_mechanism": settings["sasl_mechanism"],
+        "sasl_plain_username": settings["sasl_username"],
+        "sasl_plain_password": settings["sasl_password"],
+    }
 
 
 def terminate_group(pid: int, *, timeout_s: float) -> None:
@@ -238,37 +365,59 @@ def _read_pid(state_dir: Path) -> int | None:
         return None
 
 
-def wait_until_ready(bootstrap: str, *, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll until a message round-trips through the broker; fail fast if the JVM exits."""
+def wait_until_ready(
+    bootstrap: str,
+    *,
+    timeout_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+    secured: tuple[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Poll until a message round-trips through the broker; fail fast if the JVM exits.
+
+    ``secured`` (bootstrap, aiokafka security options) is a second listener that must round-trip too.
+    """
     deadline = time.monotonic() + timeout_s
     last_error: BaseException | None = None
+    pending: list[tuple[str, Mapping[str, Any]]] = [(bootstrap, {})]
+    if secured is not None:
+        pending.append(secured)
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise BrokerError(f"the broker exited with code {process.returncode} during start-up")
         try:
-            asyncio.run(_round_trip(bootstrap, timeout_s=min(20.0, max(1.0, deadline - time.monotonic()))))
+            while pending:
+                address, options = pending[0]
+                timeout = min(20.0, max(1.0, deadline - time.monotonic()))
+                asyncio.run(_round_trip(address, timeout_s=timeout, options=options))
+                pending.pop(0)
             return
         except Exception as exc:
             last_error = exc
             time.sleep(0.5)
-    raise BrokerError(f"Kafka at {bootstrap} did not accept produce/consume within {timeout_s:.0f} s: {last_error}")
+    address = pending[0][0] if pending else bootstrap
+    raise BrokerError(f"Kafka at {address} did not accept produce/consume within {timeout_s:.0f} s: {last_error!r}")
 
 
-async def _round_trip(bootstrap: str, *, timeout_s: float) -> None:
+async def _round_trip(bootstrap: str, *, timeout_s: float, options: Mapping[str, Any] | None = None) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.conn import create_conn
 
+    options = dict(options or {})
     topic = "__trackstream_ready"
     payload = uuid.uuid4().bytes
     host, port = bootstrap.rsplit(":", 1)
-    _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
-    writer.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    # One direct connection first: it fails fast, and with the real reason (TLS, SASL), which the clients only log.
+    connection = await asyncio.wait_for(
+        create_conn(host, int(port), request_timeout_ms=int(timeout_s * 1000), **options), timeout_s
+    )
+    connection.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **options)
     try:
         await asyncio.wait_for(producer.start(), timeout_s)
         metadata = await asyncio.wait_for(producer.send_and_wait(topic, payload, partition=0), timeout_s)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **options)
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
 
@@ -308,10 +457,13 @@ def main(argv: list[str] | None = None) -> int:
         KafkaBroker(args.state_dir).stop()
         log.info("broker stopped")
         return 0
-    if running is not None:
+    if running is not None and (args.state_dir / SECURED_FILE).exists():
         log.info("reusing the running broker")
         sys.stdout.write(f"{running}\n")
         return 0
+    if running is not None:
+        log.warning("the running broker has no secured listener (%s is missing): restarting it", SECURED_FILE)
+        KafkaBroker(args.state_dir).stop()
     shutil.rmtree(args.state_dir, ignore_errors=True)
     started = time.monotonic()
     try:

@@ -59,9 +59,11 @@ def test_an_error_keeps_class_message_retriable_and_code_across_json(error: Trac
 
 def test_foreign_errors_and_unknown_types_become_the_root() -> None:
     payload = error_payload(KeyError("k"))
-    assert payload["type"] == "TrackstreamError" and "KeyError" in payload["message"]
+    assert payload["type"] == "TrackstreamError"
+    assert "KeyError" in payload["message"]
     rebuilt = error_from_payload({"type": "NoSuchError", "message": "m", "retriable": True})
-    assert type(rebuilt) is TrackstreamError and rebuilt.retriable
+    assert type(rebuilt) is TrackstreamError
+    assert rebuilt.retriable
 
 
 def test_a_missing_package_names_the_extra_to_install() -> None:

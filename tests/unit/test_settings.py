@@ -50,7 +50,7 @@ def test_kafka_security_settings_are_checked_with_the_variable_to_set() -> None:
 
 def test_unreadable_tls_files_name_the_setting(tmp_path: object) -> None:
     settings = KafkaSettings(bootstrap="h:1", security_protocol="SSL", ssl_cafile="/nonexistent/ca.pem")
-    with pytest.raises(ConfigError, match="ssl_cafile='/nonexistent/ca.pem'"):
+    with pytest.raises(ConfigError, match=r"ssl_cafile='/nonexistent/ca\.pem'"):
         settings.client_options()
 
 
@@ -65,7 +65,8 @@ def test_a_secret_never_shows_in_reprs_strings_or_formatting() -> None:
         assert PASSWORD not in shown
     assert secret.reveal() == PASSWORD
     assert kafka.client_options()["sasl_plain_password"] == PASSWORD
-    assert hash(Secret("a")) == hash(Secret("a")) and Secret("a") != Secret("b")
+    assert hash(Secret("a")) == hash(Secret("a"))
+    assert Secret("a") != Secret("b")
 
 
 def test_store_credentials_move_out_of_the_url() -> None:
@@ -102,7 +103,8 @@ def test_producer_config_passed_explicitly_still_follows_the_environment(monkeyp
     assert (config.flush_points, config.linger_ms, config.kafka.bootstrap) == (10, 50, "env:9092")
     assert resolve_config(ProducerConfig(linger_ms=3)).linger_ms == 3
     forced = resolve_config(kafka_bootstrap="", topic_prefix="p")
-    assert forced.spooled_only and forced.kafka.topic_prefix == "p"
+    assert forced.spooled_only
+    assert forced.kafka.topic_prefix == "p"
     keyword = resolve_config(kafka_sasl_password=PASSWORD, kafka_security_protocol="SASL_SSL",
                              kafka_sasl_mechanism="PLAIN", kafka_sasl_username="u")
     assert keyword.kafka.sasl_password == Secret(PASSWORD)
@@ -122,8 +124,10 @@ def test_kafka_setting_errors_are_recognised_and_not_retriable() -> None:
             raise ConnectionError("Unable to bootstrap from [('h', 1)]") from inner
     except ConnectionError as outer:
         problem = kafka_setting_error(settings, outer, "the sink worker")
-    assert problem is not None and not problem.retriable
-    assert "TRACKSTREAM_KAFKA_SASL_PASSWORD" in str(problem) and PASSWORD not in str(problem)
+    assert problem is not None
+    assert not problem.retriable
+    assert "TRACKSTREAM_KAFKA_SASL_PASSWORD" in str(problem)
+    assert PASSWORD not in str(problem)
     assert kafka_setting_error(settings, ConnectionError("connection refused"), "x") is None
 
 
@@ -141,5 +145,6 @@ def test_help_and_logs_never_show_secrets(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_the_facade_exports_the_settings_and_the_error_root() -> None:
-    assert trackstream.KafkaSettings is KafkaSettings and trackstream.StoreSettings is StoreSettings
+    assert trackstream.KafkaSettings is KafkaSettings
+    assert trackstream.StoreSettings is StoreSettings
     assert issubclass(trackstream.ConfigError, trackstream.TrackstreamError)

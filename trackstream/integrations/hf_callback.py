@@ -142,6 +142,10 @@ class TrackstreamCallback(TrainerCallback):  # type: ignore[misc]
         self._owns_run = True
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        """On an active rank, open the run (rank 0 of world size 1 unless ``all_ranks``) with :func:`training_params`.
+
+        A ``run`` given to the constructor only gets the params. Params that fail the check keep only scalars (warned).
+        """
         if self._active(state):
             self._open_run(args, model)
 
@@ -174,6 +178,7 @@ class TrackstreamCallback(TrainerCallback):  # type: ignore[misc]
         self.run.log_metrics(mapped, step=step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Log the numeric entries of ``logs`` at ``step=state.global_step``; others are dropped, warned once."""
         if not self._active(state) or not logs:
             return
         values = self._numeric(dict(logs))
@@ -183,6 +188,7 @@ class TrackstreamCallback(TrainerCallback):  # type: ignore[misc]
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
+        """Log the numeric eval ``metrics`` at ``state.global_step``, except values ``on_log`` already logged there."""
         if not self._active(state) or not metrics:
             return
         step, seen = self._last_logged
@@ -192,6 +198,7 @@ class TrackstreamCallback(TrainerCallback):  # type: ignore[misc]
         self._log(values, state.global_step)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Finish the run as ``completed`` if this callback opened it; a run given to it is only flushed."""
         if self.run is None or not self._active(state):
             return
         if self._owns_run:
