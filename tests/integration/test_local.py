@@ -163,7 +163,11 @@ def test_cli_query_goes_through_the_owner_and_matches_an_in_process_query(tmp_pa
     local = _start_local(env, tmp_path / "local.log")
     try:
         _wait_for(lambda: _owner_url(data) is not None, timeout_s=120, what="the runner's query API")
-        through_http = _cli_json(env, "compare", "http", "loss", "--agg", "min")
+        # another shell, without TRACKSTREAM_DATA_DIR: --data-dir names the store the runner owns
+        other_shell = {**{k: v for k, v in env.items() if k not in ("TRACKSTREAM_DATA_DIR", "TRACKSTREAM_SPOOL_DIR")},
+                       "HOME": str(tmp_path / "home")}
+        through_http = _cli_json(other_shell, "compare", "http", "loss", "--agg", "min", "--data-dir", str(data))
+        assert _cli_json(other_shell, "runs", "http") == []  # its default store (under HOME) holds nothing
         log = (tmp_path / "local.log").read_text()
     finally:
         local.terminate()

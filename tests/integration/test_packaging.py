@@ -275,6 +275,20 @@ assert not shadowed, f"importing trackstream imported top-level {shadowed}"
 import schemas
 assert Path(schemas.__file__).resolve() == workdir / "schemas.py", schemas.__file__
 assert schemas.OWNER == "user", schemas.OWNER
+
+# the SDK-only install: logging works, a read fails at once naming the extra that brings reads
+import os
+os.environ["HOME"] = str(workdir)
+os.environ["TRACKSTREAM_DATA_DIR"] = str(workdir / "store")
+os.environ["TRACKSTREAM_SPOOL_DIR"] = str(workdir / "spool")
+with trackstream.start_run("light", run_id="r") as run:
+    run.log_metrics({"loss": 1.0}, step=0)
+try:
+    trackstream.runs("light")
+except trackstream.MissingDependencyError as exc:
+    assert "pip install 'trackstream[query]'" in str(exc), exc
+else:
+    raise AssertionError("a read on the SDK-only install did not fail")
 print("installed trackstream OK")
 """
 
