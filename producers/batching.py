@@ -1,8 +1,8 @@
 """Turn what the flusher drained from one handle into encoded envelopes with strictly increasing ``seq``.
 
-Bounds: at most ``max_points`` points per envelope, and an encoded envelope larger than ``max_bytes`` is
-split in two until it fits (an envelope with one point or only events is sent as it is). Lifecycle events
-ride in the first envelope of a drain, ``run_finished`` in the last one, so that an ``overwrite`` marker
+Bounds: at most ``max_points`` points and 1,024 metric groups per envelope, and an encoded envelope larger than
+``max_bytes`` is split in two until it fits (an envelope with one point or only events is sent as it is). Lifecycle
+events ride in the first envelope of a drain, ``run_finished`` in the last one, so that an ``overwrite`` marker
 precedes the points logged after it and a run ends after its last point.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from trackstream.producers.buffer import Drained
 from trackstream.schemas import EntityRef, Envelope, Event, MetricBatch, encode
+from trackstream.schemas.limits import GROUPS_PER_ENVELOPE_MAX
 
 
 @dataclass(slots=True)
@@ -51,12 +52,13 @@ class SeqCounter:
 
 
 def _chunks(drained: Drained, max_points: int) -> list[list[MetricBatch]]:
+    """Metric groups cut into envelopes of at most ``max_points`` points and 1,024 groups (schemas.limits)."""
     chunks: list[list[MetricBatch]] = [[]]
     room = max_points
     for name, (steps, times, values) in drained.series.items():
         start = 0
         while start < len(values):
-            if room == 0:
+            if room == 0 or len(chunks[-1]) == GROUPS_PER_ENVELOPE_MAX:
                 chunks.append([])
                 room = max_points
             end = min(len(values), start + room)
@@ -70,7 +72,7 @@ def _chunks(drained: Drained, max_points: int) -> list[list[MetricBatch]]:
             room -= end - start
             start = end
     for name, (step, time_ns, value) in drained.singles.items():
-        if room == 0:
+        if room == 0 or len(chunks[-1]) == GROUPS_PER_ENVELOPE_MAX:
             chunks.append([])
             room = max_points
         chunks[-1].append(MetricBatch(name, "single", [step], [time_ns], [value]))

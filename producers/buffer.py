@@ -20,10 +20,10 @@ from typing import Any, Final
 
 from trackstream.producers.errors import HandleClosedError
 from trackstream.schemas import Event, metric_name_problem
+from trackstream.schemas.limits import INT64_MAX as _INT64_MAX
+from trackstream.schemas.limits import INT64_MIN as _INT64_MIN
 
 _time_ns: Final = time.time_ns
-_INT64_MIN: Final = -(2**63)
-_INT64_MAX: Final = 2**63 - 1
 _EXACT: Final = 2**53
 POINT_BYTES: Final = 100  # what one buffered point costs in Python lists (float, two ints, three slots)
 POINT_CAP: Final = 32 * 1024 * 1024 // POINT_BYTES
@@ -169,10 +169,13 @@ class MetricBuffer:
                 series = self._series.get(key)
                 if series is not None:
                     at = series.next_step if step is None else step
-                    series.steps.append(at)
-                    series.times.append(now)
-                    series.values.append(value)
-                    series.next_step = at + 1
+                    if _INT64_MIN <= at <= _INT64_MAX:
+                        series.steps.append(at)
+                        series.times.append(now)
+                        series.values.append(value)
+                        series.next_step = at + 1
+                    else:
+                        series = None  # out of range: the slow path raises with the reason
             if series is not None:
                 if len(series.values) > self._series_cap:
                     self._full()
@@ -183,7 +186,8 @@ class MetricBuffer:
         self, metrics: dict[str, Any], *, step: int | None = None, overwrite: bool = False,
     ) -> None:
         """Log several metrics at once (same step when given); a bad entry raises and logs nothing."""
-        if overwrite or type(metrics) is not dict or (step is not None and type(step) is not int):
+        if overwrite or type(metrics) is not dict or (
+                step is not None and (type(step) is not int or not _INT64_MIN <= step <= _INT64_MAX)):
             self._log_many_slow(metrics, step, overwrite)
             return
         now = _time_ns()
@@ -200,6 +204,10 @@ class MetricBuffer:
                         break
                     value = float(value)  # noqa: PLW2901 - an exact int, converted in place
                 at = series.next_step
+                if at > _INT64_MAX:
+                    self._rollback(metrics, key)
+                    complete = False
+                    break
                 series.prev_step = at
                 if step is not None:
                     at = step
@@ -269,6 +277,8 @@ class MetricBuffer:
         prepared = [(check_key(k), *_prepare(k, v)) for k, v in metrics.items()]
         now = _time_ns()
         with self._lock:
+            for key, _, numbers_ in prepared:  # all or nothing: no append before every key has room
+                self._check_room(key, 1 if numbers_ is None else len(numbers_), at, overwrite=overwrite)
             for key, number, numbers_ in prepared:
                 self._append(key, number, numbers_, at, now, overwrite=overwrite)
         if self.buffered_points() > self.point_cap:
@@ -289,11 +299,20 @@ class MetricBuffer:
                     self._overwrite(key, now)
                 self._singles[key] = (0 if at is None else at, now, number)
             else:
+                self._check_room(key, 1 if many is None else len(many), at, overwrite=overwrite)
                 self._append(key, number, many, at, now, overwrite=overwrite)
+
+    def _check_room(self, key: str, count: int, at: int | None, *, overwrite: bool) -> None:
+        """Raise ValueError when ``count`` points of ``key`` from step ``at`` (else the next one) pass int64."""
+        series = None if overwrite else self._series.get(key)
+        first = at if at is not None else (series.next_step if series is not None else 0)
+        if first + max(count, 1) - 1 > _INT64_MAX:
+            raise ValueError(f"metric {key!r}: step {first + max(count, 1) - 1} would pass the int64 range")
 
     def _append(
         self, key: str, number: float, many: list[float] | None, at: int | None, now: int, *, overwrite: bool,
     ) -> None:
+        """Append to ``key``'s series (room checked by :meth:`_check_room`); lock held."""
         if overwrite:
             self._overwrite(key, now)
         series = self._series.get(key)
@@ -307,8 +326,6 @@ class MetricBuffer:
             series.next_step = first + 1
             return
         count = len(many)
-        if first + count - 1 > _INT64_MAX:
-            raise ValueError(f"metric {key!r}: steps would pass the int64 range")
         series.steps.extend(range(first, first + count))
         series.times.extend([now] * count)
         series.values.extend(many)

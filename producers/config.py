@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trackstream.schemas.errors import ConfigError
+from trackstream.schemas.limits import ENVELOPE_BYTES_MAX, POINTS_PER_ENVELOPE_MAX
 from trackstream.schemas.settings import KafkaSettings, resolve_fields
 
 Durability = Literal["memory", "spool"]
@@ -85,4 +86,7 @@ def resolve_config(base: ProducerConfig | None = None, **overrides: Any) -> Prod
     config = dataclasses.replace(config, kafka=kafka, spool_dir=os.path.expanduser(config.spool_dir))
     if config.linger_ms < 0 or config.max_envelope_points < 1 or config.max_buffer_bytes < 1:
         raise ConfigError("linger_ms must be >= 0, max_envelope_points and max_buffer_bytes >= 1")
+    if config.max_envelope_points > POINTS_PER_ENVELOPE_MAX or config.max_envelope_bytes > ENVELOPE_BYTES_MAX:
+        raise ConfigError(f"max_envelope_points must be <= {POINTS_PER_ENVELOPE_MAX} and max_envelope_bytes <= "
+                          f"{ENVELOPE_BYTES_MAX}: the stream worker dead-letters larger envelopes")
     return config

@@ -22,8 +22,14 @@ from trackstream.producers.errors import TrackstreamError
 from trackstream.producers.readback import read_backend
 from trackstream.schemas import EntityRef, Event, model_entity_id
 from trackstream.schemas.envelope import RUN_STATUSES
-
-_MAX_PARAMS_BYTES = 256 * 1024
+from trackstream.schemas.limits import (
+    NAME_MAX,
+    PARAMS_BYTES_MAX,
+    RUN_NAME_MAX,
+    TAG_VALUE_MAX,
+    mapping_problem,
+    rank_problem,
+)
 
 
 def _env_int(value: int | None, name: str, default: int) -> int:
@@ -37,39 +43,68 @@ def _env_int(value: int | None, name: str, default: int) -> int:
 
 
 def check_params(params: Any) -> dict[str, Any]:
-    """Params as a JSON-ready dict with str keys; raises ValueError naming the offending key."""
+    """Params as a JSON-ready dict with str keys, within the limits of docs/wire-format.md.
+
+    Raises ValueError naming the offending key: a key that is not a str of 1-250 characters, a value orjson
+    cannot encode, nesting deeper than 32 levels, or more than 256 KiB once encoded.
+    """
     if params is None:
         return {}
-    if not isinstance(params, dict):
-        raise ValueError(f"params must be a dict, got {type(params).__name__}")
+    problem = mapping_problem("params", params)
+    if problem is not None:
+        raise ValueError(problem)
     out: dict[str, Any] = {}
     for key, value in params.items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"param name {key!r} must be a non-empty str")
         try:
             orjson.dumps(value)
         except TypeError:
             raise ValueError(f"param {key!r}: {type(value).__name__} is not JSON-serializable") from None
         out[key] = value
-    if len(orjson.dumps(out)) > _MAX_PARAMS_BYTES:
-        raise ValueError(f"params are larger than {_MAX_PARAMS_BYTES} bytes once encoded")
+    if len(orjson.dumps(out)) > PARAMS_BYTES_MAX:
+        raise ValueError(f"params are larger than {PARAMS_BYTES_MAX} bytes once encoded")
     return out
 
 
 def check_tags(tags: Any) -> dict[str, str]:
-    """Tags as str -> str; numbers are converted, containers and None raise ValueError."""
+    """Tags as str -> str (numbers are converted); keys of 1-250 characters, values of at most 8,000, 256 KiB in all.
+
+    Raises ValueError naming the tag for containers, None, and anything past a limit.
+    """
     if tags is None:
         return {}
-    if not isinstance(tags, dict):
-        raise ValueError(f"tags must be a dict, got {type(tags).__name__}")
+    problem = mapping_problem("tags", tags)
+    if problem is not None:
+        raise ValueError(problem)
     out: dict[str, str] = {}
     for key, value in tags.items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"tag name {key!r} must be a non-empty str")
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError(f"tag {key!r}: value must be a str or number, got {type(value).__name__}")
-        out[key] = str(value)
+        text = str(value)
+        if len(text) > TAG_VALUE_MAX:
+            raise ValueError(f"tag {key!r}: value is {len(text)} characters long, at most {TAG_VALUE_MAX}")
+        out[key] = text
+    if len(orjson.dumps(out)) > PARAMS_BYTES_MAX:
+        raise ValueError(f"tags are larger than {PARAMS_BYTES_MAX} bytes once encoded")
     return out
+
+
+def _check_identity(what: str, value: Any, *, limit: int = NAME_MAX) -> str:
+    """``value`` as a non-empty str of at most ``limit`` characters, else ValueError naming ``what``."""
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ValueError(f"{what} must be a non-empty str of at most {limit} characters, got {str(value)[:80]!r}")
+    return value
+
+
+def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Rank and world size (keywords, else ``RANK``/``WORLD_SIZE``).
+
+    Raises ValueError unless ``0 <= rank < world_size <= 2**24``.
+    """
+    checked = _env_int(rank, "RANK", 0), _env_int(world_size, "WORLD_SIZE", 1)
+    problem = rank_problem(*checked)
+    if problem is not None:
+        raise ValueError(problem)
+    return checked
 
 
 class _Handle(MetricBuffer):
@@ -225,13 +260,13 @@ def start_run(
     _check_project(project)
     resolved = resolve_config(config, **options)
     entity_id = run_id or os.environ.get("TRACKSTREAM_RUN_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
-    entity_id = entity_id or uuid.uuid4().hex
-    if name is not None and not isinstance(name, str):
-        raise ValueError(f"run name must be a str, got {type(name).__name__}")
+    entity_id = _check_identity("run id", str(entity_id or uuid.uuid4().hex))
+    if name is not None and (not isinstance(name, str) or len(name) > RUN_NAME_MAX):
+        raise ValueError(f"run name must be a str of at most {RUN_NAME_MAX} characters, got {str(name)[:80]!r}")
     checked_params, checked_tags = check_params(params), check_tags(tags)
+    checked_rank, checked_world_size = _rank_and_world_size(rank, world_size)
     run = Run(
-        EntityRef(project, "run", str(entity_id)), resolved, name=name,
-        rank=_env_int(rank, "RANK", 0), world_size=_env_int(world_size, "WORLD_SIZE", 1),
+        EntityRef(project, "run", entity_id), resolved, name=name, rank=checked_rank, world_size=checked_world_size,
     )
     now = time.time_ns() if started_ns is None else check_time(started_ns)
     if resume:
@@ -253,11 +288,11 @@ def model(
 ) -> Model:
     """Open a handle on model ``name`` (or ``name:version``) of ``project`` for logging its metrics."""
     _check_project(project)
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"model name must be a non-empty str, got {name!r}")
+    _check_identity("model name", name)
+    entity_id = _check_identity("model id (name:version)", model_entity_id(name, version))
     handle = Model(
-        EntityRef(project, "model", model_entity_id(name, version)), resolve_config(config, **options),
-        _env_int(rank, "RANK", 0), _env_int(world_size, "WORLD_SIZE", 1),
+        EntityRef(project, "model", entity_id), resolve_config(config, **options),
+        *_rank_and_world_size(rank, world_size),
     )
     runtime.flusher().register(handle)
     runtime.install_sigterm_handler()
@@ -276,8 +311,7 @@ def _relieve(handle: MetricBuffer) -> None:
 
 
 def _check_project(project: Any) -> None:
-    if not isinstance(project, str) or not project:
-        raise ValueError(f"project must be a non-empty str, got {project!r}")
+    _check_identity("project", project)
 
 
 __all__ = ["Model", "Run", "TrackstreamError", "flush", "model", "start_run"]

@@ -36,6 +36,17 @@ from trackstream.schemas.envelope import (
     WireFormatError,
     envelope_from_wire,
 )
+from trackstream.schemas.limits import (
+    GROUPS_PER_ENVELOPE_MAX,
+    NAME_MAX,
+    NESTING_MAX,
+    POINTS_PER_ENVELOPE_MAX,
+    RUN_NAME_MAX,
+    TAG_VALUE_MAX,
+    mapping_problem,
+    nesting_depth,
+    rank_problem,
+)
 from trackstream.schemas.names import metric_name_problem
 
 REASONS: Final = frozenset({
@@ -50,6 +61,7 @@ REASONS: Final = frozenset({
     "length_mismatch",
     "bad_nonfinite",
     "bad_event",
+    "out_of_range",
 })
 
 _INT64_MIN: Final = -(2**63)
@@ -270,15 +282,41 @@ def _group_error(error: ErrorDetails) -> tuple[str, str]:
 
 
 def _check_semantics(wire: dict[str, Any]) -> None:
-    """What the schema cannot say: rank below world size, overwrite markers naming a valid metric."""
-    rank, world_size = wire.get("rank", 0), wire.get("world_size", 1)
-    if rank >= world_size:
-        raise Rejection("mistyped_field", f"rank: rank {rank} is not below world_size {world_size}")
+    """What the schema cannot say: the limits of :mod:`trackstream.schemas.limits`, and overwrite markers naming a
+    valid metric. Rank, world size, groups and points past a limit reject the whole envelope (``out_of_range``,
+    ``oversize``); so do params and tags past theirs (``bad_event``) and overlong entity names (``bad_entity``)."""
+    problem = rank_problem(wire.get("rank", 0), wire.get("world_size", 1))
+    if problem is not None:
+        raise Rejection("out_of_range", f"rank: {problem}")
+    for field_name in ("project", "id"):
+        if len(wire["entity"][field_name]) > NAME_MAX:
+            raise Rejection("bad_entity", f"entity.{field_name}: longer than {NAME_MAX} characters")
+    groups = wire.get("metrics", ())
+    if len(groups) > GROUPS_PER_ENVELOPE_MAX:
+        raise Rejection("oversize", f"metrics: {len(groups)} metric groups, at most {GROUPS_PER_ENVELOPE_MAX}")
+    points = sum(len(group["values"]) if isinstance(group.get("values"), list) else 0 for group in groups
+                 if isinstance(group, dict))
+    if points > POINTS_PER_ENVELOPE_MAX:
+        raise Rejection("oversize", f"metrics: {points} points, at most {POINTS_PER_ENVELOPE_MAX}")
     for index, event in enumerate(wire.get("events", ())):
-        if event["type"] == "overwrite":
-            problem = metric_name_problem(event["metric"])
+        problem = _event_problem(event)
+        if problem is not None:
+            raise Rejection("bad_event", f"events[{index}].{problem}")
+
+
+def _event_problem(event: dict[str, Any]) -> str | None:
+    if event["type"] == "overwrite":
+        problem = metric_name_problem(event["metric"])
+        return None if problem is None else f"metric: {problem}"
+    if event["type"] == "run_started" and len(event["name"]) > RUN_NAME_MAX:
+        return f"name: longer than {RUN_NAME_MAX} characters"
+    for field_name in ("params", "tags"):
+        if field_name in event:
+            value_max = TAG_VALUE_MAX if field_name == "tags" else None
+            problem = mapping_problem(field_name, event[field_name], value_max=value_max)
             if problem is not None:
-                raise Rejection("bad_event", f"events[{index}].metric: {problem}")
+                return f"{field_name}: {problem}"
+    return None
 
 
 def _group_problem(index: int, group: dict[str, Any]) -> tuple[str, str] | None:
@@ -323,13 +361,24 @@ def _nonfinite_problem(path: str, values: list[float | None], nonfinite: Any) ->
     return None
 
 
+_GROUP_FIELDS: Final = ("name", "kind", "steps", "times_ns", "values", "nonfinite")
+
+
 def _bad_points(group: Any, reason: str, detail: str) -> BadPoints:
+    """The DLQ's view of a bad group: its known fields only, and none nested past the limit (so it encodes)."""
     if not isinstance(group, dict):
-        return BadPoints(metric=None, reason=reason, detail=detail, count=0, raw={"group": group})
+        raw: dict[str, Any] = {"group": group}
+        if nesting_depth(raw) > NESTING_MAX:
+            raw = {"group": f"{type(group).__name__} nested deeper than {NESTING_MAX} levels (omitted)"}
+        return BadPoints(metric=None, reason=reason, detail=detail, count=0, raw=raw)
     name = group.get("name")
+    raw = {key: group[key] for key in _GROUP_FIELDS if key in group}
+    for key, value in raw.items():
+        if nesting_depth(value) > NESTING_MAX:
+            raw[key] = f"nested deeper than {NESTING_MAX} levels (omitted)"
     return BadPoints(
         metric=name if isinstance(name, str) else None, reason=reason, detail=detail,
-        count=_point_count(group), raw=group,
+        count=_point_count(group), raw=raw,
     )
 
 

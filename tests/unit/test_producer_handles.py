@@ -306,3 +306,38 @@ def test_a_detached_run_is_flushed_but_not_finished(tmp_path: Path) -> None:
     found = envelopes(tmp_path)
     assert series(found) == {"x": [(0, 1.0)]}
     assert events(found) == []
+
+
+def test_the_fast_paths_refuse_steps_past_int64_and_log_nothing(tmp_path: Path) -> None:
+    run = ts.start_run("proj", run_id="fast", spool_dir=str(tmp_path), kafka_bootstrap="")
+    run.log_metrics({"reward": 1.0, "loss": 1.0}, step=0)  # the series exist: later calls take the fast paths
+    for call in (lambda: run.log_metric("reward", 2.0, step=2**63),
+                 lambda: run.log_metrics({"reward": 2.0, "loss": 2.0}, step=2**63),
+                 lambda: run.log_metrics({"reward": 2.0}, step=-(2**63) - 1)):
+        with pytest.raises(ValueError, match="int64"):
+            call()
+    run.log_metric("reward", 3.0, step=2**63 - 1)
+    with pytest.raises(ValueError, match="int64"):
+        run.log_metric("reward", 4.0)  # the auto-increment would pass int64
+    with pytest.raises(ValueError, match="int64"):
+        run.log_metrics({"reward": 4.0, "loss": 4.0})
+    assert run.buffered_points() == 3
+    run.finish()
+
+
+NESTED_33: Any = 1
+for _ in range(33):
+    NESTED_33 = [NESTED_33]
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"rank": 2**32, "world_size": 2**32 + 1}, "world_size"),
+    ({"rank": 4, "world_size": 4}, "rank=4"),
+    ({"params": {"a": NESTED_33}}, "nest"),
+    ({"tags": {"t": "x" * 8001}}, "8000"),
+    ({"tags": {"k" * 251: "v"}}, "key"),
+    ({"run_id": "r" * 251}, "run id"),
+])
+def test_start_run_refuses_what_the_store_cannot_hold(tmp_path: Path, options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ts.start_run("proj", spool_dir=str(tmp_path), kafka_bootstrap="", **options)

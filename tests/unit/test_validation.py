@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import subprocess
 import sys
@@ -57,7 +58,20 @@ class Case:
             return self.mutate
         wire = good_wire()
         replaced = self.mutate(wire)
-        return orjson.dumps(wire if replaced is None else replaced)
+        return dumps(wire if replaced is None else replaced)
+
+
+def dumps(wire: object) -> bytes:
+    """JSON bytes; the standard library writes nesting deeper than orjson's 254 levels, as an attacker's client can."""
+    return json.dumps(wire, separators=(",", ":")).encode()
+
+
+def nested(depth: int) -> object:
+    """A list nested ``depth`` levels deep: ``[[[...]]]``."""
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
 
 
 def put(path: str, value: object) -> Callable[[Wire], None]:
@@ -108,7 +122,19 @@ CASES = [
     Case("sent-over-int64", "mistyped_field", put("sent_ns", 2**63)),
     Case("rank-negative", "mistyped_field", put("rank", -1)),
     Case("world-size-zero", "mistyped_field", put("world_size", 0)),
-    Case("rank-not-below-world-size", "mistyped_field", put("rank", 2), detail_starts="rank"),
+    Case("rank-not-below-world-size", "out_of_range", put("rank", 2), detail_starts="rank"),
+    Case("world-size-past-uint32", "out_of_range", put("world_size", 2**32 + 1), detail_starts="rank"),
+    Case("world-size-past-limit", "out_of_range", put("world_size", 2**24 + 1)),
+    Case("entity-id-too-long", "bad_entity", put("entity.id", "r" * 251), detail_starts="entity.id"),
+    Case("too-many-groups", "oversize", lambda w: w.__setitem__("metrics", [w["metrics"][0]] * 1025),
+         detail_starts="metrics"),
+    Case("too-many-points", "oversize", lambda w: w["metrics"][0].update(
+        steps=list(range(131_073)), times_ns=[1] * 131_073, values=[1.0] * 131_073), detail_starts="metrics"),
+    Case("params-nested-300", "bad_event", put("events.0.params", {"a": nested(300)}),
+         detail_starts="events[0].params"),
+    Case("tag-value-too-long", "bad_event", put("events.0.tags", {"t": "x" * 8001}),
+         detail_starts="events[0].tags"),
+    Case("run-name-too-long", "bad_event", put("events.0.name", "n" * 501), detail_starts="events[0].name"),
     Case("host-int", "mistyped_field", put("host", 5)),
     Case("metrics-object", "mistyped_field", put("metrics", {}), detail_starts="metrics"),
     Case("events-str", "mistyped_field", put("events", "x"), detail_starts="events"),
@@ -360,3 +386,16 @@ def test_mutated_envelopes_are_accepted_or_rejected_never_crash(data: st.DataObj
 def test_import_schemas_does_not_load_pydantic() -> None:
     code = "import sys, schemas; assert 'pydantic' not in sys.modules, 'pydantic was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_bad_group_nested_past_the_limit_still_encodes_for_the_dlq() -> None:
+    wire = good_wire()
+    wire["metrics"][0]["name"] = "no!"
+    wire["metrics"][0]["colour"] = nested(300)
+    wire["metrics"][1]["values"] = nested(300)
+    result = validate(dumps(wire))
+    assert sorted(bad.reason for bad in result.bad) == ["bad_metric_name", "non_numeric_value"]
+    for bad in result.bad:
+        assert "colour" not in bad.raw
+        assert len(orjson.dumps(bad.raw)) < 10_000  # orjson writes at most 254 levels: encodable means cut
+    assert [group.name for group in result.envelope.metrics] == [wire["metrics"][2]["name"]]

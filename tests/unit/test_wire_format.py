@@ -52,8 +52,8 @@ JSON = st.recursive(
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
     max_leaves=12,
 )
-PARAMS = st.dictionaries(st.text(max_size=20), JSON, max_size=6)
-TAGS = st.dictionaries(st.text(max_size=20), st.text(max_size=20), max_size=4)
+PARAMS = st.dictionaries(st.text(min_size=1, max_size=20), JSON, max_size=6)  # keys: 1-250 characters
+TAGS = st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=20), max_size=4)
 ENTITIES = st.builds(
     EntityRef, project=st.text(min_size=1, max_size=30), type=st.sampled_from(ENTITY_TYPES),
     id=st.text(min_size=1, max_size=60),
