@@ -55,6 +55,7 @@ class ProducerConfig:
     request_timeout_ms: int = 15_000
     retry_backoff_ms: int = 500
     exit_timeout_s: float = 10.0
+    heartbeat_ms: int = 10_000
 
     @property
     def spooled_only(self) -> bool:

@@ -17,10 +17,10 @@ from typing import Protocol
 
 from trackstream.producers.buffer import Drained, MetricBuffer
 from trackstream.producers.config import ProducerConfig
-from trackstream.producers.errors import FlushTimeoutError
+from trackstream.producers.errors import FlushTimeoutError, HandleClosedError
 from trackstream.producers.kafka import FLUSHER_THREAD
 from trackstream.producers.pipeline import Pipeline
-from trackstream.schemas import EntityRef
+from trackstream.schemas import EntityRef, Event
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class FlushedHandle(Protocol):
 
     def buffered_points(self) -> int:
         """Approximate number of points buffered now (compared with ``flush_points``)."""
+
+    def add_event(self, event: Event) -> None:
+        """Queue a lifecycle event for the next drain; raises HandleClosedError once closed."""
 
 
 class Flusher:
@@ -118,7 +121,7 @@ class Flusher:
 
     async def _main(self) -> None:
         assert self._wake is not None
-        last = time.monotonic()
+        last = last_beat = time.monotonic()
         while not self._stopped:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _POLL_S)
@@ -129,10 +132,30 @@ class Flusher:
             linger_s = min(h.config.linger_ms for h in handles) / 1000
             limit = min(h.config.flush_points for h in handles)
             now = time.monotonic()
+            beats = [h.config.heartbeat_ms for h in handles if h.config.heartbeat_ms > 0]
+            if beats and now - last_beat >= min(beats) / 1000:
+                last_beat = now
+                self._urgent = self._beat(handles) or self._urgent
             if self._urgent or now - last >= linger_s or sum(h.buffered_points() for h in handles) >= limit:
                 last = now
                 self._urgent = False
                 self.cycle()
+
+    @staticmethod
+    def _beat(handles: list[FlushedHandle]) -> bool:
+        """Queue a ``heartbeat`` event on every open run that asks for them; True when one was queued.
+
+        The stream side marks a rank ``crashed`` when its heartbeats stop without ``run_finished``
+        (docs/metrics.md), so a SIGKILLed training process does not leave its run ``running`` forever.
+        """
+        beat = False
+        now = time.time_ns()
+        for handle in handles:
+            if handle.entity.type == "run" and handle.config.heartbeat_ms > 0 and not handle.closed:
+                with contextlib.suppress(HandleClosedError):
+                    handle.add_event(Event("heartbeat", now, {}))
+                    beat = True
+        return beat
 
     def cycle(self) -> None:
         """Drain every handle and submit its envelopes (runs on the loop thread, without awaiting)."""

@@ -39,6 +39,7 @@ EVENT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "params": ("params",),
     "tags": ("tags",),
     "overwrite": ("metric",),
+    "heartbeat": (),
 }
 RUN_STATUSES: Final = ("running", "completed", "failed", "killed")
 

@@ -164,7 +164,14 @@ class _Overwrite(TypedDict):
     metric: str
 
 
-_Event = Annotated[_RunStarted | _RunFinished | _Params | _Tags | _Overwrite, Field(discriminator="type")]
+class _Heartbeat(TypedDict):
+    __pydantic_config__ = _STRICT_CLOSED  # type: ignore[misc]
+    type: Literal["heartbeat"]
+    time_ns: Int64
+
+
+_Event = Annotated[_RunStarted | _RunFinished | _Params | _Tags | _Overwrite | _Heartbeat,
+                   Field(discriminator="type")]
 
 
 class _Wire(TypedDict):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -341,3 +342,29 @@ for _ in range(33):
 def test_start_run_refuses_what_the_store_cannot_hold(tmp_path: Path, options: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ts.start_run("proj", spool_dir=str(tmp_path), kafka_bootstrap="", **options)
+
+
+def test_an_open_run_sends_heartbeats_until_it_finishes(tmp_path: Path) -> None:
+    run = ts.start_run("proj", run_id="beating", spool_dir=str(tmp_path), kafka_bootstrap="", heartbeat_ms=20,
+                       linger_ms=5)
+    deadline = time.monotonic() + 30
+    while not [e for e in spooled_events(tmp_path) if e.type == "heartbeat"]:
+        assert time.monotonic() < deadline, "no heartbeat reached the spool in 30 s"
+        time.sleep(0.02)
+    run.finish()
+    ts.flush(timeout_s=10)
+    events = spooled_events(tmp_path)
+    assert events[-1].type == "run_finished"
+    count = len(events)
+    quiet_until = time.monotonic() + 0.2  # ten heartbeat periods: a finished run sends no more
+    while time.monotonic() < quiet_until:
+        ts.flush(timeout_s=10)
+    assert len(spooled_events(tmp_path)) == count
+    model = ts.model("proj", "m", spool_dir=str(tmp_path / "m"), kafka_bootstrap="", heartbeat_ms=20)
+    model.log_metric("x", 1.0)
+    model.close()
+    assert not [e for e in spooled_events(tmp_path / "m") if e.type == "heartbeat"]
+
+
+def spooled_events(spool_dir: Path) -> list[Any]:
+    return [event for envelope in envelopes(spool_dir) for event in envelope.events]
