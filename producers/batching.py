@@ -52,7 +52,7 @@ class SeqCounter:
 
 
 def _chunks(drained: Drained, max_points: int) -> list[list[MetricBatch]]:
-    """Metric groups cut into envelopes of at most ``max_points`` points and 1,024 groups (schemas.limits)."""
+    """Metric groups cut into envelopes of at most ``max_points`` points and 1,024 groups (schemas/limits.py)."""
     chunks: list[list[MetricBatch]] = [[]]
     room = max_points
     for name, (steps, times, values) in drained.series.items():

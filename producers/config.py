@@ -68,12 +68,13 @@ def _env_var(name: str) -> str:
 
 
 def resolve_config(base: ProducerConfig | None = None, **overrides: Any) -> ProducerConfig:
-    """Build a config: keywords win, then ``TRACKSTREAM_<NAME>`` variables, then ``base``, then defaults.
+    """Build a config: keywords win, then the fields ``base`` sets, then ``TRACKSTREAM_<NAME>``, then defaults.
 
     Kafka keywords (``kafka=KafkaSettings(...)``, ``kafka_<field>=``, ``topic_prefix=``) resolve through
     :meth:`KafkaSettings.resolve`; ``kafka_bootstrap=""`` forces the spool whatever the environment says.
-    Fields of ``base`` left at their defaults still follow the environment.
-    Unknown keywords raise :class:`TypeError`, invalid values :class:`ConfigError`.
+    Fields of ``base`` left at their default values still follow the environment.
+    Unknown keywords raise :class:`TypeError`; invalid or out-of-range values raise :class:`ConfigError`
+    naming the setting and its variable.
     """
     kafka_fields = {f.name for f in dataclasses.fields(KafkaSettings)}
     kafka_keywords: dict[str, Any] = {}
@@ -85,9 +86,25 @@ def resolve_config(base: ProducerConfig | None = None, **overrides: Any) -> Prod
     kafka = KafkaSettings.resolve(kafka_base, **kafka_keywords)
     config = resolve_fields(ProducerConfig, base, overrides, _env_var)
     config = dataclasses.replace(config, kafka=kafka, spool_dir=os.path.expanduser(config.spool_dir))
-    if config.linger_ms < 0 or config.max_envelope_points < 1 or config.max_buffer_bytes < 1:
-        raise ConfigError("linger_ms must be >= 0, max_envelope_points and max_buffer_bytes >= 1")
-    if config.max_envelope_points > POINTS_PER_ENVELOPE_MAX or config.max_envelope_bytes > ENVELOPE_BYTES_MAX:
-        raise ConfigError(f"max_envelope_points must be <= {POINTS_PER_ENVELOPE_MAX} and max_envelope_bytes <= "
-                          f"{ENVELOPE_BYTES_MAX}: the stream worker dead-letters larger envelopes")
+    for name, (low, high) in _RANGES.items():
+        value = getattr(config, name)
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={value!r} ({_env_var(name)}) is outside {low}..{high}")
     return config
+
+
+# Allowed ranges; the envelope bounds are the stream worker's limits (schemas.limits), past which it dead-letters.
+_RANGES: dict[str, tuple[float, float]] = {
+    "linger_ms": (0, 3_600_000),
+    "flush_points": (1, 2**40),
+    "fsync_interval_ms": (1, 3_600_000),
+    "max_buffer_bytes": (1, 2**50),
+    "max_envelope_points": (1, POINTS_PER_ENVELOPE_MAX),
+    "max_envelope_bytes": (1024, ENVELOPE_BYTES_MAX),
+    "max_batch_bytes": (1024, 2**30),
+    "spool_segment_bytes": (4096, 2**40),
+    "request_timeout_ms": (1, 3_600_000),
+    "retry_backoff_ms": (1, 3_600_000),
+    "exit_timeout_s": (0, 86_400),
+    "heartbeat_ms": (0, 3_600_000),
+}

@@ -6,11 +6,8 @@ before the next: a failed batch can never be overtaken by a later one of the sam
 failure the producer can spool the unacknowledged envelopes and replay them in seq order.
 Different entities are sent concurrently.
 
-aiokafka logs every failed connection attempt at ERROR, which during an outage floods the training job's
-stderr. The producer reports an outage itself, once (see :mod:`trackstream.producers.pipeline`), and demotes to DEBUG
-the records aiokafka emits on the flusher's thread, with a filter on the ``aiokafka`` loggers: levels,
-handlers and the user's own aiokafka clients (on other threads) are left as they are, and the demoted
-records are still there for whoever logs ``aiokafka`` at DEBUG.
+The producer reports an outage itself, once (see :mod:`trackstream.producers.pipeline`); what aiokafka logs on the
+flusher's thread is demoted to DEBUG (:mod:`trackstream.schemas.kafka_clients`).
 """
 
 from __future__ import annotations
@@ -22,35 +19,13 @@ from typing import Any
 
 from trackstream.producers.config import ProducerConfig
 from trackstream.producers.errors import ProducerError
+from trackstream.schemas.kafka_clients import FLUSHER_THREAD, quiet_aiokafka, stop_producer_quietly
 from trackstream.schemas.settings import diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 
-
-FLUSHER_THREAD = "trackstream-flusher"
-
-
-class _DemoteOwnRecords(logging.Filter):
-    """Turns aiokafka records of the flusher's thread into DEBUG records (CRITICAL stays)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.threadName == FLUSHER_THREAD and logging.DEBUG < record.levelno < logging.CRITICAL:
-            record.levelno = logging.DEBUG
-            record.levelname = logging.getLevelName(logging.DEBUG)
-        return True
-
-
-_DEMOTE = _DemoteOwnRecords()
-
-
-def quiet_aiokafka() -> None:
-    """Attach the demoting filter to every ``aiokafka`` logger (a logger's filters see only its own records)."""
-    names = [n for n in list(logging.root.manager.loggerDict) if n == "aiokafka" or n.startswith("aiokafka.")]
-    for name in ["aiokafka", *names]:
-        logger = logging.getLogger(name)
-        if _DEMOTE not in logger.filters:
-            logger.addFilter(_DEMOTE)
+__all__ = ["FLUSHER_THREAD", "KafkaTransport", "TransportError", "pick_compression"]
 
 
 class TransportError(ProducerError):
@@ -98,20 +73,23 @@ class KafkaTransport:
 
         quiet_aiokafka()
         config = self.config
-        producer = AIOKafkaProducer(
-            acks="all", enable_idempotence=True,
-            compression_type=pick_compression(config.compression), linger_ms=0,
-            max_batch_size=config.max_batch_bytes, max_request_size=max(1 << 20, 2 * config.max_batch_bytes),
-            request_timeout_ms=config.request_timeout_ms, retry_backoff_ms=100,
-            **config.kafka.client_options(),
-        )
+        try:
+            options = config.kafka.client_options()
+            producer = AIOKafkaProducer(
+                acks="all", enable_idempotence=True,
+                compression_type=pick_compression(config.compression), linger_ms=0,
+                max_batch_size=config.max_batch_bytes, max_request_size=max(1 << 20, 2 * config.max_batch_bytes),
+                request_timeout_ms=config.request_timeout_ms, retry_backoff_ms=100, **options,
+            )
+        except Exception as exc:  # bad TLS files, bad options: not retriable, and the data goes to the spool
+            raise TransportError(f"the producer cannot be set up: {exc}", retriable=False) from exc
         try:
             await producer.start()
             partitions = await producer.partitions_for(self.topic)
             if not partitions:
                 raise TransportError(f"topic {self.topic} does not exist and was not auto-created")
         except Exception as exc:
-            await _stop_quietly(producer)
+            await stop_producer_quietly(producer)
             problem = await diagnose_connect_failure(config.kafka, exc, "the producer")
             if problem is not None:
                 raise TransportError(str(problem), retriable=False) from exc
@@ -173,30 +151,8 @@ class KafkaTransport:
         """Drop the connection after a failure; the next send reconnects."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            await _stop_quietly(producer)
+            await stop_producer_quietly(producer)
 
     async def close(self) -> None:
         """Disconnect, as :meth:`reset`; a later send connects again. Does not raise when the broker is away."""
         await self.reset()
-
-
-async def _stop_quietly(producer: Any) -> None:
-    """Stop a producer; when it cannot flush (broker away), abandon its batches instead of waiting.
-
-    Batches it still holds were spooled by the caller and are sent again from there, so dropping them
-    here loses nothing, and stopping its sender keeps it from delivering an old batch later.
-    """
-    try:
-        await asyncio.wait_for(producer.stop(), timeout=2)
-        return
-    except Exception as exc:
-        log.debug("closing the Kafka producer failed: %r", exc)
-    sender = getattr(producer, "_sender", None)
-    task = getattr(sender, "sender_task", None)
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    try:
-        await asyncio.wait_for(producer.client.close(), timeout=2)
-    except Exception as exc:
-        log.debug("closing the Kafka client failed: %r", exc)

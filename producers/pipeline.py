@@ -198,8 +198,8 @@ class Pipeline:
                 continue
             try:
                 caught_up = await self._drain_spool()
-            except TransportError as exc:
-                self._note_outage(exc)
+            except Exception as exc:  # a bug must not stop delivery: treat it as an outage, keep the spool
+                self._note_outage(_as_transport_error(exc))
                 log.debug("trackstream: Kafka unavailable (%s), retrying in %.1fs", exc, backoff_s)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
@@ -222,8 +222,8 @@ class Pipeline:
         try:
             await self.kafka.send([(e.key, e.payload) for e in batch])
             ok = True
-        except TransportError as exc:
-            self._note_outage(exc)
+        except Exception as exc:  # whatever failed, the batch goes to the spool below
+            self._note_outage(_as_transport_error(exc))
             ok = False
         self._inflight, self._inflight_bytes = [], 0
         if self._inflight_spooled:
@@ -319,3 +319,10 @@ def decode_seq(payload: bytes) -> int:
         return int(found.group(1))
     seq: int = decode(payload).seq
     return seq
+
+
+def _as_transport_error(exc: Exception) -> TransportError:
+    """``exc`` as the TransportError the outage report expects (an unexpected one is not retriable)."""
+    if isinstance(exc, TransportError):
+        return exc
+    return TransportError(f"sending failed unexpectedly: {exc!r}", retriable=False)

@@ -47,7 +47,7 @@ def read_backend() -> ReadBackend:
         if _backend is None:
             if _factory is None:
                 raise TrackstreamError(
-                    "reading metrics back needs the query side: pip install 'trackstream[sinks]'",
+                    "reading metrics back needs the query side: pip install 'trackstream[query]'",
                 )
             _backend = _factory()
         return _backend

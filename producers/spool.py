@@ -7,6 +7,7 @@ Layout (format version 1)::
         producer.json                   {"format": 1, "producer_id", "pid", "host", "created_ns"}
         00000000000000000000.seg        segments, numbered from 0, each starting with b"TSSPOOL1"
         <consumer>.pos                  {"segment": n, "offset": k}: a consumer's saved read position
+        00000000000000000000.damaged    damaged ranges found in that segment (see below)
 
 A frame is ``<u32 length><u32 crc32><u16 key length><key><payload>`` (little-endian), where ``length``
 counts the bytes after the 8-byte header and ``crc32`` (zlib) covers them. ``key`` is the Kafka key (the
@@ -14,10 +15,18 @@ entity key) and ``payload`` one encoded envelope (:func:`trackstream.schemas.enc
 (``writev``, no copy of the payloads) and starts a new segment past ``segment_bytes``; it never rewrites a byte.
 
 Readers (:class:`SpoolReader`) iterate frames from a :class:`SpoolPosition` and get the position after
-each frame, so they can save it and resume. A frame that is incomplete or fails its CRC ends the readable
-data: for a live writer it is still being written, for a dead one (no flock) it is the torn tail of a
-crash and is ignored. Segments before a consumer's position can be deleted; a dead producer's directory
-is removed once it has been read to its end.
+each frame, so they can save it and resume. A frame that is incomplete or fails its CRC starts a bad region,
+and the reader resynchronises at the next frame whose header and CRC check (:mod:`.spool_scan`):
+
+- with an intact frame after it, the region is damage: its byte range is yielded as a :class:`Damage` entry
+  (:meth:`SpoolReader.entries`), logged once as a warning and recorded in a ``<segment number>.damaged``
+  marker beside the segment. A damaged segment, and so its producer directory, is kept until an operator
+  discards it (``trackstream sync --discard-damaged``) after a consumer has read past it;
+- with nothing valid after it, at the end of the last segment, it is the tail (``SpoolReader.torn``): for a live
+  writer a frame still being written, for a dead one (no flock) the torn tail of a crash, which is ignored.
+
+Segments before a consumer's position can be deleted (damaged ones excepted); a dead producer's directory is
+removed once it has been read to its end and holds no damaged segment.
 """
 
 from __future__ import annotations
@@ -27,35 +36,28 @@ import fcntl
 import logging
 import os
 import socket
-import struct
 import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final
 
 import orjson
 
+from trackstream.producers import spool_scan as _scan
 from trackstream.producers.errors import SpoolError
+from trackstream.producers.spool_scan import MAGIC, SEGMENT_SUFFIX, Damage, Discarded, Frame, SpoolPosition
+
+__all__ = ["MAGIC", "START", "Damage", "Discarded", "Frame", "ProducerSpool", "SpoolPosition", "SpoolReader",
+           "SpoolWriter", "encode_frame", "is_locked", "list_spools"]
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION: Final = 1
-MAGIC: Final = b"TSSPOOL1"
-SEGMENT_SUFFIX: Final = ".seg"
-_HEADER: Final = struct.Struct("<II")
-_KEY_LEN: Final = struct.Struct("<H")
-_MAX_FRAME: Final = 256 * 1024 * 1024
+_HEADER: Final = _scan.HEADER
+_KEY_LEN: Final = _scan.KEY_LEN
 _IOV_BUFFERS: Final = 3 * 300  # three buffers per frame, below IOV_MAX (1024 on Linux)
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class SpoolPosition:
-    """A read position: the next byte to read in segment number ``segment``."""
-
-    segment: int
-    offset: int
 
 
 START: Final = SpoolPosition(0, len(MAGIC))
@@ -68,10 +70,6 @@ def encode_frame(key: bytes, payload: bytes) -> bytes:
     """
     body = _KEY_LEN.pack(len(key)) + key + payload
     return _HEADER.pack(len(body), zlib.crc32(body)) + body
-
-
-def _segment_name(index: int) -> str:
-    return f"{index:020d}{SEGMENT_SUFFIX}"
 
 
 def _segments(path: Path) -> list[int]:
@@ -120,7 +118,7 @@ class SpoolWriter:
 
     def _open_segment(self, index: int) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        fd = os.open(self.path / _segment_name(index), flags, 0o644)
+        fd = os.open(self.path / _scan.segment_name(index), flags, 0o644)
         os.write(fd, MAGIC)
         if self.fsync == "batch":
             os.fsync(fd)
@@ -253,12 +251,23 @@ def list_spools(spool_dir: str | os.PathLike[str]) -> list[ProducerSpool]:
 
 
 class SpoolReader:
-    """Reads one producer directory's frames in order, from any saved position."""
+    """Reads one producer directory's frames in order, from any saved position.
+
+    ``torn`` is the unreadable tail of the last segment met by the latest read (``torn_bytes`` its size): a frame
+    still being written when the writer is alive, the torn tail of a crash when it is dead. ``damaged`` lists
+    the damaged ranges this reader has met, in order.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.torn_bytes = 0
+        self.torn: Damage | None = None
+        self.damaged: list[Damage] = []
         self._claim_fd = -1
+
+    @property
+    def torn_bytes(self) -> int:
+        """Size of the unreadable tail met by the latest read (0: none)."""
+        return 0 if self.torn is None else self.torn.size
 
     def is_alive(self) -> bool:
         """True while the writer (or another claimant) holds the directory's lock."""
@@ -295,74 +304,86 @@ class SpoolReader:
     ) -> Iterator[tuple[SpoolPosition, bytes, bytes]]:
         """Yield ``(position after the frame, key, payload)`` from ``start`` (default: the beginning).
 
-        Stops at the end of the readable data, or after about ``max_bytes`` of frames.
+        Stops at the end of the readable data, or after about ``max_bytes`` of frames. Damaged ranges are
+        skipped (see :meth:`entries`).
+        """
+        for entry in self.entries(start, max_bytes=max_bytes):
+            if isinstance(entry, Frame):
+                yield entry.after, entry.key, entry.payload
+
+    def entries(self, start: SpoolPosition | None = None, *, max_bytes: int | None = None) -> Iterator[Frame | Damage]:
+        """Yield every intact :class:`Frame` and every :class:`Damage` range from ``start``, in spool order.
+
+        A damaged range is logged (one warning per range, ever) and recorded in its segment's marker the first
+        time it is met. Stops at the end of the readable data, or after about ``max_bytes`` of frames.
         """
         position = start or START
         budget = max_bytes if max_bytes is not None else -1
-        for index in self.segments():
+        self.torn = None
+        segments = self.segments()
+        for index in segments:
             if index < position.segment:
                 continue
             offset = position.offset if index == position.segment else len(MAGIC)
-            for position, key, payload in self._segment_frames(index, offset):
-                yield position, key, payload
-                budget -= len(payload) + len(key)
+            scan = _scan.SegmentScan(self.path / _scan.segment_name(index), index, last=index == segments[-1],
+                               on_header_damage=self._note)
+            for entry in scan.entries(offset):
+                if isinstance(entry, Damage):
+                    self._note(entry)
+                    yield entry
+                    continue
+                yield entry
+                budget -= len(entry.payload) + len(entry.key)
                 if max_bytes is not None and budget <= 0:
                     return
+            self.torn = scan.tail
 
-    def _segment_frames(self, index: int, offset: int) -> Iterator[tuple[SpoolPosition, bytes, bytes]]:
-        try:
-            handle = open(self.path / _segment_name(index), "rb")  # noqa: SIM115
-        except FileNotFoundError:
-            return
-        with handle:
-            if handle.read(len(MAGIC)) != MAGIC:
-                raise SpoolError(f"{self.path / _segment_name(index)} is not a spool segment")
-            handle.seek(offset)
-            while True:
-                frame = self._read_frame(handle)
-                if frame is None:
-                    return
-                key, payload = frame
-                offset += _HEADER.size + _KEY_LEN.size + len(key) + len(payload)
-                yield SpoolPosition(index, offset), key, payload
+    def _note(self, damage: Damage) -> None:
+        _scan.note_damage(self.path, damage, self.damaged)
+        self.damaged.append(damage)
 
-    def _read_frame(self, handle: BinaryIO) -> tuple[bytes, bytes] | None:
-        """The next (key, payload), read without copying the payload; None at a torn or corrupt frame."""
-        head = handle.read(_HEADER.size + _KEY_LEN.size)
-        if len(head) < _HEADER.size + _KEY_LEN.size:
-            self.torn_bytes = len(head)
-            return None
-        length, crc = _HEADER.unpack_from(head)
-        key_len = _KEY_LEN.unpack_from(head, _HEADER.size)[0]
-        if not _KEY_LEN.size + key_len <= length <= _MAX_FRAME:
-            self.torn_bytes = len(head)
-            return None
-        key = handle.read(key_len)
-        payload = handle.read(length - _KEY_LEN.size - key_len)
-        got = _KEY_LEN.size + len(key) + len(payload)
-        if got != length or zlib.crc32(payload, zlib.crc32(head[_HEADER.size :] + key)) != crc:
-            self.torn_bytes = _HEADER.size + got
-            return None
-        return key, payload
+    def damaged_segments(self) -> list[int]:
+        """Numbers of the segments that hold recorded damage (kept until :meth:`discard_damaged`)."""
+        return sorted(set(_scan.damaged_segments(self.path)) & set(self.segments()))
 
     def delete_consumed(self, position: SpoolPosition) -> int:
-        """Delete the segments wholly before ``position``; returns how many were deleted."""
+        """Delete the segments wholly before ``position``; returns how many were deleted.
+
+        A damaged segment is kept, and marked read once ``position`` has passed all of it (see
+        :meth:`discard_damaged`).
+        """
         deleted = 0
-        for index in self.segments():
-            if index >= position.segment:
-                break
-            with contextlib.suppress(FileNotFoundError):
-                (self.path / _segment_name(index)).unlink()
-                deleted += 1
+        damaged = set(self.damaged_segments())
+        segments = self.segments()
+        for index in segments:
+            if index in damaged and index <= position.segment:
+                final = index != segments[-1] or not self.is_alive()  # else the writer may still append to it
+                if _scan.read_past(self.path, index, position, final=final):
+                    with contextlib.suppress(OSError):  # a read-only spool: it is merely kept
+                        _scan.mark_read(self.path, index)
+            elif index < position.segment:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / _scan.segment_name(index)).unlink()
+                    deleted += 1
         return deleted
+
+    def discard_damaged(self) -> tuple[list[Discarded], list[Path]]:
+        """Delete the damaged segments a consumer has read past (their marker says ``read``), with their markers.
+
+        Returns the segments removed, and the damaged segments kept because intact frames in them are unread.
+        """
+        return _scan.discard_read(self.path)
 
     def at_end(self, position: SpoolPosition) -> bool:
         """True when no complete frame follows ``position``."""
         return next(self.frames(position), None) is None
 
     def remove_if_drained(self, position: SpoolPosition) -> bool:
-        """Remove the whole directory of a dead producer read to its end; True if removed."""
-        if self.is_alive() or not self.at_end(position):
+        """Remove the whole directory of a dead producer read to its end; True if removed.
+
+        A directory holding a damaged segment is kept until :meth:`discard_damaged` removed it.
+        """
+        if self.damaged_segments() or self.is_alive() or not self.at_end(position):
             return False
         for child in self.path.iterdir():
             if child.name != "LOCK":

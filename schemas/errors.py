@@ -78,23 +78,37 @@ def _subclasses(root: type[TrackstreamError]) -> dict[str, type[TrackstreamError
     return found
 
 
+# Argument errors a caller may catch by their builtin class; they cross the API as themselves.
+_BUILTIN_ERRORS: Final[dict[str, type[Exception]]] = {
+    cls.__name__: cls for cls in (TypeError, ValueError, KeyError, LookupError)
+}
+
+
 def error_payload(exc: BaseException) -> dict[str, Any]:
     """The JSON body an API returns for ``exc``: ``{"type", "message", "retriable", "code"}``.
 
-    A :class:`TrackstreamError` keeps its class name; anything else is reported as a non-retriable
-    ``TrackstreamError`` (its text stays in the message).
+    A :class:`TrackstreamError` keeps its class name, and so do bad-argument errors (TypeError, ValueError,
+    KeyError, LookupError); anything else is reported as a non-retriable ``TrackstreamError`` (its text stays
+    in the message).
     """
     if isinstance(exc, TrackstreamError):
         return {"type": type(exc).__name__, "message": str(exc), "retriable": exc.retriable, "code": exc.code}
+    if type(exc).__name__ in _BUILTIN_ERRORS:
+        message = str(exc.args[0]) if len(exc.args) == 1 else str(exc)  # KeyError's str() quotes its key
+        return {"type": type(exc).__name__, "message": message, "retriable": False, "code": None}
     return {"type": "TrackstreamError", "message": f"{type(exc).__name__}: {exc}", "retriable": False, "code": None}
 
 
-def error_from_payload(payload: dict[str, Any]) -> TrackstreamError:
+def error_from_payload(payload: dict[str, Any]) -> Exception:
     """Rebuild the error :func:`error_payload` described, as the same class when this process knows it.
 
-    Classes are looked up by name among the loaded subclasses of :class:`TrackstreamError`; an unknown name
-    becomes a plain :class:`TrackstreamError` with the same message and ``retriable``.
+    Classes are looked up by name among the loaded subclasses of :class:`TrackstreamError` and the builtin
+    argument errors; an unknown name becomes a plain :class:`TrackstreamError` with the same message and
+    ``retriable``.
     """
+    builtin = _BUILTIN_ERRORS.get(str(payload.get("type")))
+    if builtin is not None:
+        return builtin(str(payload.get("message", "")))
     cls = _subclasses(TrackstreamError).get(str(payload.get("type")), TrackstreamError)
     message = str(payload.get("message", ""))
     retriable = bool(payload.get("retriable", False))

@@ -1,4 +1,4 @@
-"""The settings every component shares, resolved once: keyword > environment variable > default.
+"""The settings every component shares, resolved once: keyword > explicit object > environment > default.
 
 Two objects describe a deployment, and the SDK, the stream worker, the sink worker and the CLI all take them:
 
@@ -85,10 +85,15 @@ def _convert(name: str, env_var: str, raw: Any, kind: Any) -> Any:
         if target is bool:
             return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
         if target is int and not isinstance(raw, bool):
-            return int(raw)
+            number = raw if isinstance(raw, int) else float(raw) if isinstance(raw, float) else int(str(raw).strip())
+            if number != int(number):
+                raise ValueError("not a whole number")
+            return int(number)
         if target is float and not isinstance(raw, bool):
             return float(raw)
-    except (TypeError, ValueError):
+        if target in (int, float):  # a bool where a number belongs
+            raise TypeError("a bool is not a number")
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name}={raw!r} ({env_var}) is not a valid {target.__name__}") from None
     if target is str:
         return str(raw)
@@ -158,6 +163,10 @@ class KafkaSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     client_id: str = "trackstream"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sasl_password, str):  # a plain string would show in reprs: type it as a secret
+            object.__setattr__(self, "sasl_password", Secret(self.sasl_password))
 
     @classmethod
     def resolve(
@@ -268,19 +277,34 @@ class StoreSettings:
     ) -> StoreSettings:
         """Keyword > ``base`` > ``TRACKSTREAM_CLICKHOUSE_<FIELD>`` / ``TRACKSTREAM_DATA_DIR`` > default.
 
-        ``data_dir`` accepts any path-like; ``~`` is expanded.
+        ``data_dir`` accepts any path-like; ``~`` is expanded. A ``data_dir`` keyword without a ``url`` keyword
+        means the embedded store even when ``TRACKSTREAM_CLICKHOUSE_URL`` is set; ``url=""`` means it too.
+        Credentials inside the URL rank with the URL: above the environment's user and password, below
+        ``user=`` / ``password=`` keywords. Raises :class:`ConfigError` for a URL that does not parse (its
+        credentials are never quoted).
         """
+        env = os.environ if environ is None else environ
         if keywords.get("data_dir") is not None:
             keywords["data_dir"] = os.fspath(keywords["data_dir"])
-        settings = resolve_fields(cls, base, keywords, _store_env, environ=environ)
-        url, user, password = settings.url or None, settings.user, settings.password
-        if url:
-            url, url_user, url_password = _split_credentials(url)
-            user = user or url_user
-            password = password or (Secret(url_password) if url_password else None)
-        return dataclasses.replace(
-            settings, url=url, user=user, password=password, data_dir=os.path.expanduser(settings.data_dir)
-        )
+            if keywords.get("url") is None:
+                keywords["url"] = ""
+        raw_url = keywords.get("url")
+        if raw_url is None:
+            raw_url = base.url if base is not None and base.url else env.get(_store_env("url")) or None
+        start = base if base is not None else cls()
+        if raw_url:
+            url, url_user, url_password = _split_credentials(raw_url)
+            start = dataclasses.replace(
+                start, url=url, user=start.user or url_user,
+                password=start.password or (Secret(url_password) if url_password else None),
+            )
+            keywords["url"] = url
+        settings = resolve_fields(cls, start, keywords, _store_env, environ=environ)
+        return dataclasses.replace(settings, url=settings.url or None, data_dir=os.path.expanduser(settings.data_dir))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.password, str):  # a plain string would show in reprs: type it as a secret
+            object.__setattr__(self, "password", Secret(self.password))
 
     @property
     def embedded(self) -> bool:
@@ -298,8 +322,23 @@ class StoreSettings:
 
 
 def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
-    """``url`` without credentials, and the user and password it carried (userinfo or query string)."""
+    """``url`` without credentials, and the user and password it carried (userinfo or query string).
+
+    Raises :class:`ConfigError` when the URL does not parse, without quoting it (it may hold a password).
+    """
+    try:
+        return _split(url)
+    except ValueError:
+        raise ConfigError(
+            "the ClickHouse URL (url / TRACKSTREAM_CLICKHOUSE_URL) does not parse as http[s]://host:port[/database]; "
+            "set the password in TRACKSTREAM_CLICKHOUSE_PASSWORD rather than inside the URL"
+        ) from None
+
+
+def _split(url: str) -> tuple[str, str | None, str | None]:
     parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
     query = []

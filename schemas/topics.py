@@ -43,6 +43,11 @@ class Topics:
         """``<prefix>.entities``: run and model lifecycle states."""
         return f"{self.prefix}.entities"
 
+    @property
+    def sink_dlq(self) -> str:
+        """``<prefix>.sink.dlq``: processed records the sink worker could not decode or store."""
+        return f"{self.prefix}.sink.dlq"
+
     def processed(self) -> tuple[str, str, str, str]:
         """The four processed topics the sink consumes: ``(points, steps, summaries, entities)``."""
         return (self.points, self.steps, self.summaries, self.entities)

@@ -22,6 +22,7 @@ import orjson
 
 from trackstream.schemas.envelope import EntityRef
 from trackstream.schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
+from trackstream.sinks.checks import check_point_block, float64_column, int64_column
 from trackstream.sinks.errors import require
 from trackstream.sinks.rollup import Points, series_blocks, series_stats
 
@@ -145,9 +146,10 @@ class _Segments:
     generation: list[int] = field(default_factory=list)
     rank: list[int] = field(default_factory=list)
     length: list[int] = field(default_factory=list)
-    steps: list[int] = field(default_factory=list)
-    times: list[int] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
+    steps: list[Any] = field(default_factory=list)  # int64 arrays, one per segment
+    times: list[Any] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)  # float64 arrays (NaN where the wire has null)
+    points: int = 0
 
     def add(self, block: PointBlock) -> None:
         entity = self.entities("\x00".join((block.entity.project, block.entity.type, block.entity.id)))
@@ -156,9 +158,10 @@ class _Segments:
                 key = (entity, self.metrics(batch.name), self.kinds(batch.kind), generation, block.rank)
                 self.append(key, batch.steps, batch.times_ns, batch.values)
 
-    def append(self, key: tuple[int, int, int, int, int], steps: Sequence[int], times: Sequence[int],
+    def append(self, key: tuple[int, int, int, int, int], steps: Sequence[int] | Any, times: Sequence[int] | Any,
                values: Sequence[float | None]) -> None:
-        """One segment: its key (entity, metric, kind as interned ids; generation; rank) and its columns."""
+        """One segment: its key (entity, metric, kind as interned ids; generation; rank) and its columns (steps and
+        times as int64 arrays or sequences)."""
         entity, metric, kind, generation, rank = key
         self.entity.append(entity)
         self.metric.append(metric)
@@ -166,9 +169,11 @@ class _Segments:
         self.generation.append(generation)
         self.rank.append(rank)
         self.length.append(len(values))
-        self.steps.extend(steps)
-        self.times.extend(times)
-        self.values.extend(values)  # type: ignore[arg-type]  # None (NaN on the wire) until PointColumns.values
+        np = _np()
+        self.steps.append(np.asarray(steps, dtype=np.int64))
+        self.times.append(np.asarray(times, dtype=np.int64))
+        self.values.append(np.asarray(values, dtype=np.float64))  # None (null on the wire): NaN until values()
+        self.points += len(values)
 
 
 @dataclass(slots=True)
@@ -197,21 +202,22 @@ class PointColumns:
                                block.seq, block.rank, block.point_count()))
 
     def add_raw(self, raw: bytes) -> int:
-        """Add one encoded point block; returns its points. Raises (adding nothing) on a malformed message."""
+        """Add one encoded point block; returns its points. Raises (adding nothing) on a malformed message, and
+        :class:`~trackstream.sinks.checks.Rejected` on a value its column cannot hold (e.g. a rank past UInt32)."""
         wire = orjson.loads(raw)
+        check_point_block(wire)
         project, entity_type, entity_id = wire["entity"]
-        rank, producer_id, seq = int(wire["rank"]), str(wire["producer_id"]), int(wire["seq"])
-        batches = [(m["name"], m["kind"], m["steps"], m["times_ns"], m["values"], m.get("nonfinite", ()), generation)
-                   for m, generation in zip(wire["metrics"], wire["generations"], strict=True)]
-        for _, _, steps, times, values, _, _ in batches:
-            if not len(steps) == len(times) == len(values):
-                raise ValueError("metric batch columns differ in length")
+        rank, producer_id, seq = wire["rank"], wire["producer_id"], wire["seq"]
+        batches = [(m["name"], m["kind"], int64_column(f"metrics[{at}].steps", m["steps"]),
+                    int64_column(f"metrics[{at}].times_ns", m["times_ns"]),
+                    float64_column(f"metrics[{at}].values", m["values"]), m.get("nonfinite", ()), generation)
+                   for at, (m, generation) in enumerate(zip(wire["metrics"], wire["generations"], strict=True))]
         seg, points = self.segments, 0
         entity = seg.entities("\x00".join((project, entity_type, entity_id)))
         for name, kind, steps, times, values, nonfinite, generation in batches:
-            if not values:
+            if not len(values):
                 continue
-            base = len(seg.values)
+            base = seg.points
             self.nonfinite.extend((base + index, bits) for index, bits in nonfinite)
             seg.append((entity, seg.metrics(name), seg.kinds(kind), generation, rank), steps, times, values)
             points += len(values)
@@ -225,7 +231,8 @@ class PointColumns:
     def values(self) -> Any:
         """The float64 values (JSON nulls are NaN until the exact non-finite bits are put back)."""
         np = _np()
-        values = np.array(self.segments.values, dtype=np.float64)
+        chunks = self.segments.values
+        values = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float64)
         if self.nonfinite:
             at, bits = zip(*self.nonfinite, strict=True)
             values.view(np.uint64)[list(at)] = np.array(bits, dtype=np.uint64)
@@ -258,8 +265,8 @@ def points_tables(blocks: Iterable[PointBlock] | PointColumns) -> dict[str, pa.T
     def repeat(column: list[int], dtype: Any) -> Any:
         return np.repeat(np.array(column, dtype=dtype), lengths)
 
-    steps = np.array(seg.steps, dtype=np.int64)
-    times = np.array(seg.times, dtype=np.int64)
+    steps = np.concatenate(seg.steps) if seg.steps else np.zeros(0, dtype=np.int64)
+    times = np.concatenate(seg.times) if seg.times else np.zeros(0, dtype=np.int64)
     values = blocks.values()
     value32, value_exact = split_values(values)
     points = {

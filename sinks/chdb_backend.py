@@ -130,7 +130,7 @@ class ChdbBackend:
         """
         if data.num_rows == 0:
             return
-        settings = " SETTINGS optimize_on_insert = 0" + (
+        settings = " SETTINGS optimize_on_insert = 0, max_partitions_per_insert_block = 0" + (
             f", insert_deduplication_token = '{_token(dedup_token)}'" if dedup_token else "")
         columns = ", ".join(f"`{name}`" for name in data.column_names)
         trackstream_batch = data  # noqa: F841 - chDB's Python() table function finds it by this name

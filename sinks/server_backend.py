@@ -89,7 +89,8 @@ class ServerBackend:
         """
         if data.num_rows == 0:
             return
-        settings: dict[str, Any] = {"optimize_on_insert": 0}  # as in chdb_backend: readers collapse duplicates
+        # as in chdb_backend: readers collapse duplicates; imported history may span more than 100 monthly partitions
+        settings: dict[str, Any] = {"optimize_on_insert": 0, "max_partitions_per_insert_block": 0}
         if dedup_token:
             settings["insert_deduplication_token"] = dedup_token
         try:

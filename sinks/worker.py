@@ -23,6 +23,11 @@ covers the remaining windows, e.g. a crash between 1 and 2 followed by a differe
 ClickHouse unavailable: the worker pauses its partitions, keeps polling (so the group keeps it), retries the
 same chunk with capped exponential backoff and logs each failure; nothing is committed and nothing new is
 fetched, so memory stays bounded by the chunks already held.
+
+Poison: a message that cannot be decoded, or a record with a value its column cannot hold (:mod:`.checks`), goes
+to ``<prefix>.sink.dlq`` with its reason and source position (:mod:`.dlq`); the rest is written. A chunk that
+fails to build anyway is built record by record (:mod:`.chunks`). Offsets are committed only once the chunk's
+write and its dead letters are acknowledged. Kafka unavailable: one WARNING when lost, one when back (:mod:`.outage`).
 """
 
 from __future__ import annotations
@@ -31,111 +36,47 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from trackstream.schemas.processed import (
-    decode_entity_states,
-    decode_step_aggregates,
-    decode_summaries,
-)
 from trackstream.schemas.settings import KafkaSettings, StoreSettings, diagnose_connect_failure
 from trackstream.schemas.topics import Topics
-from trackstream.sinks.batch import Batcher, BatchLimits, PointColumns
+from trackstream.sinks.batch import Batcher, BatchLimits
+from trackstream.sinks.checks import decode_records, reason_of
+from trackstream.sinks.chunks import Chunk, Held, Message, prepare_chunk, record_chunk, recorded_chunks
+from trackstream.sinks.dlq import DeadLetter, DeadLetterSender, count_points, sink_dlq_topic
 from trackstream.sinks.errors import SinkError, require
-from trackstream.sinks.sink import Prepared, Sink
+from trackstream.sinks.outage import BrokerWatch, quiet_here, stop_consumer
+from trackstream.sinks.sink import Sink
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP_ID = "trackstream-sink"
 _INFLIGHT_POLL_MS = 10  # poll timeout while a write is in flight, so its commit follows promptly
 
-_CHUNKS_SQL = """
-SELECT first_offset, last_offset FROM sink_chunks FINAL
-WHERE group_id = {group_id:String} AND topic = {topic:String} AND partition = {partition:UInt32}
-  AND last_offset >= {committed:Int64}
-ORDER BY first_offset
-"""
-
-
-@dataclass(slots=True)
-class _Message:
-    offset: int
-    records: list[Any]
-
-
-@dataclass(slots=True)
-class _Partition:
-    """What the worker holds for one assigned topic partition."""
-
-    topic: str
-    partition: int
-    kind: str
-    batcher: Batcher[_Message]
-    plans: deque[tuple[int, int]] = field(default_factory=deque)
-    columns: PointColumns = field(default_factory=PointColumns)  # the points of the batcher's messages
-
-    def planned_cut(self, offset: int) -> bool:
-        while self.plans and self.plans[0][1] < self.batcher.items[0].offset:
-            self.plans.popleft()
-        return bool(self.plans) and offset >= self.plans[0][1]
-
-    def seal(self, tp: Any) -> _Chunk:
-        """Take the accumulated messages as one chunk (its boundaries are final from here on)."""
-        items = self.batcher.items
-        first, last = items[0].offset, items[-1].offset
-        planned = bool(self.plans) and self.plans[0] == (first, last)
-        if planned:
-            self.plans.popleft()
-        chunk = _Chunk(tp, self, items, first, last, planned, self.batcher.rows, self.columns)
-        self.batcher.clear()
-        self.columns = PointColumns()
-        return chunk
-
-
-@dataclass(slots=True)
-class _Chunk:
-    """A sealed run of messages of one partition: written (and retried) as one unit, then committed."""
-
-    tp: Any
-    held: _Partition
-    messages: list[_Message]
-    first: int
-    last: int
-    planned: bool
-    rows: int
-    columns: PointColumns
-    prepared: Prepared | None = None
-    records: int = 0
-
-
 @dataclass(slots=True)
 class WorkerStats:
     """Counters of one sink worker since it started.
 
     ``points`` and ``records`` written (for the points topic a record is one point block), ``chunks`` written,
-    write ``retries``, and ``skipped_messages`` that could not be decoded.
+    write ``retries``; ``dead_letters`` acknowledged by the broker, holding ``dead_messages`` dead-lettered whole
+    and ``dead_records`` dead-lettered out of otherwise stored messages.
     """
 
     points: int = 0
     records: int = 0
     chunks: int = 0
     retries: int = 0
-    skipped_messages: int = 0
-
-
-def _decoders() -> dict[str, Callable[[bytes], list[Any]]]:
-    return {
-        "steps": decode_step_aggregates,
-        "summaries": decode_summaries,
-        "entities": decode_entity_states,
-    }
+    dead_letters: int = 0
+    dead_messages: int = 0
+    dead_records: int = 0
 
 
 class SinkWorker:
-    """One sink process: consumes ``<prefix>.points/.steps/.summaries/.entities`` and writes through a Sink."""
+    """One sink process: consumes ``<prefix>.points/.steps/.summaries/.entities`` and writes through a Sink;
+    dead letters go to ``<prefix>.sink.dlq`` (:attr:`dlq_topic`)."""
 
     def __init__(
         self,
@@ -151,18 +92,23 @@ class SinkWorker:
         self.sink = sink
         self.kafka = kafka
         self.topics = Topics(kafka.topic_prefix)
+        self.dlq_topic = sink_dlq_topic(kafka.topic_prefix)
         self.group_id = group_id
         self.limits = limits or BatchLimits()
         self.poll_ms = poll_ms
         self.max_backoff_s = max_backoff_s
         self.consumer_options = consumer_options or {}
         self.stats = WorkerStats()
+        self.watch = BrokerWatch(kafka.bootstrap)
         self._kinds = dict(zip(self.topics.processed(), ("points", "steps", "summaries", "entities"), strict=True))
-        self._decoders = _decoders()
-        self._held: dict[Any, _Partition] = {}
-        self._inflight: tuple[_Chunk, asyncio.Future[None]] | None = None
-        self._sealed: _Chunk | None = None  # prepared, waiting for the write in flight
+        self._held: dict[Any, Held] = {}
+        self._inflight: tuple[Chunk, asyncio.Future[None]] | None = None
+        self._sealed: Chunk | None = None  # prepared, waiting for the write in flight
         self._consumer: Any = None
+        self._dlq = DeadLetterSender(
+            kafka, self.dlq_topic, max_backoff_s=max_backoff_s, on_acked=self._count, quiet=lambda: self.watch.down,
+            on_failure=lambda exc: self.watch.suspect(),
+            partitions=lambda: len(self._consumer.partitions_for_topic(self.topics.points) or ()) or 3)
 
     @property
     def held_rows(self) -> int:
@@ -173,6 +119,7 @@ class SinkWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; pending chunks are written (and committed) before returning."""
         aiokafka = require("aiokafka")
+        quiet_here()
         self._consumer = consumer = aiokafka.AIOKafkaConsumer(
             **self.kafka.client_options(), group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", **self.consumer_options,
@@ -183,7 +130,7 @@ class SinkWorker:
         try:
             await consumer.start()
         except Exception as exc:
-            await warm_up
+            await asyncio.gather(warm_up, consumer.stop(), return_exceptions=True)
             problem = await diagnose_connect_failure(self.kafka, exc, "the sink worker")
             if problem is not None:
                 raise problem from exc
@@ -192,6 +139,7 @@ class SinkWorker:
         with contextlib.suppress(SinkError):  # a store that is down is retried where it matters (writes)
             await warm_up
         log.info("sink worker %s consuming %s.* into %r", self.group_id, self.topics.prefix, self.sink.backend)
+        watching = asyncio.create_task(self.watch.run(consumer.topics, stop), name="trackstream-sink-watch")
         try:
             while not stop.is_set():
                 if self._inflight and self._inflight[1].done():
@@ -208,29 +156,52 @@ class SinkWorker:
                 await self._flush(tp, stop, final=True)
             await self._drain(stop, final=True)
         finally:
-            await consumer.stop()
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            await self._dlq.close()
+            await stop_consumer(consumer)
             log.info("sink worker %s stopped: %s", self.group_id, self.stats)
 
     async def _take(self, tp: Any, messages: Sequence[Any], stop: asyncio.Event) -> None:
         if not messages:
             return
         held = self._held.get(tp) or await self._open(tp, messages[0].offset)
-        decode = self._decoders.get(held.kind)
         for message in messages:
-            records: list[Any] = []
-            try:
-                if decode is None:  # points: straight into the chunk's columns
-                    rows = held.columns.add_raw(message.value)
-                else:
-                    records = decode(message.value)
-                    rows = len(records)
-            except Exception:
-                self.stats.skipped_messages += 1
-                log.exception("skipping undecodable message %s[%d]@%d", tp.topic, tp.partition, message.offset)
-                rows = 0
-            held.batcher.add(_Message(message.offset, records), rows=rows, nbytes=len(message.value or b""))
+            item, rows = self._decode(held, message)
+            held.batcher.add(item, rows=rows, nbytes=len(message.value or b""))
             if held.planned_cut(message.offset) or (not held.plans and (held.batcher.full() or self._idle(held))):
                 await self._flush(tp, stop)
+
+    def _decode(self, held: Held, message: Any) -> tuple[Message, int]:
+        """The message's records (points: into the chunk's columns); what cannot be stored is dead-lettered."""
+        raw, source = message.value, (held.topic, held.partition, message.offset)
+        item = Message(message.offset, [], raw, message.key)
+        try:
+            if held.kind == "points":
+                return item, held.columns.add_raw(raw if raw is not None else b"")
+            decoded = decode_records(held.kind, raw)
+        except Exception as exc:
+            item.stored = False
+            detail, points = f"{type(exc).__name__}: {exc}", count_points(raw) if held.kind == "points" else 0
+            self._dead_letter(held, DeadLetter.message(reason_of(exc), detail, source, raw, message.key, points=points))
+            return item, 0
+        item.records = decoded.records
+        if decoded.rejected:
+            rejected = {index for index, _, _ in decoded.rejected}
+            item.indices = [i for i in range(len(decoded.records) + len(rejected)) if i not in rejected]
+            self._dead_letter(held, DeadLetter.some_records(decoded.rejected, source, raw, message.key))
+        return item, len(decoded.records)
+
+    def _dead_letter(self, held: Held | Chunk, letter: DeadLetter) -> None:
+        """Hand ``letter`` to the producer; the offsets past it wait for its acknowledgement (``held.dead``)."""
+        held.dead.append(self._dlq.submit(letter))
+
+    def _count(self, letter: DeadLetter) -> None:
+        self.stats.dead_letters += 1
+        if letter.records is None:
+            self.stats.dead_messages += 1
+        else:
+            self.stats.dead_records += len(letter.records)
 
     async def _flush(self, tp: Any, stop: asyncio.Event, *, final: bool = False) -> None:
         """Seal the partition's chunk and start writing it, once the chunk in flight (if any) is committed."""
@@ -239,7 +210,9 @@ class SinkWorker:
             return
         self._sealed = chunk = held.seal(tp)
         try:
-            chunk.prepared = await asyncio.to_thread(self._prepare, chunk)  # overlaps the write in flight
+            chunk.prepared, letters = await asyncio.to_thread(prepare_chunk, self.sink, chunk)  # overlaps the write
+            for letter in letters:
+                self._dead_letter(chunk, letter)
             await self._drain(stop, final=final)
         finally:
             self._sealed = None
@@ -247,13 +220,14 @@ class SinkWorker:
             return
         self._inflight = (chunk, asyncio.ensure_future(asyncio.to_thread(self._write, chunk)))
 
-    def _idle(self, held: _Partition) -> bool:
+    def _idle(self, held: Held) -> bool:
         """Nothing is being written and this chunk is worth an insert (a quarter of ``max_rows``): start on it
         rather than wait for it to fill, so writing starts early and chunks grow only while the writer is busy."""
         return self._inflight is None and held.batcher.rows >= self.limits.max_rows // 4
 
     async def _drain(self, stop: asyncio.Event, *, final: bool = False) -> None:
-        """Wait for the chunk in flight; retry it with backoff until ClickHouse acknowledged it; commit it."""
+        """Wait for the chunk in flight; retry it with backoff until ClickHouse acknowledged it; wait for its dead
+        letters; commit it."""
         if self._inflight is None:
             return
         chunk, write = self._inflight
@@ -269,11 +243,7 @@ class SinkWorker:
                     tp.topic, tp.partition, chunk.first, chunk.last, exc, delay,
                 )
                 if final and stop.is_set() and delay >= self.max_backoff_s:
-                    log.error("giving up at shutdown: offsets %d-%d stay uncommitted and will be replayed",
-                              chunk.first, chunk.last)
-                    if self._held.get(tp) is chunk.held:  # so no later chunk of it commits past this one
-                        del self._held[tp]
-                    self._inflight = None
+                    self._give_up(chunk, "its write failed")
                     return
                 await self._backoff(delay)
                 delay = min(delay * 2, self.max_backoff_s)
@@ -282,10 +252,34 @@ class SinkWorker:
                     return
                 write = asyncio.ensure_future(asyncio.to_thread(self._write, chunk))
                 self._inflight = (chunk, write)
-        await self._commit(chunk)
+        if await self._letters_acked(chunk, stop, final=final):
+            await self._commit(chunk)
         self._inflight = None
 
-    async def _commit(self, chunk: _Chunk) -> None:
+    async def _letters_acked(self, chunk: Chunk, stop: asyncio.Event, *, final: bool) -> bool:
+        """Wait, polling while paused, until the broker acknowledged the chunk's dead letters. False when the
+        partition was revoked meanwhile or, at shutdown, the broker stays away (the offsets are then replayed)."""
+        pending, started = {f for f in chunk.dead if not f.done()}, time.monotonic()
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.2)
+            if not pending:
+                break
+            if final and stop.is_set() and time.monotonic() - started >= self.max_backoff_s:
+                self._give_up(chunk, f"{len(pending)} dead letter(s) are not acknowledged")
+                return False
+            await self._backoff(0.2)
+            if self._held.get(chunk.tp) is not chunk.held:
+                return False
+        return True
+
+    def _give_up(self, chunk: Chunk, why: str) -> None:
+        log.error("giving up at shutdown (%s): %s[%d] offsets %d-%d stay uncommitted and will be replayed",
+                  why, chunk.tp.topic, chunk.tp.partition, chunk.first, chunk.last)
+        if self._held.get(chunk.tp) is chunk.held:  # so no later chunk of it commits past this one
+            del self._held[chunk.tp]
+        self._inflight = None
+
+    async def _commit(self, chunk: Chunk) -> None:
         tp = chunk.tp
         self.stats.chunks += 1
         if self._held.get(tp) is not chunk.held:
@@ -295,39 +289,20 @@ class SinkWorker:
         try:
             await self._consumer.commit({tp: chunk.last + 1})
         except Exception as exc:  # rebalanced away: the next owner replays with the recorded boundaries
+            self.watch.suspect()
             log.warning("commit of %s[%d] offset %d failed (%s); the chunk will be replayed, deduplicated",
                         tp.topic, tp.partition, chunk.last + 1, exc)
 
-    def _prepare(self, chunk: _Chunk) -> Prepared:
-        """The chunk's columnar batches (in a thread, while the previous chunk is being inserted)."""
-        if chunk.held.kind == "points":
-            chunk.records = len(chunk.columns)
-            prepared = self.sink.prepare(point_blocks=chunk.columns)
-        else:
-            records = [r for message in chunk.messages for r in message.records]
-            chunk.records = len(records)
-            prepared = self.sink.prepare(**{_WRITE_ARG[chunk.held.kind]: records})
-        chunk.messages, chunk.columns = [], PointColumns()  # the tables hold the rows from here on
-        return prepared
-
-    def _write(self, chunk: _Chunk) -> None:
+    def _write(self, chunk: Chunk) -> None:
         """Record the chunk's boundaries (unless a replay reuses recorded ones), then insert it (in a thread)."""
         held, prepared = chunk.held, chunk.prepared
         assert prepared is not None
         if not chunk.planned:
-            self._record_chunk(held, chunk.first, chunk.last)
+            record_chunk(self.sink, self.group_id, held, chunk.first, chunk.last)
         dedup_key = f"{held.topic}:{held.partition}:{chunk.first}-{chunk.last}"
         stats = self.sink.write_prepared(prepared, dedup_key=dedup_key)
         self.stats.points += stats.points
         self.stats.records += chunk.records
-
-    def _record_chunk(self, held: _Partition, first: int, last: int) -> None:
-        pa = require("pyarrow")
-        row = pa.table({
-            "group_id": [self.group_id], "topic": [held.topic], "partition": pa.array([held.partition], pa.uint32()),
-            "first_offset": pa.array([first], pa.int64()), "last_offset": pa.array([last], pa.int64()),
-        })
-        self.sink.backend.insert("sink_chunks", row)
 
     async def _backoff(self, delay_s: float) -> None:
         """Wait while still polling (paused), so the group does not evict this worker."""
@@ -339,12 +314,19 @@ class SinkWorker:
         finally:
             consumer.resume(*[tp for tp in assigned if tp in consumer.assignment()])
 
-    async def _open(self, tp: Any, offset: int) -> _Partition:
+    async def _open(self, tp: Any, offset: int) -> Held:
         """Start holding a partition whose next message is at ``offset``; load recorded chunk boundaries."""
-        held = _Partition(tp.topic, tp.partition, self._kinds[tp.topic], Batcher(write=_no_write, limits=self.limits))
-        params = {"group_id": self.group_id, "topic": tp.topic, "partition": tp.partition, "committed": offset}
-        rows = (await asyncio.to_thread(self.sink.backend.query, _CHUNKS_SQL, params))[1]
-        held.plans.extend((int(a), int(b)) for a, b in rows)
+        held = Held(tp.topic, tp.partition, self._kinds[tp.topic], Batcher(write=_no_write, limits=self.limits))
+        delay = 0.1
+        while True:  # ClickHouse away: retried like a write, polling (paused) meanwhile
+            try:
+                held.plans.extend(await asyncio.to_thread(recorded_chunks, self.sink, self.group_id, tp, offset))
+                break
+            except SinkError as exc:
+                log.warning("reading the recorded chunks of %s[%d] failed (%s); retrying in %.1fs", tp.topic,
+                            tp.partition, exc, delay)
+                await self._backoff(delay)
+                delay = min(delay * 2, self.max_backoff_s)
         if held.plans:
             log.info("%s[%d]: replaying %d recorded chunk(s) from offset %d with their original boundaries",
                      tp.topic, tp.partition, len(held.plans), offset)
@@ -360,10 +342,7 @@ class SinkWorker:
             self._held.pop(tp, None)
 
 
-_WRITE_ARG = {"steps": "steps", "summaries": "summaries", "entities": "entity_states"}
-
-
-def _no_write(items: list[_Message]) -> None:
+def _no_write(items: list[Message]) -> None:
     raise SinkError("chunks are written by the worker")
 
 

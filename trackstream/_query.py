@@ -101,29 +101,47 @@ def backend() -> Any:
     return _backend
 
 
+_RAISES = """
+    ``store`` reads another store than the environment's (a :class:`StoreSettings`). Raises ``QueryError``
+    for bad arguments or SQL, ``StoreUnavailable`` (retriable) when the store or its owner cannot be reached,
+    ``StoreBusyError`` (retriable) when another process holds the store without serving it, and
+    ``MissingDependencyError`` on an SDK-only install (``pip install 'trackstream[query]'``)."""
+
+
+def _for(store: StoreSettings | None) -> Any:
+    return backend() if store is None else reader(store)
+
+
 def compare(project: str, metric: str, *, agg: str = "last", by: list[str] | None = None,
-            runs: list[str] | None = None, entity_type: str = "run") -> list[dict[str, Any]]:
+            runs: list[str] | None = None, entity_type: str = "run",
+            store: StoreSettings | None = None) -> list[dict[str, Any]]:
     """One row per run, or per group of runs sharing the values of the params in ``by`` (docs/queries.md)."""
-    result: list[dict[str, Any]] = backend().compare(project, metric, agg=agg, by=by, runs=runs,
-                                                     entity_type=entity_type)
+    result: list[dict[str, Any]] = _for(store).compare(project, metric, agg=agg, by=by, runs=runs,
+                                                       entity_type=entity_type)
     return result
 
 
-def curves(project: str, runs: list[str], metric: str, *, points: int = 1000) -> dict[str, list[dict[str, Any]]]:
+def curves(project: str, runs: list[str], metric: str, *, points: int = 1000,
+           store: StoreSettings | None = None) -> dict[str, list[dict[str, Any]]]:
     """Per run at most ``points`` buckets over step with min/max/avg/last; extremes are never lost."""
-    result: dict[str, list[dict[str, Any]]] = backend().curves(project, runs, metric, points=points)
+    result: dict[str, list[dict[str, Any]]] = _for(store).curves(project, runs, metric, points=points)
     return result
 
 
-def runs(project: str) -> list[dict[str, Any]]:
+def runs(project: str, *, store: StoreSettings | None = None) -> list[dict[str, Any]]:
     """Runs with status, params, tags, times and lost points."""
-    result: list[dict[str, Any]] = backend().runs(project)
+    result: list[dict[str, Any]] = _for(store).runs(project)
     return result
 
 
-def sql(query: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+def sql(query: str, parameters: dict[str, Any] | None = None, *,
+        store: StoreSettings | None = None) -> list[tuple[Any, ...]]:
     """Read-only SQL; values only as bound ``{name:Type}`` parameters."""
-    return [tuple(row) for row in backend().sql(query, parameters)]
+    return [tuple(row) for row in _for(store).sql(query, parameters)]
+
+
+for _function in (compare, curves, runs, sql):
+    _function.__doc__ = f"{_function.__doc__}\n{_RAISES}"
 
 
 class _ReadBack:

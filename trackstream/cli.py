@@ -74,9 +74,20 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _store(args: argparse.Namespace) -> StoreSettings:
+    """The store the options name; ``--data-dir`` alone means the embedded store, whatever the environment says.
+
+    Raises ConfigError for a password inside ``--clickhouse-url``: a command line is visible to every user
+    of the machine (``ps``), so passwords come only from ``TRACKSTREAM_CLICKHOUSE_PASSWORD``.
+    """
+    from trackstream.schemas.errors import ConfigError
     from trackstream.schemas.settings import StoreSettings
 
-    return StoreSettings.resolve(url=args.clickhouse_url, data_dir=args.data_dir)
+    settings = StoreSettings.resolve(url=args.clickhouse_url, data_dir=args.data_dir)
+    if args.clickhouse_url and settings.password is not None and \
+            StoreSettings.resolve(url=args.clickhouse_url, environ={}).password is not None:
+        raise ConfigError("--clickhouse-url carries a password, which every user of this machine can read in the "
+                          "process list: remove it from the URL and set TRACKSTREAM_CLICKHOUSE_PASSWORD instead")
+    return settings
 
 
 def _reader(args: argparse.Namespace) -> Any:
@@ -127,8 +138,17 @@ def _cmd_sink_worker(args: argparse.Namespace) -> int:
 def _cmd_sync(args: argparse.Namespace) -> int:
     from trackstream.producers.sync import sync_spool
 
-    report = sync_spool(args.spool_dir, kafka=_kafka(args))
-    log.info("sync finished: %s", report)
+    report = sync_spool(args.spool_dir, discard_damaged=args.discard_damaged, kafka=_kafka(args))
+    for gone in report.discarded:  # stdout: what an operator asked to delete, one line per segment
+        ranges = " ".join(f"[{start},{end})" for start, end in gone.ranges)
+        sys.stdout.write(f"discarded {gone.path} ({gone.size} bytes; damaged {ranges})\n")
+    log.info("sync finished: %d producer(s), %d envelope(s), %d bytes sent; %d damaged range(s) skipped; %d damaged "
+             "segment(s) discarded, %d kept; %d live producer(s) skipped", report.producers, report.envelopes,
+             report.bytes, len(report.damaged), len(report.discarded), len(report.kept_damaged),
+             len(report.skipped_live))
+    if report.kept_damaged and not args.discard_damaged:
+        log.warning("damaged spool segments are kept: %s; remove them with `trackstream sync --discard-damaged`",
+                    ", ".join(str(path) for path in report.kept_damaged))
     return 0
 
 
@@ -207,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync = commands.add_parser("sync", help="send spools left by dead processes to Kafka")
     _kafka_options(sync)
     sync.add_argument("--spool-dir", type=Path, help="default: $TRACKSTREAM_SPOOL_DIR or ~/.trackstream/spool")
+    sync.add_argument("--discard-damaged", action="store_true",
+                      help="delete the damaged spool segments that have been read past (their intact frames are "
+                           "delivered), printing each one; works without Kafka")
     sync.set_defaults(run=_cmd_sync)
 
     local = commands.add_parser("local", help="embedded pipeline: spool -> processing -> chDB, serving queries")

@@ -10,6 +10,7 @@ hyperparameters, writes a PNG of the loss curves and reports throughput and emit
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -29,7 +30,10 @@ import orjson
 
 from trackstream import _query
 from trackstream.demo_worker import metric_names
-from trackstream.schemas.settings import KafkaSettings
+from trackstream.schemas.errors import TrackstreamError
+from trackstream.schemas.settings import KafkaSettings, StoreSettings
+from trackstream.schemas.topics import Topics
+from trackstream.sinks.errors import IngestTimeout
 
 log = logging.getLogger("trackstream.demo")
 
@@ -118,20 +122,28 @@ def _embedded_pipeline(spool_dir: Path, data_dir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def kafka_workers(kafka: KafkaSettings, data_dir: Path, logs: Path, *, step_timeout_ms: int = 2000,
-                  timeout_s: float = 120.0) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """A stream worker and a chDB sink worker (owning ``data_dir``) as subprocesses; both stopped on exit.
+def kafka_workers(kafka: KafkaSettings, data_dir: Path, logs: Path, *, store: StoreSettings | None = None,
+                  step_timeout_ms: int = 2000, timeout_s: float = 120.0) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A stream worker and a sink worker as subprocesses, both stopped on exit.
 
-    The workers get ``kafka`` through their environment (``TRACKSTREAM_KAFKA_*``), so a password never shows in a
-    process list. Their output goes to ``logs/streams.log`` and ``logs/sink.log``. Raises :class:`RuntimeError`
-    naming the logs when the sink worker has not started serving the store within ``timeout_s``.
+    The sink worker writes to ``store`` when it names a ClickHouse server, else to the chDB store ``data_dir``,
+    which it owns and serves. The workers get ``kafka`` and the store's credentials through their environment,
+    so a password never shows in a process list. Their output goes to ``logs/streams.log`` and ``logs/sink.log``.
+    Raises :class:`TrackstreamError` naming the logs when a worker exits, or the workers are not ready (the
+    embedded store served, or on a server the processed topics created) within ``timeout_s``.
     """
     command = [sys.executable, "-m", "trackstream.cli"]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TRACKSTREAM_KAFKA_")}, **kafka.to_environment()}
+    server = store.url if store is not None else None
+    sink_store = ["--data-dir", str(data_dir)]
+    if store is not None and server:
+        env.update({"TRACKSTREAM_CLICKHOUSE_USER": store.user or "", "TRACKSTREAM_CLICKHOUSE_PASSWORD":
+                    store.password.reveal() if store.password else ""})
+        sink_store = ["--clickhouse-url", server]
     workers = [
         (["streams", "worker", "--data-dir", str(data_dir / "streams"), "--step-timeout-ms", str(step_timeout_ms)],
          "streams.log"),
-        (["sink", "worker", "--data-dir", str(data_dir)], "sink.log"),
+        (["sink", "worker", *sink_store], "sink.log"),
     ]
     processes = []
     for args, log_name in workers:
@@ -141,9 +153,9 @@ def kafka_workers(kafka: KafkaSettings, data_dir: Path, logs: Path, *, step_time
         from trackstream.http_api import owner_address
 
         deadline = time.monotonic() + timeout_s
-        while owner_address(data_dir) is None:
+        while not (_topics_exist(kafka) if server else owner_address(data_dir) is not None):
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-                raise RuntimeError(f"the workers did not come up; see {logs}/streams.log and {logs}/sink.log")
+                raise TrackstreamError(f"the workers did not come up; see {logs}/streams.log and {logs}/sink.log")
             time.sleep(0.1)
         yield processes
     finally:
@@ -154,6 +166,23 @@ def kafka_workers(kafka: KafkaSettings, data_dir: Path, logs: Path, *, step_time
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def _topics_exist(kafka: KafkaSettings) -> bool:
+    """Whether the stream worker created the processed topics the sink worker consumes."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def check() -> bool:
+        admin = AIOKafkaAdminClient(**kafka.client_options())
+        try:
+            await admin.start()
+            return Topics(kafka.topic_prefix).points in set(await admin.list_topics())
+        except Exception:
+            return False
+        finally:
+            await admin.close()
+
+    return asyncio.run(check())
 
 
 def _probe_latency(project: str, stop: threading.Event, report: DemoReport, *, interval_s: float = 0.05) -> None:
@@ -228,7 +257,7 @@ def _watch(processes: list[subprocess.Popen[bytes]], *, project: str, sweep: str
                 report.log_seconds = time.monotonic() - started
                 failed = [p.args for p in processes if p.returncode != 0]
                 if failed:
-                    raise RuntimeError(f"{len(failed)} training processes failed")
+                    raise TrackstreamError(f"{len(failed)} training processes failed; see their output above")
             seen = _count_points(project, sweep)
             if seen and not report.first_seen_seconds:
                 report.first_seen_seconds = time.monotonic() - started
@@ -237,7 +266,8 @@ def _watch(processes: list[subprocess.Popen[bytes]], *, project: str, sweep: str
                 report.ingest_seconds = time.monotonic() - started
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {seen} of {expected} points queryable after {timeout_s:.0f} s")
+                raise IngestTimeout(f"only {seen} of {expected} points queryable after {timeout_s:.0f} s; see the "
+                                    "worker logs")
             time.sleep(0.25)
 
 
@@ -299,7 +329,8 @@ def run_demo(args: argparse.Namespace) -> int:
     report = DemoReport(points=expected, processes=len(configs) * args.ranks)
     logs = base if args.data_dir is None else data_dir
     logs.mkdir(parents=True, exist_ok=True)
-    pipeline = (kafka_workers(KafkaSettings.resolve(bootstrap=bootstrap, topic_prefix=prefix), data_dir, logs)
+    pipeline = (kafka_workers(KafkaSettings.resolve(bootstrap=bootstrap, topic_prefix=prefix), data_dir, logs,
+                              store=StoreSettings.resolve(url=clickhouse_url or ""))
                 if bootstrap
                 else _embedded_pipeline(spool_dir, data_dir))
     with pipeline:

@@ -63,10 +63,10 @@ def owner_address(data_dir: Path) -> str | None:
     try:
         owner = orjson.loads((data_dir / OWNER_FILE).read_bytes())
         os.kill(int(owner["pid"]), 0)
-    except (FileNotFoundError, ProcessLookupError, ValueError, KeyError, orjson.JSONDecodeError):
-        return None
     except PermissionError:
-        pass
+        pass  # alive, and another account's: its API still answers
+    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return None  # no owner file, a dead owner, or a data dir that is not a directory
     return str(owner["url"])
 
 

@@ -3,12 +3,16 @@
 The same functions as the Kafka deployment run here in one process: ``trackstream.streams.Processor`` validates,
 deduplicates and aggregates the envelopes that producers appended to the spool, and ``trackstream.sinks.Sink`` writes
 the
-records into a chDB store. Invalid input goes to ``<data_dir>/dlq.jsonl`` (the embedded dead-letter topic).
+records into a chDB store. Invalid input goes to ``<data_dir>/dlq.jsonl`` (the embedded dead-letter topic), with
+its spool position (``"spool": {"producer_id", "segment", "offset"}``): envelopes the processor rejects, damaged
+spool ranges (``spool_damaged``, with ``"range"``), torn tails of dead producers (``spool_torn_tail``) and frames
+whose records cannot be built or stored (``unstorable``). No spool content stops ingest.
 
 Exactly once: after every write the runner saves, in one atomic file replace, the spool position reached for
 every producer together with the processor's state. A crash between a write and that save replays the same
 frames from the same state, which yields the same records, and the sink's idempotent tables absorb them.
-Spool segments are deleted only after the save, and a dead producer's directory once it is fully ingested.
+Spool segments are deleted only after the save (damaged ones are kept for ``trackstream sync --discard-damaged``),
+and a dead producer's directory once it is fully ingested and holds no damaged segment.
 
 ``trackstream local`` (:func:`run_local`) owns the store, ingests continuously and serves the query API on
 localhost; :func:`catch_up` is one pass, used by readers when no process owns the store.
@@ -21,14 +25,16 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
-from trackstream.producers.spool import START, SpoolPosition, SpoolReader, list_spools
+from trackstream.producers.spool import START, Damage, Frame, SpoolPosition, SpoolReader, list_spools
+from trackstream.producers.spool_scan import segment_name
 from trackstream.schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
 from trackstream.schemas.settings import StoreSettings
 from trackstream.store import StoreBusyError, spool_dir_from, store_lock
@@ -42,30 +48,40 @@ STATE_VERSION: Final = 1
 
 @dataclass
 class PassStats:
-    """What one ingest pass did."""
+    """What one ingest pass did: ``dead_letters`` counts every record appended to ``dlq.jsonl``, ``damaged`` the
+    damaged spool ranges (and torn tails of dead producers) among them."""
 
     envelopes: int = 0
     points: int = 0
     duplicates: int = 0
     dead_letters: int = 0
     writes: int = 0
+    damaged: int = 0
 
     def add(self, other: PassStats) -> None:
-        """Add ``other``'s counts (envelopes, points, duplicates, dead letters, writes) to this one."""
-        for name in ("envelopes", "points", "duplicates", "dead_letters", "writes"):
+        """Add ``other``'s counts to this one."""
+        for name in [f.name for f in fields(self)]:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+# One spool entry of a batch: producer id, the frame or damaged range, and whether the range is a torn tail.
+_Entry = tuple[str, Frame | Damage, bool]
+
+
 @dataclass
-class _Pending:
+class _Batch:
     point_blocks: list[PointBlock] = field(default_factory=list)
     steps: list[StepAggregate] = field(default_factory=list)
     summaries: dict[tuple[bytes, str, int], MetricSummary] = field(default_factory=dict)
     entity_states: dict[bytes, EntityState] = field(default_factory=dict)
     dlq: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[_Entry] = field(default_factory=list)  # what the batch was made of, to retry one by one
     points: int = 0
+    envelopes: int = 0
+    duplicates: int = 0
+    damaged: int = 0
 
-    def add(self, out: Any) -> None:
+    def add(self, out: Any, spool: Callable[[], dict[str, Any]] | None = None) -> None:
         self.point_blocks.extend(out.point_blocks)
         self.points += sum(block.point_count() for block in out.point_blocks)
         self.steps.extend(out.step_aggregates)
@@ -73,28 +89,51 @@ class _Pending:
             self.summaries[(summary.entity.key(), summary.metric, summary.generation)] = summary
         for state in out.entity_states:
             self.entity_states[state.entity.key()] = state
-        self.dlq.extend(record.to_wire() for record in out.dlq)
+        self.dlq.extend({**record.to_wire(), "spool": spool()} if spool else record.to_wire() for record in out.dlq)
+        self.duplicates += out.duplicates
 
     def empty(self) -> bool:
         return not (self.point_blocks or self.steps or self.summaries or self.entity_states or self.dlq)
 
 
+class _Unwritable(Exception):
+    """A write failed before anything was durable, at ``stage`` "encode" (building records) or "insert"."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
+        self.stage = stage
+
+
 class LocalIngest:
-    """Ingests the spool into a chDB store; the caller must hold the store lock."""
+    """Ingests the spool into a chDB store; the caller must hold the store lock.
+
+    A write that fails is retried entry by entry from the last saved state, so that only the frames that cannot
+    be written are set aside (``unstorable``); see :meth:`_isolate`.
+    """
 
     def __init__(self, *, spool_dir: Path, data_dir: Path, step_timeout_ms: int | None = None,
                  max_batch_points: int = 100_000, sink: Any = None) -> None:
         from trackstream.sinks.sink import Sink
-        from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor
+        from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS
 
         self.spool_dir = spool_dir
         self.data_dir = data_dir
         self.max_batch_points = max_batch_points
+        self.step_timeout_ms = step_timeout_ms or DEFAULT_STEP_TIMEOUT_MS
         self.sink = sink if sink is not None else Sink.open(data_dir=str(data_dir))
-        self.processor = Processor(step_timeout_ms=step_timeout_ms or DEFAULT_STEP_TIMEOUT_MS)
         self.positions: dict[str, SpoolPosition] = {}
+        self._saved_positions: dict[str, SpoolPosition] = {}
         self._entity_blobs: dict[bytes, bytes] = {}
         self._load_state()
+        self.processor = self._restored_processor()
+
+    def _restored_processor(self) -> Any:
+        """A processor holding exactly the last saved state."""
+        from trackstream.streams.processor import Processor
+
+        processor = Processor(step_timeout_ms=self.step_timeout_ms)
+        processor.restore(self._entity_blobs)
+        return processor
 
     def _load_state(self) -> None:
         path = self.data_dir / STATE_FILE
@@ -102,16 +141,14 @@ class LocalIngest:
             return
         state = orjson.loads(path.read_bytes())
         self.positions = {pid: SpoolPosition(*pos) for pid, pos in state["positions"].items()}
+        self._saved_positions = dict(self.positions)
         self._entity_blobs = {base64.b64decode(k): base64.b64decode(v) for k, v in state["entities"].items()}
-        self.processor.restore(self._entity_blobs)
 
-    def _save_state(self) -> None:
-        self._entity_blobs.update(self.processor.take_dirty())  # only entities changed since the last save
+    def _save_state(self, blobs: dict[bytes, bytes]) -> None:
         state = {
             "v": STATE_VERSION,
             "positions": {pid: [pos.segment, pos.offset] for pid, pos in self.positions.items()},
-            "entities": {base64.b64encode(k).decode(): base64.b64encode(v).decode()
-                         for k, v in self._entity_blobs.items()},
+            "entities": {base64.b64encode(k).decode(): base64.b64encode(v).decode() for k, v in blobs.items()},
         }
         tmp = self.data_dir / (STATE_FILE + ".tmp")
         with open(tmp, "wb") as handle:
@@ -120,46 +157,144 @@ class LocalIngest:
             os.fsync(handle.fileno())
         tmp.replace(self.data_dir / STATE_FILE)
 
-    def _write(self, pending: _Pending, stats: PassStats) -> None:
-        if pending.empty():
+    def _write(self, batch: _Batch, stats: PassStats) -> None:
+        """Records to the store, dead letters to ``dlq.jsonl``, then positions and state in one file replace.
+
+        Raises :class:`_Unwritable` when the records or the state cannot be built or inserted; an error while
+        appending dead letters or saving the state (the data directory failing) propagates as it is.
+        """
+        if batch.empty() and self.positions == self._saved_positions:
             return
-        if pending.dlq:
+        try:
+            dirty = self.processor.take_dirty()  # only entities changed since the last save
+            prepared = self.sink.prepare(batch.point_blocks, batch.steps, list(batch.summaries.values()),
+                                         list(batch.entity_states.values()))
+        except Exception as exc:
+            raise _Unwritable("encode", exc) from exc
+        lines = b"".join(_dlq_line(record) for record in batch.dlq)
+        try:
+            self.sink.write_prepared(prepared)
+        except Exception as exc:
+            raise _Unwritable("insert", exc) from exc
+        if lines:
             with open(self.data_dir / DLQ_FILE, "ab") as handle:
-                handle.write(b"".join(orjson.dumps(record) + b"\n" for record in pending.dlq))
+                handle.write(lines)
                 os.fsync(handle.fileno())
-            stats.dead_letters += len(pending.dlq)
-        self.sink.write(pending.point_blocks, pending.steps, list(pending.summaries.values()),
-                        list(pending.entity_states.values()))
-        self._save_state()
-        stats.points += pending.points
-        stats.writes += 1
+        blobs = {**self._entity_blobs, **dirty}
+        self._save_state(blobs)
+        self._entity_blobs, self._saved_positions = blobs, dict(self.positions)
+        stats.add(PassStats(envelopes=batch.envelopes, points=batch.points, duplicates=batch.duplicates,
+                            dead_letters=len(batch.dlq), writes=1, damaged=batch.damaged))
+
+    def _take(self, batch: _Batch, producer_id: str, entry: Frame | Damage, *, torn: bool = False,
+              now_ns: int | None) -> None:
+        """Process one spool entry into ``batch`` and move the producer's position past it."""
+        from trackstream.streams.records import DlqRecord, Output, SourcePosition
+
+        batch.entries.append((producer_id, entry, torn))
+        if isinstance(entry, Frame):
+            start = entry.start
+            source = SourcePosition(f"spool/{producer_id}", start.segment, start.offset)
+            try:
+                out = self.processor.process(entry.payload, source=source, key=entry.key, now_ns=now_ns)
+            except Exception as exc:  # the processor's own guard missed it: still one frame, not the runner
+                log.exception("trackstream local: processing the frame at %s failed", source)
+                out = Output(dlq=[DlqRecord("internal_error", f"{type(exc).__name__}: {exc}", source,
+                                            entry.payload, key=entry.key)])
+            batch.add(out, lambda: _spool_position(producer_id, start))
+            batch.envelopes += 1
+        else:
+            batch.dlq.append(_damage_record(producer_id, entry, torn=torn))
+            batch.damaged += 1
+        self.positions[producer_id] = entry.after
 
     def ingest_pass(self, *, now_ns: int | None = None) -> PassStats:
         """Read every spool from its saved position to its current end, process, write, save."""
-        from trackstream.streams.records import SourcePosition
-
         stats = PassStats()
-        pending = _Pending()
+        batch = _Batch()
         readers: list[tuple[str, SpoolReader]] = []
         for spool in list_spools(self.spool_dir):
             producer_id = spool.path.name
             reader = SpoolReader(spool.path)
             readers.append((producer_id, reader))
-            position = self.positions.get(producer_id, START)
-            for after, key, payload in reader.frames(position):
-                source = SourcePosition(f"spool/{producer_id}", position.segment, position.offset)
-                out = self.processor.process(payload, source=source, key=key, now_ns=now_ns)
-                stats.envelopes += 1
-                stats.duplicates += out.duplicates
-                pending.add(out)
-                position = self.positions[producer_id] = after
-                if pending.points >= self.max_batch_points:
-                    self._write(pending, stats)
-                    pending = _Pending()
-        pending.add(self.processor.tick(now_ns))
-        self._write(pending, stats)
+            for entry in reader.entries(self.positions.get(producer_id, START)):
+                self._take(batch, producer_id, entry, now_ns=now_ns)
+                if batch.points >= self.max_batch_points:
+                    retry = self._flush(batch, stats, now_ns=now_ns)
+                    batch = _Batch()
+                    for again in retry:  # refused by the store with no later write yet: retried after the next
+                        self._take(batch, *again[:2], torn=again[2], now_ns=now_ns)
+            if reader.torn is not None and not spool.alive:  # dead before the read began: a crash's torn tail
+                log.warning("trackstream local: ignored the torn final frame (%d bytes) of the dead producer %s",
+                            reader.torn.size, spool.path)
+                self._take(batch, producer_id, reader.torn, torn=True, now_ns=now_ns)
+        self._flush(batch, stats, now_ns=now_ns, tick=True)
         self._clean_up(readers)
         return stats
+
+    def _flush(self, batch: _Batch, stats: PassStats, *, now_ns: int | None, tick: bool = False) -> list[_Entry]:
+        """Write ``batch``; returns the entries left unwritten, to retry (see :meth:`_isolate`)."""
+        if tick:
+            batch.add(self.processor.tick(now_ns))
+        try:
+            self._write(batch, stats)
+        except _Unwritable as exc:
+            log.warning("trackstream local: a write of %d spool entries failed (%s); retrying them one by one",
+                        len(batch.entries), exc)
+            return self._isolate(batch.entries, stats, now_ns=now_ns, tick=tick)
+        return []
+
+    def _rollback(self, deferred: list[tuple[str, Frame | Damage, dict[str, Any]]]) -> None:
+        """Back to the last saved state, then past the entries whose dead letters wait for the next write."""
+        self.processor = self._restored_processor()
+        self.positions = dict(self._saved_positions)
+        for producer_id, entry, _record in deferred:
+            self.positions[producer_id] = entry.after
+
+    def _isolate(self, entries: list[_Entry], stats: PassStats, *, now_ns: int | None, tick: bool) -> list[_Entry]:
+        """Write ``entries`` one by one from the last saved state; set aside each one that cannot be written.
+
+        A set-aside entry's dead letter goes out with the next write. A frame whose records the store refuses
+        is set aside only once the store has taken a later write: a second refusal in a row means the store is
+        failing, and its error propagates. A refusal with no later write is not consumed: it and what follows
+        it are returned, to be retried.
+        """
+        self._rollback([])
+        deferred: list[tuple[str, Frame | Damage, dict[str, Any]]] = []
+        refused_at: int | None = None  # index in deferred of a frame the store refused, not vouched for yet
+        for producer_id, entry, torn in entries:
+            single = _Batch(dlq=[record for _, _, record in deferred])
+            self._take(single, producer_id, entry, torn=torn, now_ns=now_ns)
+            try:
+                self._write(single, stats)
+            except _Unwritable as exc:
+                if exc.stage == "insert" and refused_at is not None:
+                    self._rollback([])
+                    raise (exc.__cause__ or exc) from None
+                if exc.stage == "insert":
+                    refused_at = len(deferred)
+                log.warning("trackstream local: set aside the frame of %s at %s: %s", producer_id,
+                            getattr(entry, "start", entry), exc)
+                deferred.append((producer_id, entry, _unstorable_record(producer_id, entry, exc)))
+                self._rollback(deferred)
+                continue
+            deferred, refused_at = [], None
+        retry: list[_Entry] = []
+        if refused_at is not None:
+            log.warning("trackstream local: the store refused the last write; it will be retried")
+            retry = [(producer_id, entry, False) for producer_id, entry, _ in deferred[refused_at:]]
+            deferred = deferred[:refused_at]
+            self._rollback(deferred)
+        last = _Batch(dlq=[record for _, _, record in deferred])
+        if tick:
+            last.add(self.processor.tick(now_ns))
+        try:
+            self._write(last, stats)
+        except _Unwritable as exc:  # timed-out step aggregates: they stay pending and are retried next pass
+            log.warning("trackstream local: writing timed-out step aggregates failed (%s)", exc)
+            self._rollback(deferred)
+            self._write(_Batch(dlq=[record for _, _, record in deferred]), stats)
+        return retry
 
     def _clean_up(self, readers: list[tuple[str, SpoolReader]]) -> None:
         """Delete what is durably ingested: consumed segments, and dead producers read to their end."""
@@ -168,10 +303,59 @@ class LocalIngest:
             reader.delete_consumed(position)
             if reader.remove_if_drained(position):
                 self.positions.pop(producer_id, None)
+        listed = {producer_id for producer_id, _ in readers}
+        for producer_id in [pid for pid in self.positions if pid not in listed]:
+            if not (self.spool_dir / producer_id).exists():  # removed by `trackstream sync --discard-damaged`
+                self.positions.pop(producer_id)
 
     def close(self) -> None:
         """Close the sink and its chDB store handle; positions and state saved by the last write stay on disk."""
         self.sink.close()
+
+
+def _spool_position(producer_id: str, position: SpoolPosition) -> dict[str, Any]:
+    return {"producer_id": producer_id, "segment": segment_name(position.segment), "offset": position.offset}
+
+
+def _damage_record(producer_id: str, damage: Damage, *, torn: bool) -> dict[str, Any]:
+    """The dead letter of a damaged range (``spool_damaged``) or of a dead producer's torn tail."""
+    from trackstream.streams.records import DLQ_VERSION
+
+    what = "the torn final frame of a dead producer" if torn else "no valid frame; reading resumed after it"
+    return {
+        "v": DLQ_VERSION, "reason": "spool_torn_tail" if torn else "spool_damaged",
+        "detail": f"{damage.size} bytes at [{damage.start}, {damage.end}) of {damage.file}: {what}",
+        "source": {"topic": f"spool/{producer_id}", "partition": damage.segment, "offset": damage.start},
+        "raw": base64.b64encode(damage.sample).decode("ascii"), "raw_bytes": damage.size,
+        "raw_sha256": damage.sha256, "metric": None, "count": 0, "time_ns": time.time_ns(),
+        "spool": _spool_position(producer_id, SpoolPosition(damage.segment, damage.start)),
+        "range": damage.to_json(),
+    }
+
+
+def _unstorable_record(producer_id: str, entry: Frame | Damage, exc: _Unwritable) -> dict[str, Any]:
+    from trackstream.streams.records import DlqRecord, SourcePosition
+
+    if isinstance(entry, Damage):  # never: writing a damaged range's dead letter inserts nothing
+        return _damage_record(producer_id, entry, torn=False)
+    source = SourcePosition(f"spool/{producer_id}", entry.start.segment, entry.start.offset)
+    record = DlqRecord("unstorable", str(exc), source, entry.payload, key=entry.key)
+    return {**record.to_wire(), "spool": _spool_position(producer_id, entry.start)}
+
+
+def _dlq_line(record: dict[str, Any]) -> bytes:
+    """One ``dlq.jsonl`` line; a record too deep for orjson loses its ``points`` copy (``raw`` keeps the bytes)."""
+    try:
+        return orjson.dumps(record) + b"\n"
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        slim = {k: v for k, v in record.items() if k != "points"}
+        slim["points_dropped"] = f"{type(exc).__name__}: {exc}"
+        try:
+            return orjson.dumps(slim) + b"\n"
+        except (TypeError, orjson.JSONEncodeError):
+            keep = ("v", "reason", "source", "raw", "count", "time_ns", "spool")
+            bare = {k: record[k] for k in keep if k in record}
+            return orjson.dumps({**bare, "detail": repr(record.get("detail"))[:4096]}) + b"\n"
 
 
 def _data_path(data_dir: Path | None) -> Path:

@@ -58,12 +58,19 @@ def test_an_error_keeps_class_message_retriable_and_code_across_json(error: Trac
 
 
 def test_foreign_errors_and_unknown_types_become_the_root() -> None:
-    payload = error_payload(KeyError("k"))
+    payload = error_payload(OSError("disk"))
     assert payload["type"] == "TrackstreamError"
-    assert "KeyError" in payload["message"]
+    assert "OSError" in payload["message"]
     rebuilt = error_from_payload({"type": "NoSuchError", "message": "m", "retriable": True})
     assert type(rebuilt) is TrackstreamError
     assert rebuilt.retriable
+
+
+@pytest.mark.parametrize("error", [TypeError("points must be an int"), ValueError("v"), KeyError("k")])
+def test_bad_argument_errors_cross_as_themselves(error: Exception) -> None:
+    rebuilt = error_from_payload(error_payload(error))
+    assert type(rebuilt) is type(error)
+    assert str(rebuilt) == str(error)
 
 
 def test_a_missing_package_names_the_extra_to_install() -> None:

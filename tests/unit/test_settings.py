@@ -148,3 +148,61 @@ def test_the_facade_exports_the_settings_and_the_error_root() -> None:
     assert trackstream.KafkaSettings is KafkaSettings
     assert trackstream.StoreSettings is StoreSettings
     assert issubclass(trackstream.ConfigError, trackstream.TrackstreamError)
+
+
+def test_credentials_inside_a_url_rank_with_the_url_not_below_the_environment() -> None:
+    env = {"TRACKSTREAM_CLICKHOUSE_USER": "env-user", "TRACKSTREAM_CLICKHOUSE_PASSWORD": "env-pw"}
+    inline = StoreSettings.resolve(url="http://alice:alice-pw@h:8123", environ=env)
+    assert (inline.user, inline.password) == ("alice", Secret("alice-pw"))
+    user_only = StoreSettings.resolve(url="http://alice@h:8123", environ=env)
+    assert user_only.user == "alice"
+    keyword = StoreSettings.resolve(url="http://alice:alice-pw@h:8123", user="kw", password="kw-pw", environ=env)
+    assert (keyword.user, keyword.password) == ("kw", Secret("kw-pw"))
+    from_env_url = StoreSettings.resolve(environ={**env, "TRACKSTREAM_CLICKHOUSE_URL": "http://bob:bob-pw@h:1"})
+    assert (from_env_url.url, from_env_url.user, from_env_url.password) == ("http://h:1", "bob", Secret("bob-pw"))
+
+
+def test_a_data_dir_keyword_means_the_embedded_store_whatever_the_environment() -> None:
+    env = {"TRACKSTREAM_CLICKHOUSE_URL": "http://h:8123"}
+    assert StoreSettings.resolve(data_dir="/tmp/x", environ=env).embedded
+    assert not StoreSettings.resolve(environ=env).embedded
+    assert StoreSettings.resolve(url="", environ=env).embedded
+
+
+@pytest.mark.parametrize("url", ["http://bob:pa/ss3cr3t@localhost:8123/db", "http://bob:pa#ss3cr3t@h:1",
+                                 "ftp://h", "not a url"])
+def test_a_url_that_does_not_parse_is_a_config_error_that_quotes_no_password(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        StoreSettings.resolve(url=url, environ={})
+    assert "ss3cr3t" not in str(caught.value)
+    assert "TRACKSTREAM_CLICKHOUSE_URL" in str(caught.value)
+
+
+def test_plain_string_passwords_are_typed_as_secrets_on_construction() -> None:
+    kafka = KafkaSettings(bootstrap="h:1", security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="u",
+                          sasl_password=PASSWORD)  # type: ignore[arg-type]
+    store = StoreSettings(url="http://h:1", password=PASSWORD)  # type: ignore[arg-type]
+    for settings in (kafka, store, KafkaSettings.resolve(kafka, environ={}), StoreSettings.resolve(store, environ={})):
+        assert PASSWORD not in repr(settings)
+    assert KafkaSettings.resolve(kafka, environ={}).client_options()["sasl_plain_password"] == PASSWORD
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"flush_points": 0}, "flush_points=0"), ({"request_timeout_ms": 0}, "request_timeout_ms"),
+    ({"exit_timeout_s": -1}, "exit_timeout_s"), ({"fsync_interval_ms": 0}, "fsync_interval_ms"),
+    ({"max_envelope_bytes": 0}, "max_envelope_bytes"), ({"linger_ms": -5}, "TRACKSTREAM_LINGER_MS"),
+    ({"linger_ms": True}, "linger_ms=True"), ({"linger_ms": 2.7}, "linger_ms=2.7"),
+    ({"max_envelope_points": 10**6}, "max_envelope_points"),
+])
+def test_producer_settings_out_of_range_name_their_variable(options: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        resolve_config(**options)
+
+
+def test_the_cli_refuses_a_password_on_its_command_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "trackstream.cli", "runs", "p", "--clickhouse-url",
+                             f"http://bob:{PASSWORD}@127.0.0.1:9/db"], capture_output=True, text=True,
+                            timeout=60, check=False, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    assert result.returncode == 2
+    assert "TRACKSTREAM_CLICKHOUSE_PASSWORD" in result.stderr
+    assert PASSWORD not in result.stderr

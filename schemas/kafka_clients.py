@@ -1,0 +1,78 @@
+"""What every trackstream Kafka client shares: quiet logs during outages, and a stop that never waits on them.
+
+aiokafka logs every failed connection attempt at ERROR, which during an outage floods a training job's stderr
+and a worker's log. trackstream reports an outage itself, once when Kafka is lost and once when it is back, and
+demotes to DEBUG what aiokafka logs on trackstream's own threads (the SDK's flusher, a worker's event loop), with
+a filter on the ``aiokafka`` loggers: levels, handlers and a user's own aiokafka clients (on other threads) are
+left as they are, and the demoted records still reach whoever logs ``aiokafka`` at DEBUG.
+
+Light: imports nothing outside the standard library; aiokafka objects are only passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, Final
+
+log = logging.getLogger(__name__)
+
+FLUSHER_THREAD: Final = "trackstream-flusher"
+
+
+class _DemoteOwnRecords(logging.Filter):
+    """Turns aiokafka records of trackstream's threads into DEBUG records (CRITICAL stays)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads = {FLUSHER_THREAD}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.threadName in self.threads and logging.DEBUG < record.levelno < logging.CRITICAL:
+            record.levelno = logging.DEBUG
+            record.levelname = logging.getLevelName(logging.DEBUG)
+            # a handler at NOTSET under an INFO logger would print it anyway: decide as a DEBUG call would
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_DEMOTE: Final = _DemoteOwnRecords()
+
+
+def quiet_aiokafka(*, this_thread: bool = False) -> None:
+    """Attach the demoting filter to every ``aiokafka`` logger (a logger's filters see only its own records).
+
+    The SDK's flusher thread is always quieted; ``this_thread=True`` adds the calling thread (a worker's event
+    loop). Call it after aiokafka's modules are imported, so that their loggers exist.
+    """
+    if this_thread:
+        _DEMOTE.threads.add(threading.current_thread().name)
+    names = [n for n in list(logging.root.manager.loggerDict) if n == "aiokafka" or n.startswith("aiokafka.")]
+    for name in ["aiokafka", *names]:
+        logger = logging.getLogger(name)
+        if _DEMOTE not in logger.filters:
+            logger.addFilter(_DEMOTE)
+
+
+async def stop_producer_quietly(producer: Any) -> None:
+    """Stop an aiokafka producer; when it cannot flush (broker away), abandon its batches instead of waiting.
+
+    Callers keep what the producer still holds (the SDK spooled it, a worker did not commit past it), so dropping
+    it here loses nothing, and stopping its sender keeps it from delivering an old batch later. Waits at most
+    about 4 s; never raises.
+    """
+    try:
+        await asyncio.wait_for(producer.stop(), timeout=2)
+        return
+    except Exception as exc:
+        log.debug("closing the Kafka producer failed: %r", exc)
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    try:
+        await asyncio.wait_for(producer.client.close(), timeout=2)
+    except Exception as exc:
+        log.debug("closing the Kafka client failed: %r", exc)

@@ -1,0 +1,29 @@
+"""100,000 mutated envelopes through the stream processor with no unhandled exception (tests/fuzz/)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HARNESS = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_envelopes.py"
+RUNS = 100_000
+
+
+def test_a_hundred_thousand_mutated_envelopes_raise_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("atheris")
+    corpus = tmp_path / "corpus"
+    result = subprocess.run(
+        [sys.executable, str(HARNESS), f"-runs={RUNS}", "-seed=1", "-max_len=65536", "-timeout=20",
+         f"-artifact_prefix={tmp_path}/", str(corpus)],
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    done = re.search(r"Done (\d+) runs", output)
+    assert done is not None, output[-2000:]
+    assert int(done.group(1)) >= RUNS
+    assert len(list(corpus.iterdir())) > 32  # the fuzzer found new paths beyond the seeds
