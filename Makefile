@@ -7,13 +7,14 @@ STAMP := $(VENV)/.installed
 BROKER := $(PY) tests/services/kafka_broker.py
 TEST_BROKER_DIR := .cache/kafka/test-broker
 
-.PHONY: help install lint test test-unit demo kafka-up kafka-down bench-producer bench-streams bench-sinks clean
+.PHONY: help install lint test test-unit demo kafka-up kafka-down bench-producer bench-streams bench-sinks bench-faults clean
 
 help:
 	@echo "make demo         create .venv, install, run a simulated sweep through the embedded pipeline"
 	@echo "make test         create .venv, install every extra, lint, start Kafka, run the whole suite"
 	@echo "make kafka-up     start the project's own Kafka broker (prints host:port last); kafka-down stops it"
 	@echo "make bench-producer | bench-streams | bench-sinks   print benchmark figures"
+	@echo "make bench-faults  fault table: points sent/stored/DLQ/lost/duplicated per injected fault"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trackstream needs Python >= 3.11")'
@@ -73,6 +74,11 @@ bench-streams: $(STAMP)
 
 bench-sinks: $(STAMP)
 	@$(WITH_KAFKA) $(PY) bench/sinks.py --bootstrap $$TRACKSTREAM_KAFKA_BOOTSTRAP $(BENCH_ARGS)
+
+# Starts what it needs itself: the project's broker for the single-broker scenarios (or TRACKSTREAM_KAFKA_BOOTSTRAP),
+# a broker of its own to kill and restart, a three-broker cluster; e.g. BENCH_ARGS="--only cluster-3-brokers-lose-one".
+bench-faults: $(STAMP)
+	$(PY) bench/faults.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,5 @@
-"""The project's own Apache Kafka 4.x broker: one KRaft node on loopback, for tests and local development.
+"""The project's own Apache Kafka 4.x broker: one KRaft node on loopback, for tests and local development;
+or a cluster of several such nodes (:class:`KafkaCluster`), for fault tests that lose a broker.
 
 The broker's jars are resolved with Maven (``kafka-pom.xml`` beside this file) into ``.cache/kafka/`` once;
 every start formats a fresh KRaft storage directory (or reuses one on restart), launches the JVM in its own
@@ -10,11 +11,20 @@ SCRAM-SHA-512, TLS). The TLS certificates (a CA and a server certificate for 127
 ``secured.json`` in the state directory (mode 0600) says how to reach the secured listener: ``bootstrap``,
 ``security_protocol``, ``sasl_mechanism``, ``sasl_username``, ``sasl_password`` and ``ssl_cafile``.
 
+The cluster (``cluster-up``): ``--brokers`` nodes (3 by default), each a combined controller + broker and a
+voter of one static KRaft quorum, all on 127.0.0.1 with PLAINTEXT listeners only. Topics default to replication
+factor min(nodes, 3) with ``min.insync.replicas`` 2 (the offsets and transaction state topics too), so acks=all
+writes go on while one node is down. Every node has its own directory ``node<id>`` under the state directory and
+keeps its ports across restarts (:meth:`KafkaCluster.stop_broker` / :meth:`KafkaCluster.start_broker`).
+
 Command line (what ``make kafka-up`` / ``make kafka-down`` call)::
 
     python tests/services/kafka_broker.py up      # start or reuse; last line printed: host:port (PLAINTEXT)
     python tests/services/kafka_broker.py down    # stop the broker started by `up`
     python tests/services/kafka_broker.py status
+    python tests/services/kafka_broker.py cluster-up --brokers 3 --state-dir DIR   # last line: host:port,...
+    python tests/services/kafka_broker.py cluster-down --state-dir DIR
+    python tests/services/kafka_broker.py cluster-status --state-dir DIR
 """
 
 from __future__ import annotations
@@ -46,6 +56,8 @@ CACHE = Path(os.environ.get("TRACKSTREAM_CACHE_DIR", REPO / ".cache"))
 KAFKA_VERSION = "4.1.1"
 JARS = CACHE / "kafka" / f"jars-{KAFKA_VERSION}"
 DEFAULT_STATE = CACHE / "kafka" / "broker"
+DEFAULT_CLUSTER_STATE = CACHE / "kafka" / "cluster"
+CLUSTER_FILE = "cluster.json"
 HEAP = os.environ.get("TRACKSTREAM_KAFKA_HEAP", "-Xmx768m")
 SASL_MECHANISM = "SCRAM-SHA-512"
 SASL_USERNAME = "trackstream-test"
@@ -110,30 +122,35 @@ rootLogger.appenderRef.file.ref = file
 
 _PROPERTIES = """\
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{secured_port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{secured_port}
+node.id={node_id}
+controller.quorum.voters={voters}
+listeners={listeners},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners={listeners}
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
+{secured_properties}log.dirs={data_dir}
+num.partitions=3
+auto.create.topics.enable=true
+default.replication.factor={replication}
+min.insync.replicas={min_isr}
+offsets.topic.replication.factor={replication}
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
+share.coordinator.state.topic.replication.factor={replication}
+share.coordinator.state.topic.min.isr={min_isr}
+group.initial.rebalance.delay.ms=0
+message.max.bytes=8388608
+log.retention.hours=24
+"""
+
+_SECURED_PROPERTIES = """\
 listener.name.sasl_ssl.sasl.enabled.mechanisms={sasl_mechanism}
 listener.name.sasl_ssl.{sasl_mechanism_lower}.sasl.jaas.config={scram_jaas}
 listener.name.sasl_ssl.ssl.keystore.type=PEM
 listener.name.sasl_ssl.ssl.keystore.location={keystore}
 listener.name.sasl_ssl.ssl.client.auth=none
-log.dirs={data_dir}
-num.partitions=3
-auto.create.topics.enable=true
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=6
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-message.max.bytes=8388608
-log.retention.hours=24
 """
 
 
@@ -143,6 +160,10 @@ class KafkaBroker:
 
     Two client listeners: PLAINTEXT on ``port`` and SASL_SSL (SCRAM-SHA-512 over TLS) on ``secured_port``;
     ``secured_file`` (``secured.json``) holds what a client needs for the latter, password included.
+
+    As a node of a :class:`KafkaCluster`: ``node_id``, the quorum's ``voters`` (``id@host:port,...``; empty: this
+    node alone), the shared ``cluster_id``, the ``replication`` factor of new and internal topics (with
+    ``min.insync.replicas`` 2 when it is above 1), and ``secured=False`` for the PLAINTEXT listener only.
     """
 
     state_dir: Path
@@ -151,6 +172,11 @@ class KafkaBroker:
     secured_port: int = 0
     sasl_password: str = field(default="", repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    node_id: int = 1
+    voters: str = ""
+    cluster_id: str = ""
+    replication: int = 1
+    secured: bool = True
 
     @property
     def bootstrap(self) -> str:
@@ -189,17 +215,35 @@ class KafkaBroker:
 
     def start(self, *, timeout_s: float = 120.0) -> str:
         """Format storage on first start, launch the JVM and wait until produce/consume works."""
+        self.launch()
+        try:
+            wait_until_ready(
+                self.bootstrap, timeout_s=timeout_s, process=self.process,
+                secured=(self.secured_bootstrap, secured_client_options(self.secured_settings()))
+                if self.secured else None,
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self.bootstrap
+
+    def launch(self) -> None:
+        """Format storage on first launch and start the JVM, without waiting for it (a cluster node cannot be
+        ready before a majority of the quorum runs)."""
         jars = ensure_jars()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.controller_port = self.controller_port or free_port()
-        self.secured_port = self.secured_port or free_port()
+        if self.secured:
+            self.secured_port = self.secured_port or free_port()
         formatted = (self.state_dir / "data" / "meta.properties").exists()
-        self._prepare_security(formatted=formatted)
+        if self.secured:
+            self._prepare_security(formatted=formatted)
         config = self._write_config()
         if not formatted:
             self._format(jars, config)
-        log.info("starting Kafka %s broker on %s (log: %s)", KAFKA_VERSION, self.bootstrap, self.log_file)
+        log.info("starting Kafka %s broker %d on %s (log: %s)", KAFKA_VERSION, self.node_id, self.bootstrap,
+                 self.log_file)
         self.process = subprocess.Popen(
             self._java(jars, "kafka.Kafka", str(config)),
             stdout=subprocess.DEVNULL, stderr=open(self.state_dir / "stderr.log", "ab"),  # noqa: SIM115
@@ -207,15 +251,25 @@ class KafkaBroker:
         )
         (self.state_dir / "broker.pid").write_text(str(self.process.pid))
         (self.state_dir / "bootstrap").write_text(self.bootstrap)
-        try:
-            wait_until_ready(
-                self.bootstrap, timeout_s=timeout_s, process=self.process,
-                secured=(self.secured_bootstrap, secured_client_options(self.secured_settings())),
-            )
-        except BaseException:
-            self.stop()
-            raise
-        return self.bootstrap
+
+    def alive(self) -> bool:
+        """True while the JVM this object started (or the one of ``broker.pid``) runs."""
+        if self.process is not None:
+            return self.process.poll() is None
+        pid = _read_pid(self.state_dir)
+        return pid is not None and _alive(pid)
+
+    def kill(self) -> None:
+        """SIGKILL the broker's process group (a crash: no controlled shutdown) and reap it."""
+        pid = self.process.pid if self.process else _read_pid(self.state_dir)
+        if pid is not None:
+            with _suppress_missing():
+                os.killpg(pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait()
+            self.process = None
+        for name in ("broker.pid", "bootstrap"):
+            (self.state_dir / name).unlink(missing_ok=True)
 
     def stop(self, *, timeout_s: float = 30.0) -> None:
         """Stop the broker's process group: SIGTERM for a clean shutdown, SIGKILL if it hangs."""
@@ -231,23 +285,29 @@ class KafkaBroker:
     def _write_config(self) -> Path:
         data_dir = self.state_dir / "data"
         config = self.state_dir / "server.properties"
+        listeners = f"PLAINTEXT://127.0.0.1:{self.port}"
+        secured_properties = ""
+        if self.secured:
+            listeners += f",SASL_SSL://127.0.0.1:{self.secured_port}"
+            secured_properties = _SECURED_PROPERTIES.format(
+                sasl_mechanism=SASL_MECHANISM, sasl_mechanism_lower=SASL_MECHANISM.lower(), scram_jaas=_SCRAM_JAAS,
+                keystore=self.keystore_file.absolute(),
+            )
         config.write_text(_PROPERTIES.format(
-            port=self.port, controller_port=self.controller_port, secured_port=self.secured_port, data_dir=data_dir,
-            sasl_mechanism=SASL_MECHANISM, sasl_mechanism_lower=SASL_MECHANISM.lower(), scram_jaas=_SCRAM_JAAS,
-            keystore=self.keystore_file.absolute(),
+            node_id=self.node_id, voters=self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}",
+            listeners=listeners, controller_port=self.controller_port, secured_properties=secured_properties,
+            data_dir=data_dir, replication=self.replication, min_isr=min(self.replication, 2),
         ))
         level = os.environ.get("TRACKSTREAM_KAFKA_LOG_LEVEL", "INFO")
         (self.state_dir / "log4j2.properties").write_text(_LOG4J2.format(log_file=self.log_file, level=level))
         return config
 
     def _format(self, jars: Path, config: Path) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        # The SCRAM user lives in the metadata log: KRaft creates it from the bootstrap records written here.
-        scram = f"{SASL_MECHANISM}=[name={SASL_USERNAME},password={self.sasl_password}]"
-        command = self._java(
-            jars, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config),
-            "--add-scram", scram,
-        )
+        cluster_id = self.cluster_id or new_cluster_id()
+        command = self._java(jars, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config))
+        if self.secured:
+            # The SCRAM user lives in the metadata log: KRaft creates it from the bootstrap records written here.
+            command += ["--add-scram", f"{SASL_MECHANISM}=[name={SASL_USERNAME},password={self.sasl_password}]"]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise BrokerError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
@@ -295,6 +355,157 @@ class KafkaBroker:
             "java", HEAP, "-Xms256m", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.state_dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.state_dir}", "-cp", f"{jars}/*", main, *args,
+        ]
+
+
+def new_cluster_id() -> str:
+    """A fresh KRaft cluster id: a random UUID in URL-safe base64 without padding, as ``kafka-storage`` wants."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+@dataclass
+class KafkaCluster:
+    """``size`` combined controller + broker KRaft nodes on 127.0.0.1, one static quorum, PLAINTEXT only.
+
+    Node ``i`` of :attr:`nodes` (node id ``i + 1``) lives in ``state_dir/node<i + 1>``; ``cluster.json`` in
+    ``state_dir`` keeps the cluster id and every node's ports, so nodes restart where they were. Topics default to
+    replication factor min(size, 3) and ``min.insync.replicas`` 2 (internal topics too).
+    """
+
+    state_dir: Path
+    size: int = 3
+    nodes: list[KafkaBroker] = field(default_factory=list)
+
+    @property
+    def replication(self) -> int:
+        return min(self.size, 3)
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's PLAINTEXT address, comma-separated (clients find the live ones)."""
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def start(self, *, timeout_s: float = 180.0) -> str:
+        """Launch every node not running and wait until all are registered and an acks=all round trip on a
+        fully replicated topic works; returns the bootstrap list. Stops the cluster if it does not get there."""
+        if not self.nodes:
+            self._plan()
+        for node in self.nodes:
+            if not node.alive():
+                node.launch()
+        try:
+            wait_until_cluster_ready(
+                self.bootstrap, brokers={node.node_id for node in self.nodes}, timeout_s=timeout_s,
+                processes=[node.process for node in self.nodes if node.process is not None],
+            )
+        except BaseException:
+            self.stop()
+            raise
+        (self.state_dir / "bootstrap").write_text(self.bootstrap)
+        return self.bootstrap
+
+    def stop_broker(self, index: int, *, sig: int = signal.SIGKILL) -> None:
+        """Stop node ``index``: SIGKILL by default (a crash), SIGTERM for a controlled shutdown (bounded)."""
+        node = self.nodes[index]
+        if sig == signal.SIGKILL:
+            node.kill()
+        else:
+            node.stop()
+
+    def start_broker(self, index: int, *, timeout_s: float = 120.0) -> None:
+        """Restart node ``index`` on its ports and data; returns once the cluster lists it as a live broker."""
+        node = self.nodes[index]
+        if node.alive():
+            raise BrokerError(f"broker {node.node_id} is already running")
+        node.launch()
+        # Asked through the node's own listener: the cluster's metadata may still list a node killed moments ago.
+        wait_until_cluster_ready(node.bootstrap, brokers={node.node_id}, timeout_s=timeout_s,
+                                 processes=[node.process] if node.process is not None else [], round_trip=False)
+
+    def index_of(self, node_id: int) -> int:
+        """Index in :attr:`nodes` of the node with this id."""
+        return next(i for i, node in enumerate(self.nodes) if node.node_id == node_id)
+
+    def leader(self, topic: str, partition: int, *, timeout_s: float = 30.0) -> int:
+        """Index in :attr:`nodes` of the current leader of ``topic``/``partition``."""
+        described = asyncio.run(_describe_topics(self.bootstrap, [topic], timeout_s=timeout_s))
+        for entry in described[0]["partitions"]:
+            if entry["partition"] == partition and entry["leader"] >= 0:
+                return self.index_of(entry["leader"])
+        raise BrokerError(f"{topic}/{partition} has no leader")
+
+    def wait_in_sync(self, *, timeout_s: float = 120.0, topics: list[str] | None = None) -> None:
+        """Wait until every partition (of ``topics``, default all) has all its replicas in sync."""
+        deadline = time.monotonic() + timeout_s
+        behind: list[str] = []
+        while time.monotonic() < deadline:
+            try:
+                described = asyncio.run(_describe_topics(self.bootstrap, topics, timeout_s=10.0))
+            except Exception as exc:
+                behind = [repr(exc)]
+            else:
+                behind = [f"{t['topic']}/{p['partition']}" for t in described for p in t["partitions"]
+                          if set(p["replicas"]) - set(p["isr"])]
+                if not behind:
+                    return
+            time.sleep(0.5)
+        raise BrokerError(f"replicas not in sync after {timeout_s:.0f} s: {', '.join(behind[:10])}")
+
+    def stop(self, *, timeout_s: float = 30.0, last_grace_s: float = 3.0) -> None:
+        """Stop every node, one after the other: SIGTERM (a controlled shutdown), SIGKILL after ``timeout_s``.
+
+        The last node cannot shut down cleanly (it has no quorum left, and waits for one): it gets ``last_grace_s``.
+        """
+        if not self.nodes:
+            self._plan(create=False)
+        running = [node for node in self.nodes if node.alive()]
+        for node in running[:-1]:
+            node.stop(timeout_s=timeout_s)
+        if running:
+            last = running[-1]
+            pid = last.process.pid if last.process else _read_pid(last.state_dir)
+            if pid is not None:
+                with _suppress_missing():
+                    os.killpg(pid, signal.SIGTERM)
+                deadline = time.monotonic() + last_grace_s
+                while last.alive() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+        for node in self.nodes:
+            node.kill()  # reaps what is left and removes the pid files of nodes that were already down
+        (self.state_dir / "bootstrap").unlink(missing_ok=True)
+
+    def running_bootstrap(self) -> str | None:
+        """The bootstrap list when every node recorded in ``state_dir`` runs, else None."""
+        if not self.nodes:
+            self._plan(create=False)
+        if not self.nodes or not all(node.alive() for node in self.nodes):
+            return None
+        return self.bootstrap
+
+    def _plan(self, *, create: bool = True) -> None:
+        """Nodes from ``cluster.json``; a new plan (cluster id, free ports) when there is none and ``create``."""
+        spec_file = self.state_dir / CLUSTER_FILE
+        if spec_file.exists():
+            spec = json.loads(spec_file.read_text())
+        elif not create:
+            return
+        else:
+            ports: set[int] = set()
+            while len(ports) < 2 * self.size:
+                ports.add(free_port())
+            pairs = sorted(ports)
+            spec = {"cluster_id": new_cluster_id(), "nodes": [
+                {"node_id": i + 1, "port": pairs[2 * i], "controller_port": pairs[2 * i + 1]} for i in range(self.size)
+            ]}
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+        self.size = len(spec["nodes"])
+        voters = ",".join(f"{n['node_id']}@127.0.0.1:{n['controller_port']}" for n in spec["nodes"])
+        self.nodes = [
+            KafkaBroker(self.state_dir / f"node{n['node_id']}", port=n["port"], controller_port=n["controller_port"],
+                        node_id=n["node_id"], voters=voters, cluster_id=spec["cluster_id"],
+                        replication=self.replication, secured=False)
+            for n in spec["nodes"]
         ]
 
 
@@ -398,20 +609,76 @@ def wait_until_ready(
     raise BrokerError(f"Kafka at {address} did not accept produce/consume within {timeout_s:.0f} s: {last_error!r}")
 
 
-async def _round_trip(bootstrap: str, *, timeout_s: float, options: Mapping[str, Any] | None = None) -> None:
+def wait_until_cluster_ready(
+    bootstrap: str,
+    *,
+    brokers: set[int],
+    timeout_s: float,
+    processes: list[subprocess.Popen[bytes]] | None = None,
+    round_trip: bool = True,
+) -> None:
+    """Poll until the cluster's metadata lists every broker id of ``brokers`` as live and, with ``round_trip``, a
+    message round-trips with acks=all through a topic of the default replication; fail fast if a JVM exits."""
+    deadline = time.monotonic() + timeout_s
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        for process in processes or []:
+            if process.poll() is not None:
+                raise BrokerError(f"a broker exited with code {process.returncode} during start-up")
+        try:
+            timeout = min(20.0, max(1.0, deadline - time.monotonic()))
+            described = asyncio.run(asyncio.wait_for(_describe_cluster(bootstrap, timeout_s=timeout), timeout + 5))
+            missing = brokers - {int(broker["node_id"]) for broker in described["brokers"]}
+            if missing:
+                raise BrokerError(f"brokers {sorted(missing)} are not registered yet")
+            if round_trip:
+                asyncio.run(_round_trip(bootstrap, timeout_s=timeout, producer_options={"acks": "all"}))
+            return
+        except Exception as exc:
+            last_error = exc
+            time.sleep(0.5)
+    raise BrokerError(f"the Kafka cluster at {bootstrap} was not ready within {timeout_s:.0f} s: {last_error!r}")
+
+
+async def _describe_cluster(bootstrap: str, *, timeout_s: float) -> dict[str, Any]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await admin.start()
+        described: dict[str, Any] = await admin.describe_cluster()
+        return described
+    finally:
+        await admin.close()
+
+
+async def _describe_topics(bootstrap: str, topics: list[str] | None, *, timeout_s: float) -> list[Any]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        return await asyncio.wait_for(admin.describe_topics(topics), timeout_s)
+    finally:
+        await admin.close()
+
+
+async def _round_trip(bootstrap: str, *, timeout_s: float, options: Mapping[str, Any] | None = None,
+                      producer_options: Mapping[str, Any] | None = None) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from aiokafka.conn import create_conn
 
     options = dict(options or {})
     topic = "__trackstream_ready"
     payload = uuid.uuid4().bytes
-    host, port = bootstrap.rsplit(":", 1)
+    host, port = bootstrap.split(",", maxsplit=1)[0].rsplit(":", 1)
     # One direct connection first: it fails fast, and with the real reason (TLS, SASL), which the clients only log.
     connection = await asyncio.wait_for(
         create_conn(host, int(port), request_timeout_ms=int(timeout_s * 1000), **options), timeout_s
     )
     connection.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **options)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **options,
+                                **(producer_options or {}))
     try:
         await asyncio.wait_for(producer.start(), timeout_s)
         metadata = await asyncio.wait_for(producer.send_and_wait(topic, payload, partition=0), timeout_s)
@@ -439,14 +706,54 @@ def _running_bootstrap(state_dir: Path) -> str | None:
     return bootstrap_file.read_text().strip()
 
 
+def _cluster_main(command: str, state_dir: Path, brokers: int, timeout_s: float) -> int:
+    cluster = KafkaCluster(state_dir, size=brokers)
+    running = cluster.running_bootstrap()
+    if command == "cluster-status":
+        sys.stdout.write(f"{running or 'stopped'}\n")
+        return 0 if running else 1
+    if command == "cluster-down":
+        if running is None:
+            log.info("no complete cluster is running from %s", state_dir)
+        cluster.stop()
+        log.info("cluster stopped")
+        return 0
+    if running is not None and cluster.size == brokers:
+        log.info("reusing the running cluster")
+        sys.stdout.write(f"{running}\n")
+        return 0
+    if cluster.nodes:
+        cluster.stop()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    cluster = KafkaCluster(state_dir, size=brokers)
+    started = time.monotonic()
+    try:
+        bootstrap = cluster.start(timeout_s=timeout_s)
+    except BrokerError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("cluster of %d brokers ready in %.1f s", brokers, time.monotonic() - started)
+    sys.stdout.write(f"{bootstrap}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("up", "down", "status"))
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
-    parser.add_argument("--timeout-s", type=float, default=120.0)
+    parser.add_argument("command", choices=("up", "down", "status", "cluster-up", "cluster-down", "cluster-status"))
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help=f"default: {DEFAULT_STATE} (broker), {DEFAULT_CLUSTER_STATE} (cluster)")
+    parser.add_argument("--brokers", type=int, default=3, help="nodes of the cluster (cluster-up)")
+    parser.add_argument("--timeout-s", type=float, default=None, help="start-up bound (default 120 s, cluster 180 s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s kafka-broker %(message)s", stream=sys.stderr)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    if args.command.startswith("cluster-"):
+        if args.brokers < 1:
+            parser.error("--brokers must be at least 1")
+        return _cluster_main(args.command, args.state_dir or DEFAULT_CLUSTER_STATE, args.brokers,
+                             args.timeout_s or 180.0)
+    args.state_dir = args.state_dir or DEFAULT_STATE
+    args.timeout_s = args.timeout_s or 120.0
     running = _running_bootstrap(args.state_dir)
     if args.command == "status":
         sys.stdout.write(f"{running or 'stopped'}\n")
