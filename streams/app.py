@@ -16,6 +16,12 @@ worker replays from the committed offset against state that is at least as new: 
 holds are dropped as duplicates, the others are processed again and yield the same records as before (the
 processing is deterministic), which sinks store idempotently.
 
+Nothing a worker writes can stop it: every message is at most ``RECORD_BYTES_MAX`` (outputs split, dead letters
+cut, :mod:`trackstream.streams.records`), and the committer (:class:`~trackstream.streams.delivery.Delivery`) sends a
+failed message again, alone, with capped backoff, until the broker has it; the other messages of its flush are not
+lost, and the flush's events are acked only after all of them. A broker outage is reported by two WARNINGs
+(:mod:`trackstream.streams.outage`), the Kafka clients' own errors meanwhile logged at DEBUG.
+
 On a rebalance, revoked partitions are flushed and their entities dropped from memory; an assigned partition
 is loaded from the state topic before its first envelope is processed.
 """
@@ -28,17 +34,23 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import faust
+import faust.transport.drivers.aiokafka  # its aiokafka loggers exist before the log filter is installed
 
 from trackstream.schemas.envelope import MAX_ENVELOPE_BYTES
 from trackstream.schemas.settings import KafkaSettings, diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 from trackstream.streams.checkpoint import load_partition, state_topic
+from trackstream.streams.delivery import Delivery, Pending, oversize_rescue
+from trackstream.streams.outage import BrokerHealth, KafkaLogFilter, install
 from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor, tune_gc
-from trackstream.streams.records import Output, SourcePosition, StreamsError, output_messages
+from trackstream.streams.records import OutMessage, Output, SourcePosition, StreamsError, output_messages
 
 log = logging.getLogger(__name__)
 
 DEFAULT_APP_ID: Final = "trackstream-streams"
+MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
+PROBE_TIMEOUT_MS: Final = 5_000
+_Flushed = tuple[list[Pending], list[OutMessage], list[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +88,13 @@ class StreamsWorker:
         self._events: list[Any] = []
         self._out = Output()
         self._stream: Any = None
-        self._commits: asyncio.Queue[tuple[list[Any], list[tuple[bytes, bytes, int]], list[Any]]] = asyncio.Queue()
+        self.health = BrokerHealth(config.kafka.bootstrap or "?")
+        self.log_filter = KafkaLogFilter(self.health)
+        install(self.log_filter)
+        self.delivery = Delivery(self._send, health=self.health, rescue=oversize_rescue(self.topics))
+        self._commits: asyncio.Queue[_Flushed] = asyncio.Queue()
         self.app.task(self._committer)
+        self.app.task(self._watch_broker)
         self.app.agent(self.source, name="process-envelopes")(self._agent)
         self.app.timer(config.batch_within_ms / 1000, name="flush")(self._flush_timer)
         self.app.timer(config.tick_interval_ms / 1000, name="step-timeouts")(self._tick)
@@ -137,26 +154,52 @@ class StreamsWorker:
             return
         events, self._events = self._events, []
         out, self._out = self._out, Output()
-        producer = self.app.producer
-        delivered = [await producer.send(msg.topic, msg.key, msg.value, None, None, None)
-                     for msg in output_messages(out, self.topics)]
-        states = [(key, blob, self.processor.partition_of(key)) for key, blob in self.processor.take_dirty().items()]
-        self._commits.put_nowait((delivered, states, events))
+        pending = [await self.delivery.submit(msg) for msg in output_messages(out, self.topics)]
+        states = [OutMessage(self.state_topic, key, blob, self.processor.partition_of(key))
+                  for key, blob in self.processor.take_dirty().items()]
+        self._commits.put_nowait((pending, states, events))
+
+    async def _send(self, message: OutMessage) -> Any:
+        """Hand one message to faust's producer; returns its delivery future."""
+        return await self.app.producer.send(message.topic, message.key, message.value, message.partition, None, None)
 
     async def _committer(self) -> None:
-        """Per flush, in order: outputs delivered, then state sent, then events acked (offsets committable)."""
-        producer = self.app.producer
+        """Per flush, in order: outputs delivered, then state delivered, then events acked (offsets committable).
+
+        A message that fails is sent again until the broker has it (:class:`Delivery`): a flush's events are acked
+        only once all of its outputs, dead letters and state are durable.
+        """
         while True:
-            delivered, states, events = await self._commits.get()
+            pending, states, events = await self._commits.get()
             try:
-                if delivered:
-                    await asyncio.gather(*delivered)
-                for key, blob, partition in states:
-                    await producer.send(self.state_topic, key, blob, partition, None, None)
+                await self.delivery.settle(pending)
+                await self.delivery.deliver(states)
                 for event in events:
                     await self._stream.ack(event)
             finally:
                 self._commits.task_done()
+
+    async def _watch_broker(self) -> None:
+        """Probe Kafka when a client reports trouble (and every second while it is away); see :mod:`.outage`."""
+
+        async def nap(seconds: float) -> None:
+            install(self.log_filter)  # loggers the clients created since
+            await asyncio.sleep(seconds)
+
+        await self.health.watch(self._probe, nap)
+
+    async def _probe(self) -> str | None:
+        """None when a fresh client can fetch the cluster's metadata, else why not."""
+        from aiokafka import AIOKafkaClient
+
+        client = AIOKafkaClient(**self.config.kafka.client_options(), request_timeout_ms=PROBE_TIMEOUT_MS)
+        try:
+            await asyncio.wait_for(client.bootstrap(), timeout=2 * PROBE_TIMEOUT_MS / 1000)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            await client.close()
+        return None
 
     async def _on_assigned(self, sender: Any, assigned: set[Any], **_: Any) -> None:
         """Start loading every assigned partition's state at once (the agent waits for its partition's)."""
@@ -212,7 +255,7 @@ def _make_app(config: WorkerConfig) -> faust.App:
         broker_session_timeout=config.session_timeout_ms / 1000,
         broker_heartbeat_interval=max(config.session_timeout_ms / 10_000, 0.5),
         producer_acks=-1,
-        producer_max_request_size=16 * 1024 * 1024,
+        producer_max_request_size=MAX_REQUEST_BYTES,
         consumer_max_fetch_size=16 * 1024 * 1024,
         stream_wait_empty=False,
     )
@@ -246,8 +289,9 @@ async def _prepare_topics(kafka: KafkaSettings, topics: Topics, partitions: int 
         partitions = partitions or 3
         wanted = [topics.metrics, topics.dlq, *topics.processed()]
         missing = [NewTopic(name, partitions, 1) for name in wanted if name not in existing]
-        if state not in existing:
-            missing.append(NewTopic(state, partitions, 1, topic_configs={"cleanup.policy": "compact"}))
+        if state not in existing:  # an entity's state is one message: let it be larger than the broker's default
+            missing.append(NewTopic(state, partitions, 1, topic_configs={
+                "cleanup.policy": "compact", "max.message.bytes": str(MAX_REQUEST_BYTES)}))
         elif (found_state := len((await admin.describe_topics([state]))[0]["partitions"])) != partitions:
             raise StreamsError(f"{state} has {found_state} partitions, {topics.metrics} has {partitions}")
         if missing:

@@ -8,17 +8,22 @@ is "the bytes of every changed entity", and a rebalance moves entities by key.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 
 from trackstream.schemas.envelope import EntityRef, Envelope, Event
+from trackstream.schemas.limits import NESTING_MAX, nesting_depth
 from trackstream.schemas.processed import EntityState
 from trackstream.streams.aggregate import StepTracker, Summary
 from trackstream.streams.dedup import ProducerTrack
 
-STATE_VERSION: Final = 2  # 2: pending steps as {step: [...]} (version 1 states still load)
+log = logging.getLogger(__name__)
+
+# 2: pending steps as {step: [...]}; 3: dedup tracks carry digests, "conflicting_resends" (1 and 2 still load)
+STATE_VERSION: Final = 3
 TERMINAL_RANK: Final = {"completed": 1, "killed": 2, "failed": 3}
 INITIAL_STATUS: Final = {"run": "running", "model": "active"}
 
@@ -34,6 +39,7 @@ class EntityCtx:
     generations: dict[str, int] = field(default_factory=dict)
     summaries: dict[str, Summary] = field(default_factory=dict)
     steps: dict[str, StepTracker] = field(default_factory=dict)
+    conflicting_resends: int = 0
 
     @classmethod
     def new(cls, envelope: Envelope, partition: int) -> EntityCtx:
@@ -66,8 +72,8 @@ class EntityCtx:
         state, data = self.state, event.data
         if event.type == "run_started":
             state.name = data.get("name") or state.name
-            state.params.update(data.get("params", {}))
-            state.tags.update(data.get("tags", {}))
+            state.params.update(_storable(data.get("params", {})))
+            state.tags.update(_storable(data.get("tags", {})))
             if state.started_ns == 0 or event.time_ns < state.started_ns:
                 state.started_ns = event.time_ns
             if state.status in TERMINAL_RANK and event.time_ns > state.ended_ns:
@@ -78,9 +84,9 @@ class EntityCtx:
                 state.status = status
             state.ended_ns = max(state.ended_ns, event.time_ns)
         elif event.type == "params":
-            state.params.update(data.get("params", {}))
+            state.params.update(_storable(data.get("params", {})))
         elif event.type == "tags":
-            state.tags.update(data.get("tags", {}))
+            state.tags.update(_storable(data.get("tags", {})))
         elif event.type == "overwrite":
             metric = data["metric"]
             self.generations[metric] = self.generations.get(metric, 0) + 1
@@ -106,8 +112,9 @@ class EntityCtx:
         return tracker
 
     def to_wire(self) -> dict[str, Any]:
-        """The whole state as a JSON-ready dict with ``"v": STATE_VERSION`` (2): lifecycle fields, ``tracks``,
-        ``generations``, ``summaries`` and ``steps`` (only trackers with pending or late steps) keyed by metric.
+        """The whole state as a JSON-ready dict with ``"v": STATE_VERSION`` (3): lifecycle fields, ``tracks``,
+        ``generations``, ``summaries`` and ``steps`` (only trackers with pending or late steps) keyed by metric, and
+        ``conflicting_resends`` (envelopes dead-lettered as conflicting re-sends of an accepted ``seq``).
         """
         state = self.state
         return {
@@ -122,6 +129,7 @@ class EntityCtx:
             "generations": self.generations,
             "summaries": {metric: s.to_wire() for metric, s in self.summaries.items()},
             "steps": {metric: t.to_wire() for metric, t in self.steps.items() if t.pending or t.late},
+            "conflicting_resends": self.conflicting_resends,
         }
 
     @classmethod
@@ -143,6 +151,7 @@ class EntityCtx:
             generations=dict(wire["generations"]),
             summaries={metric: Summary.from_wire(s) for metric, s in wire["summaries"].items()},
             steps={metric: StepTracker.from_wire(t) for metric, t in wire["steps"].items()},
+            conflicting_resends=wire.get("conflicting_resends", 0),
         )
 
     def to_bytes(self) -> bytes:
@@ -153,3 +162,21 @@ class EntityCtx:
     def from_bytes(cls, raw: bytes) -> EntityCtx:
         """Parse the JSON bytes written by :meth:`to_bytes` (see :meth:`from_wire`)."""
         return cls.from_wire(orjson.loads(raw))
+
+
+def _storable(mapping: Any) -> dict[str, Any]:
+    """Params or tags as they may enter the state: a value nested past the limit is replaced by a note.
+
+    Validation rejects such events already (:mod:`trackstream.schemas.limits`); this keeps the state and the
+    entity records encodable whatever reaches here, since orjson writes at most 254 levels.
+    """
+    if not isinstance(mapping, dict):
+        return {}
+    kept: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict | list) and nesting_depth(value, limit=NESTING_MAX) >= NESTING_MAX:
+            log.warning("%r nests more than %d levels deep: stored as a note", key, NESTING_MAX)
+            kept[str(key)] = f"(nested deeper than {NESTING_MAX} levels, not stored)"
+        else:
+            kept[str(key)] = value
+    return kept

@@ -30,6 +30,7 @@ from trackstream.schemas.envelope import MAX_ENVELOPE_BYTES, EntityRef
 from trackstream.schemas.processed import EntityState, PointBlock
 from trackstream.schemas.validation import Rejection, Validated, validate
 from trackstream.streams.aggregate import Emitted, Summary, aggregate_steps
+from trackstream.streams.dedup import digest
 from trackstream.streams.entity import EntityCtx
 from trackstream.streams.records import DlqRecord, Output, SourcePosition
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STEP_TIMEOUT_MS: Final = 30_000
 DEFAULT_STEP_RETENTION_MS: Final = 600_000
 GC_YOUNG_THRESHOLD: Final = 100_000
+# Rejected groups of one envelope: the first DLQ record carries the raw envelope; later ones only its size and
+# SHA-256 when it is larger than this (1,024 bad groups must not write 1,024 copies of a 4 MiB envelope).
+SHARED_RAW_MAX: Final = 64 * 1024
 Loader = Callable[[bytes], bytes | None]
 
 
@@ -79,12 +83,22 @@ class Processor:
 
     def process(self, raw: bytes, *, source: SourcePosition, key: bytes | None = None,
                 now_ns: int | None = None) -> Output:
-        """Process one raw message; never raises for bad input (it goes to ``Output.dlq``)."""
+        """Process one raw message; never raises for bad input (it goes to ``Output.dlq``).
+
+        A message without a value (a tombstone) is ``malformed``.
+        """
         out = Output()
+        if not isinstance(raw, bytes):
+            raw = b"" if raw is None else bytes(raw)
         try:
             validated = validate(raw, max_bytes=self.max_envelope_bytes)
         except Rejection as exc:
             out.dlq.append(DlqRecord(exc.reason, exc.detail, source, raw, key=key))
+            return out
+        except Exception as exc:  # a validation bug (or e.g. a RecursionError) must not stop the worker
+            log.exception("validation failed at %s", source)
+            out.dlq.append(DlqRecord("internal_error", f"validation failed: {type(exc).__name__}: {exc}", source,
+                                     raw, key=key))
             return out
         try:
             self.process_validated(validated, raw=raw, source=source, key=key, now_ns=now_ns, out=out)
@@ -96,24 +110,43 @@ class Processor:
     def process_validated(self, validated: Validated, *, raw: bytes, source: SourcePosition,
                           key: bytes | None = None, now_ns: int | None = None,
                           out: Output | None = None) -> Output:
-        """Process an envelope that :func:`~trackstream.schemas.validation.validate` accepted (``raw``: for the DLQ)."""
+        """Process an envelope that :func:`~trackstream.schemas.validation.validate` accepted (``raw``: for the DLQ).
+
+        An already-seen ``(producer_id, seq)`` is a duplicate (counted in ``Output.duplicates``) when its bytes are
+        those accepted before, and a conflicting re-send otherwise: dead-lettered (``conflicting_resend``, its points
+        as ``count``), counted in ``Output.conflicts`` and in the entity's ``conflicting_resends``, and not applied.
+        """
         out = Output() if out is None else out
         env = validated.envelope
         entity_key = env.entity.key()
         ctx = self._entity(entity_key, validated, source.partition)
         changed = ctx.see_producer(env)
         sent = env.point_count() + sum(bad.count for bad in validated.bad)
-        accepted = ctx.tracks[env.producer_id].accept(
-            env.seq, getattr(env, "entity_seq", None), getattr(env, "entity_offset", None), sent)
+        track = ctx.tracks[env.producer_id]
+        fingerprint = digest(raw)
+        accepted = track.accept(env.seq, getattr(env, "entity_seq", None), getattr(env, "entity_offset", None), sent,
+                                fingerprint)
         self._dirty.add(entity_key)
         if not accepted:
-            out.duplicates += 1
+            kept = track.conflict(env.seq, fingerprint)
+            if kept is None:
+                out.duplicates += 1
+            else:
+                ctx.conflicting_resends += 1
+                out.conflicts += 1
+                detail = (f"(producer_id, seq) = ({env.producer_id!r}, {env.seq}) was accepted before with other "
+                          f"content (digest {kept}, this one {fingerprint}); {sent} points not applied")
+                log.warning("conflicting re-send at %s: %s", source, detail)
+                out.dlq.append(DlqRecord("conflicting_resend", detail, source, raw, key=key or entity_key,
+                                         count=sent))
             if changed:
                 out.entity_states.append(self._bump(ctx))
             return out
-        for bad in validated.bad:
+        for index, bad in enumerate(validated.bad):
+            shared = index > 0 and len(raw) > SHARED_RAW_MAX
             out.dlq.append(DlqRecord(bad.reason, bad.detail, source, raw, key=key or entity_key,
-                                     metric=bad.metric, count=bad.count, points=bad.raw))
+                                     metric=bad.metric, count=bad.count, points=bad.raw,
+                                     raw_max=0 if shared else None))
         bumped: set[str] = set()
         for event in env.events:
             bumped |= ctx.apply_event(event)

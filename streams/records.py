@@ -2,109 +2,45 @@
 
 :class:`Output` collects the records of one :meth:`~trackstream.streams.processor.Processor.process` or
 :meth:`~trackstream.streams.processor.Processor.tick` call; :func:`output_messages` turns it into ``(topic, key,
-value)``
-triples keyed by entity key, the same for the faust worker and the embedded local runner.
-
-A DLQ message is JSON: reason, detail, the source position, the raw message bytes (base64) and, for a
-rejected metric group of an otherwise valid envelope, the metric name, its point count and the group as
-received.
+value)`` triples keyed by entity key, the same for the faust worker and the embedded local runner. Every value is at
+most :data:`~trackstream.schemas.limits.RECORD_BYTES_MAX` bytes: larger outputs are split over several messages of
+the same format (:mod:`trackstream.streams.split`), and DLQ records cut their raw payload
+(:mod:`trackstream.streams.dlq`, which defines the DLQ record and re-exports here).
 """
 
 from __future__ import annotations
 
-import base64
-import time
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
 from trackstream.schemas.envelope import EntityRef
 from trackstream.schemas.errors import TrackstreamError
 from trackstream.schemas.floats import exact_float
+from trackstream.schemas.limits import RECORD_BYTES_MAX
 from trackstream.schemas.processed import (
     PROCESSED_VERSION,
     EntityState,
     MetricSummary,
     PointBlock,
     StepAggregate,
-    encode_point_block,
     encode_records,
 )
 from trackstream.schemas.topics import Topics
+from trackstream.streams.dlq import DLQ_VERSION, DlqRecord, SourcePosition, decode_dlq, dlq_key, encode_dlq
+from trackstream.streams.split import record_values, split_point_block
 
-DLQ_VERSION: Final = 1
+__all__ = ["DLQ_VERSION", "DlqRecord", "OutMessage", "Output", "SourcePosition", "StreamsError", "decode_dlq",
+           "encode_dlq", "encode_step_aggregates", "encode_summaries", "output_messages"]
+
+log = logging.getLogger(__name__)
 
 
 class StreamsError(TrackstreamError):
     """Root of the errors raised by :mod:`trackstream.streams` (a :class:`TrackstreamError`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SourcePosition:
-    """Where an input message came from: used in DLQ records and to place entity state by partition."""
-
-    topic: str
-    partition: int
-    offset: int
-
-
-@dataclass(slots=True)
-class DlqRecord:
-    """A rejected envelope (``metric`` None, ``points`` None) or one rejected metric group of it."""
-
-    reason: str
-    detail: str
-    source: SourcePosition
-    raw: bytes
-    key: bytes | None = None
-    metric: str | None = None
-    count: int = 0
-    points: dict[str, Any] | None = None
-    time_ns: int = field(default_factory=time.time_ns)
-
-    def to_wire(self) -> dict[str, Any]:
-        """The DLQ message as a JSON-ready dict (docs/wire-format.md, dead-letter reasons).
-
-        Keys: ``v``, ``reason``, ``detail``, ``source`` {topic, partition, offset}, ``raw`` (base64), ``metric``,
-        ``count``, ``time_ns`` (ns since the epoch), plus ``points`` for a rejected group.
-        """
-        wire: dict[str, Any] = {
-            "v": DLQ_VERSION,
-            "reason": self.reason,
-            "detail": self.detail,
-            "source": {
-                "topic": self.source.topic, "partition": self.source.partition, "offset": self.source.offset,
-            },
-            "raw": base64.b64encode(self.raw).decode("ascii"),
-            "metric": self.metric,
-            "count": self.count,
-            "time_ns": self.time_ns,
-        }
-        if self.points is not None:
-            wire["points"] = self.points
-        return wire
-
-
-def encode_dlq(record: DlqRecord) -> bytes:
-    """``record`` as the JSON bytes of a DLQ message (orjson of :meth:`DlqRecord.to_wire`)."""
-    return orjson.dumps(record.to_wire())
-
-
-def decode_dlq(raw: bytes, *, key: bytes | None = None) -> DlqRecord:
-    """Parse a DLQ message written by :func:`encode_dlq`; ``key`` is the message's Kafka key.
-
-    A missing ``count`` or ``time_ns`` reads as 0; malformed input raises orjson's JSONDecodeError or KeyError.
-    """
-    wire = orjson.loads(raw)
-    source = wire["source"]
-    return DlqRecord(
-        reason=wire["reason"], detail=wire["detail"],
-        source=SourcePosition(source["topic"], source["partition"], source["offset"]),
-        raw=base64.b64decode(wire["raw"]), key=key, metric=wire.get("metric"), count=wire.get("count", 0),
-        points=wire.get("points"), time_ns=wire.get("time_ns", 0),
-    )
 
 
 @dataclass(slots=True)
@@ -117,15 +53,17 @@ class Output:
     entity_states: list[EntityState] = field(default_factory=list)
     dlq: list[DlqRecord] = field(default_factory=list)
     duplicates: int = 0
+    conflicts: int = 0
 
     def extend(self, other: Output) -> None:
-        """Append ``other``'s records to this output (in order) and add its duplicate count."""
+        """Append ``other``'s records to this output (in order) and add its duplicate and conflict counts."""
         self.point_blocks.extend(other.point_blocks)
         self.step_aggregates.extend(other.step_aggregates)
         self.summaries.extend(other.summaries)
         self.entity_states.extend(other.entity_states)
         self.dlq.extend(other.dlq)
         self.duplicates += other.duplicates
+        self.conflicts += other.conflicts
 
     def is_empty(self) -> bool:
         """True when there is no record of any kind to send (duplicates alone do not count)."""
@@ -139,11 +77,13 @@ class Output:
 
 @dataclass(frozen=True, slots=True)
 class OutMessage:
-    """One message to produce: topic, key (entity key; the source key for DLQ records), value."""
+    """One message to produce: topic, key (entity key; the source key for DLQ records), value, and a partition
+    when the message must go to one (state checkpoints; else the producer's partitioner places it by key)."""
 
     topic: str
     key: bytes | None
     value: bytes
+    partition: int | None = None
 
 
 def encode_step_aggregates(records: list[StepAggregate]) -> bytes:
@@ -217,14 +157,22 @@ def _latest(records: list[Any], idents: list[tuple[Any, ...]]) -> dict[bytes, li
     return groups
 
 
-def output_messages(output: Output, topics: Topics) -> list[OutMessage]:
-    """Messages for an output: one per point block, one per (kind, entity) for records, one per DLQ record.
+def output_messages(output: Output, topics: Topics, *, limit: int = RECORD_BYTES_MAX) -> list[OutMessage]:
+    """Messages for an output: per point block, per (kind, entity) for records, per DLQ record; never raises.
 
     Of several summaries (entity states, step aggregates) with the same identity only the last one is sent:
-    it supersedes the others, so a batch of envelopes costs one summary per metric, not one per envelope.
+    it supersedes the others, so a batch of envelopes costs one summary per metric, not one per envelope. A value
+    larger than ``limit`` bytes is split into several messages (a single record that is larger alone excepted); a
+    record that cannot be encoded at all becomes a DLQ record (``internal_error``) instead.
     """
-    messages = [OutMessage(topics.points, block.entity.key(), encode_point_block(block))
-                for block in output.point_blocks]
+    messages: list[OutMessage] = []
+    dead = list(output.dlq)
+    for block in output.point_blocks:
+        try:
+            key = block.entity.key()
+            messages.extend(OutMessage(topics.points, key, blob) for _, blob in split_point_block(block, limit=limit))
+        except Exception as exc:
+            dead.append(_unencodable(topics.points, block, exc, count=_points_of(block)))
     steps, summaries, states = output.step_aggregates, output.summaries, output.entity_states
     grouped: tuple[tuple[str, dict[bytes, list[Any]], Callable[[Any], bytes]], ...] = (
         (topics.steps, _latest(steps, [(key, r.metric, r.generation, r.step) for key, r in
@@ -235,6 +183,44 @@ def output_messages(output: Output, topics: Topics) -> list[OutMessage]:
         (topics.entities, _latest(states, [(key,) for key in _entity_keys(states)]), encode_records),
     )
     for topic, groups, encode in grouped:
-        messages.extend(OutMessage(topic, key, encode(group)) for key, group in groups.items())
-    messages.extend(OutMessage(topics.dlq, record.key, encode_dlq(record)) for record in output.dlq)
+        for key, group in groups.items():
+            messages.extend(_record_messages(topic, key, group, encode, limit=limit, dead=dead))
+    messages.extend(OutMessage(topics.dlq, dlq_key(record.key), encode_dlq(record, limit=limit)) for record in dead)
     return messages
+
+
+def _record_messages(topic: str, key: bytes, group: list[Any], encode: Callable[[Any], bytes], *, limit: int,
+                     dead: list[DlqRecord]) -> list[OutMessage]:
+    try:
+        values = record_values(group, encode, limit=limit)
+    except Exception:  # some record cannot be encoded: find it, send the others
+        values = []
+        for record in group:
+            try:
+                values.append(encode([record]))
+            except Exception as exc:
+                dead.append(_unencodable(topic, record, exc))
+    for value in values:
+        if len(value) > limit:
+            log.warning("a %s record of %s is %d bytes, more than the %d of one message: sent as it is",
+                        topic, key.decode(errors="replace"), len(value), limit)
+    return [OutMessage(topic, key, value) for value in values]
+
+
+def _points_of(block: PointBlock) -> int:
+    try:
+        return block.point_count()
+    except Exception:
+        return 0
+
+
+def _unencodable(topic: str, record: Any, exc: Exception, *, count: int = 0) -> DlqRecord:
+    """A DLQ record for an output record that cannot be encoded (a bug or a limit missing upstream)."""
+    log.error("a %s record could not be encoded (%s: %s): dead-lettered", topic, type(exc).__name__, exc)
+    entity = getattr(record, "entity", None)
+    try:
+        key = entity.key() if entity is not None else None
+    except Exception:
+        key = None
+    return DlqRecord("internal_error", f"the {topic} record of {entity!r} could not be encoded: "
+                     f"{type(exc).__name__}: {exc}", SourcePosition(topic, -1, -1), b"", key=key, count=count)
