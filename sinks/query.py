@@ -70,8 +70,9 @@ class QueryService:
             {
                 "id": entity_id, "name": name, "status": status, "tags": dict(zip(keys, values, strict=True)),
                 "started_at": _iso(started), "ended_at": _iso(ended), "lost_points": lost,
+                "ranks": _ranks(producers),
             }
-            for entity_id, name, status, keys, values, started, ended, lost in rows
+            for entity_id, name, status, keys, values, started, ended, lost, producers in rows
         ]
 
     def _names(self, scope: dict[str, Any], ids: Sequence[str] | None) -> dict[str, str]:
@@ -79,7 +80,11 @@ class QueryService:
         return dict(self._rows(q.fill(q.NAMES, select=select), scope | extra))
 
     def runs(self, project: str, *, entity_type: str = "run") -> list[dict[str, Any]]:
-        """Runs with id, name, status, params, tags, started_at, ended_at, lost_points and metric summaries."""
+        """Runs with id, name, status, params, tags, started_at, ended_at, lost_points, ranks and metric summaries.
+
+        ``ranks``: one ``{rank, status, host, producer_id, last_seen_at}`` per producer that wrote to the run
+        (a restarted rank shows each incarnation); a rank silent past the heartbeat timeout is ``crashed``.
+        """
         scope = {"project": project, "entity_type": entity_type}
         entities = self._entities(scope, None)
         params = self._params(scope, None)
@@ -297,3 +302,17 @@ def _grouped(rows: Iterable[dict[str, Any]], by: list[str]) -> list[dict[str, An
             "min": min(finite) if finite else _NAN, "max": max(finite) if finite else _NAN,
         })
     return result
+
+
+def _ranks(producers: str | None) -> list[dict[str, Any]]:
+    """The per-producer entries of an entity record (JSON text) as the ``ranks`` of :meth:`QueryService.runs`."""
+    try:
+        entries = orjson.loads(producers or "[]")
+    except orjson.JSONDecodeError:
+        return []
+    return [
+        {"rank": item.get("rank"), "status": item.get("status"), "host": item.get("host"),
+         "producer_id": item.get("producer_id"),
+         "last_seen_at": _iso(item["last_seen_ns"]) if item.get("last_seen_ns") else None}
+        for item in entries if isinstance(item, dict)
+    ]

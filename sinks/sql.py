@@ -225,7 +225,7 @@ GROUP BY metric
 
 RUNS: Final = f"""
 SELECT entity_id, name, status, mapKeys(tags) AS tag_keys, mapValues(tags) AS tag_values, started_ns, ended_ns,
-       lost_points
+       lost_points, producers
 FROM entities FINAL
 WHERE {_SCOPE} <SELECT>
 ORDER BY started_ns, entity_id

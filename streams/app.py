@@ -41,6 +41,7 @@ from trackstream.schemas.settings import KafkaSettings, diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 from trackstream.streams.checkpoint import load_partition, state_topic
 from trackstream.streams.delivery import Delivery, Pending, oversize_rescue
+from trackstream.streams.liveness import DEFAULT_HEARTBEAT_TIMEOUT_MS
 from trackstream.streams.outage import BrokerHealth, KafkaLogFilter, install
 from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor, tune_gc
 from trackstream.streams.records import OutMessage, Output, SourcePosition, StreamsError, output_messages
@@ -62,6 +63,7 @@ class WorkerConfig:
     app_id: str
     data_dir: str
     step_timeout_ms: int = DEFAULT_STEP_TIMEOUT_MS
+    heartbeat_timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS
     tick_interval_ms: int = 1_000
     batch_max_events: int = 256
     batch_within_ms: int = 20
@@ -82,7 +84,8 @@ class StreamsWorker:
                                      partitions=config.partitions)
         self.state_topic = state_topic(config.app_id)
         self.processor = Processor(step_timeout_ms=config.step_timeout_ms,
-                                   max_envelope_bytes=config.max_envelope_bytes)
+                                   max_envelope_bytes=config.max_envelope_bytes,
+                                   heartbeat_timeout_ms=config.heartbeat_timeout_ms)
         self._loaded: dict[int, asyncio.Task[None]] = {}
         self.lock = asyncio.Lock()
         self._events: list[Any] = []
@@ -287,11 +290,17 @@ async def _prepare_topics(kafka: KafkaSettings, topics: Topics, partitions: int 
                 raise StreamsError(f"{topics.metrics} has {found} partitions, the worker was told {partitions}")
             partitions = found
         partitions = partitions or 3
-        wanted = [topics.metrics, topics.dlq, *topics.processed()]
-        missing = [NewTopic(name, partitions, 1) for name in wanted if name not in existing]
+        # As many copies as the cluster allows, up to 3, and writes acknowledged by 2 of them: losing one broker
+        # loses no topic and no acknowledged message (a single-broker development cluster gets 1).
+        brokers = len((await admin.describe_cluster()).get("brokers", ())) or 1
+        replicas = min(3, brokers)
+        durable = {"min.insync.replicas": "2"} if replicas >= 3 else {}
+        wanted = [topics.metrics, topics.dlq, topics.sink_dlq, *topics.processed()]
+        missing = [NewTopic(name, partitions, replicas, topic_configs=dict(durable))
+                   for name in wanted if name not in existing]
         if state not in existing:  # an entity's state is one message: let it be larger than the broker's default
-            missing.append(NewTopic(state, partitions, 1, topic_configs={
-                "cleanup.policy": "compact", "max.message.bytes": str(MAX_REQUEST_BYTES)}))
+            missing.append(NewTopic(state, partitions, replicas, topic_configs={
+                **durable, "cleanup.policy": "compact", "max.message.bytes": str(MAX_REQUEST_BYTES)}))
         elif (found_state := len((await admin.describe_topics([state]))[0]["partitions"])) != partitions:
             raise StreamsError(f"{state} has {found_state} partitions, {topics.metrics} has {partitions}")
         if missing:
@@ -306,7 +315,8 @@ def run_worker(*, kafka: KafkaSettings | None = None, bootstrap: str | None = No
                app_id: str | None = None, data_dir: str | None = None,
                step_timeout_ms: int = DEFAULT_STEP_TIMEOUT_MS, tick_interval_ms: int = 1_000,
                batch_max_events: int = 256, batch_within_ms: int = 20,
-               max_envelope_bytes: int = MAX_ENVELOPE_BYTES, loglevel: str = "info") -> None:
+               max_envelope_bytes: int = MAX_ENVELOPE_BYTES, loglevel: str = "info",
+               heartbeat_timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS) -> None:
     """Run one streams worker until SIGTERM/SIGINT (blocks; exits the process like ``faust worker``).
 
     ``kafka`` (else ``bootstrap``/``topic_prefix`` and the ``TRACKSTREAM_KAFKA_*`` environment) says how every
@@ -325,6 +335,7 @@ def run_worker(*, kafka: KafkaSettings | None = None, bootstrap: str | None = No
         data_dir=data_dir or ".trackstream-streams",
         step_timeout_ms=step_timeout_ms, tick_interval_ms=tick_interval_ms, batch_max_events=batch_max_events,
         batch_within_ms=batch_within_ms, max_envelope_bytes=max_envelope_bytes,
+        heartbeat_timeout_ms=heartbeat_timeout_ms,
     )
     worker = StreamsWorker(config)
     tune_gc()

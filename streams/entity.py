@@ -17,6 +17,7 @@ import orjson
 from trackstream.schemas.envelope import EntityRef, Envelope, Event
 from trackstream.schemas.limits import NESTING_MAX, nesting_depth
 from trackstream.schemas.processed import EntityState
+from trackstream.streams import liveness
 from trackstream.streams.aggregate import StepTracker, Summary
 from trackstream.streams.dedup import ProducerTrack
 
@@ -40,6 +41,8 @@ class EntityCtx:
     summaries: dict[str, Summary] = field(default_factory=dict)
     steps: dict[str, StepTracker] = field(default_factory=dict)
     conflicting_resends: int = 0
+    # producer id -> when this processor last saw it (processor clock; not checkpointed: see streams.liveness)
+    seen_at: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def new(cls, envelope: Envelope, partition: int) -> EntityCtx:
@@ -59,27 +62,56 @@ class EntityCtx:
         self.tracks[envelope.producer_id] = ProducerTrack()
         self.state.producers.append({
             "producer_id": envelope.producer_id, "rank": envelope.rank, "world_size": envelope.world_size,
-            "host": envelope.host,
+            "host": envelope.host, "status": "running", "last_seen_ns": envelope.sent_ns,
         })
+        if self.state.entity.type == "run":
+            liveness.started(self.state, envelope.producer_id)
         return True
+
+    def see_envelope(self, envelope: Envelope, now_ns: int) -> bool:
+        """Note that ``envelope``'s producer is alive (at ``now_ns``, processor clock); True when the entity's
+        lifecycle changed (a crashed rank came back)."""
+        self.seen_at[envelope.producer_id] = now_ns
+        return self.state.entity.type == "run" and liveness.seen(self.state, envelope.producer_id, envelope.sent_ns)
+
+    def expire(self, now_ns: int, timeout_ns: int, *, grace: bool = True) -> bool:
+        """Mark crashed the ranks silent for ``timeout_ns`` (see :mod:`.liveness`); True when the state changed.
+
+        A producer this processor has not seen itself (state restored from a checkpoint) gets a full timeout from
+        now with ``grace``; without it, its own clock alone decides (a reader that has just read every spool).
+        """
+        if self.state.entity.type != "run":
+            return False
+        for item in self.state.producers:
+            self.seen_at.setdefault(str(item.get("producer_id")), now_ns if grace else int(item.get("last_seen_ns", 0)))
+        return liveness.expire(self.state, self.seen_at, now_ns, timeout_ns)
 
     def lost_points(self) -> int:
         """Points missing from holes in ``entity_seq``, summed over this entity's producers (see :mod:`.dedup`)."""
         return sum(track.lost_points() for track in self.tracks.values())
 
-    def apply_event(self, event: Event) -> set[str]:
-        """Apply one lifecycle event; returns the metrics whose generation it bumped."""
+    def apply_event(self, event: Event, producer_id: str = "") -> set[str]:
+        """Apply one lifecycle event sent by ``producer_id``; returns the metrics whose generation it bumped.
+
+        A run's status follows from its ranks (:mod:`.liveness`); a model's from its events.
+        """
         state, data = self.state, event.data
+        per_rank = state.entity.type == "run" and liveness.entry(state, producer_id) is not None
         if event.type == "run_started":
             state.name = data.get("name") or state.name
             state.params.update(_storable(data.get("params", {})))
             state.tags.update(_storable(data.get("tags", {})))
             if state.started_ns == 0 or event.time_ns < state.started_ns:
                 state.started_ns = event.time_ns
-            if state.status in TERMINAL_RANK and event.time_ns > state.ended_ns:
+            if per_rank:
+                liveness.started(state, producer_id)
+            elif state.status in TERMINAL_RANK and event.time_ns > state.ended_ns:
                 state.status, state.ended_ns = "running", 0
         elif event.type == "run_finished":
             status = data.get("status", "completed")
+            if per_rank:
+                liveness.finished(state, producer_id, status, event.time_ns)
+                return set()
             if TERMINAL_RANK.get(status, 0) >= TERMINAL_RANK.get(state.status, 0):
                 state.status = status
             state.ended_ns = max(state.ended_ns, event.time_ns)

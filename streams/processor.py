@@ -32,6 +32,7 @@ from trackstream.schemas.validation import Rejection, Validated, validate
 from trackstream.streams.aggregate import Emitted, Summary, aggregate_steps
 from trackstream.streams.dedup import digest
 from trackstream.streams.entity import EntityCtx
+from trackstream.streams.liveness import DEFAULT_HEARTBEAT_TIMEOUT_MS
 from trackstream.streams.records import DlqRecord, Output, SourcePosition
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,11 @@ class Processor:
 
     def __init__(self, *, step_timeout_ms: int = DEFAULT_STEP_TIMEOUT_MS,
                  step_retention_ms: int = DEFAULT_STEP_RETENTION_MS,
-                 max_envelope_bytes: int = MAX_ENVELOPE_BYTES, loader: Loader | None = None) -> None:
+                 max_envelope_bytes: int = MAX_ENVELOPE_BYTES, loader: Loader | None = None,
+                 heartbeat_timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS, restored_grace: bool = True) -> None:
+        self.heartbeat_timeout_ns = heartbeat_timeout_ms * 1_000_000
+        self.restored_grace = restored_grace
+        self._next_sweep_ns = 0
         self.step_timeout_ns = step_timeout_ms * 1_000_000
         self.step_retention_ns = max(step_retention_ms, step_timeout_ms) * 1_000_000
         self.max_envelope_bytes = max_envelope_bytes
@@ -121,6 +126,7 @@ class Processor:
         entity_key = env.entity.key()
         ctx = self._entity(entity_key, validated, source.partition)
         changed = ctx.see_producer(env)
+        changed = ctx.see_envelope(env, time.time_ns() if now_ns is None else now_ns) or changed
         sent = env.point_count() + sum(bad.count for bad in validated.bad)
         track = ctx.tracks[env.producer_id]
         fingerprint = digest(raw)
@@ -149,7 +155,7 @@ class Processor:
                                      raw_max=0 if shared else None))
         bumped: set[str] = set()
         for event in env.events:
-            bumped |= ctx.apply_event(event)
+            bumped |= ctx.apply_event(event, env.producer_id)
             changed = changed or event.type != "overwrite"
         lost = ctx.lost_points()
         if lost != ctx.state.lost_points:
@@ -198,9 +204,16 @@ class Processor:
                                    producers=[dict(p) for p in state.producers])
 
     def tick(self, now_ns: int | None = None) -> Output:
-        """Emit step aggregates whose ranks did not all report within the timeout; forget stale late steps."""
+        """Emit step aggregates whose ranks did not all report within the timeout; forget stale late steps; mark
+        crashed the run ranks silent for ``heartbeat_timeout_ms`` (at most once a second, see :mod:`.liveness`)."""
         now = time.time_ns() if now_ns is None else now_ns
         out = Output()
+        if now >= self._next_sweep_ns:  # at most once a second: every entity is looked at
+            self._next_sweep_ns = now + 1_000_000_000
+            for entity_key, held in self._entities.items():
+                if held.expire(now, self.heartbeat_timeout_ns, grace=self.restored_grace):
+                    self._dirty.add(entity_key)
+                    out.entity_states.append(self._bump(held))
         for entity_key in list(self._with_steps):
             ctx = self._entities.get(entity_key)
             if ctx is None:

@@ -61,10 +61,11 @@ def run_envelopes(spec: RunSpec, *, start_ns: int = 1_000_000_000, finish: bool 
             ]
             yield _envelope(spec, producers[rank], seqs[rank], rank, metrics, events=events, sent_ns=start_ns + first)
             seqs[rank] += 1
-    if finish:
+    if finish:  # every rank finishes, as each process of a distributed job does
         end = start_ns + spec.steps * 1_000_000
-        yield _envelope(spec, producers[0], seqs[0], 0, [],
-                        events=[Event("run_finished", end, {"status": "completed"})], sent_ns=end)
+        for rank in range(spec.world_size):
+            yield _envelope(spec, producers[rank], seqs[rank], rank, [],
+                            events=[Event("run_finished", end, {"status": "completed"})], sent_ns=end)
 
 
 def _envelope(spec: RunSpec, producer: str, seq: int, rank: int, metrics: list[MetricBatch], *,

@@ -100,6 +100,7 @@ def _cmd_streams_worker(args: argparse.Namespace) -> int:
     from trackstream.streams.app import run_worker
 
     options = {"partitions": args.partitions, "step_timeout_ms": args.step_timeout_ms,
+               "heartbeat_timeout_ms": args.heartbeat_timeout_ms,
                "data_dir": None if args.data_dir is None else str(args.data_dir)}
     run_worker(kafka=_kafka(args), **{key: value for key, value in options.items() if value is not None})
     return 0
@@ -155,7 +156,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 def _cmd_local(args: argparse.Namespace) -> int:
     from trackstream.local import run_local
 
-    run_local(spool_dir=args.spool_dir, data_dir=args.data_dir)
+    run_local(spool_dir=args.spool_dir, data_dir=args.data_dir, heartbeat_timeout_ms=args.heartbeat_timeout_ms)
     return 0
 
 
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--partitions", type=int, default=None, help="partitions of the topics it creates")
     worker.add_argument("--data-dir", type=Path, help="local state directory")
     worker.add_argument("--step-timeout-ms", type=int, default=None, help="emit cross-rank steps after this wait")
+    worker.add_argument("--heartbeat-timeout-ms", type=int, default=None,
+                        help="a run rank silent this long becomes crashed (default 60000)")
     worker.set_defaults(run=_cmd_streams_worker)
 
     sink = commands.add_parser("sink", help="ClickHouse sink").add_subparsers(dest="sub", required=True)
@@ -235,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     local = commands.add_parser("local", help="embedded pipeline: spool -> processing -> chDB, serving queries")
     local.add_argument("--spool-dir", type=Path, help="default: $TRACKSTREAM_SPOOL_DIR or ~/.trackstream/spool")
     local.add_argument("--data-dir", type=Path, help="default: $TRACKSTREAM_DATA_DIR or ~/.trackstream/data")
+    local.add_argument("--heartbeat-timeout-ms", type=int, default=None,
+                       help="a run rank silent this long becomes crashed (default 60000)")
     local.set_defaults(run=_cmd_local)
 
     demo = commands.add_parser("demo", help="simulate a hyperparameter sweep through the whole pipeline")

@@ -112,14 +112,19 @@ class LocalIngest:
     """
 
     def __init__(self, *, spool_dir: Path, data_dir: Path, step_timeout_ms: int | None = None,
-                 max_batch_points: int = 100_000, sink: Any = None) -> None:
+                 max_batch_points: int = 100_000, sink: Any = None, heartbeat_timeout_ms: int | None = None,
+                 restored_grace: bool = True) -> None:
         from trackstream.sinks.sink import Sink
+        from trackstream.streams.liveness import DEFAULT_HEARTBEAT_TIMEOUT_MS
         from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS
 
         self.spool_dir = spool_dir
         self.data_dir = data_dir
         self.max_batch_points = max_batch_points
         self.step_timeout_ms = step_timeout_ms or DEFAULT_STEP_TIMEOUT_MS
+        # a run rank silent this long is crashed (streams.liveness); a one-off catch-up trusts the producers' clocks
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms or DEFAULT_HEARTBEAT_TIMEOUT_MS
+        self.restored_grace = restored_grace
         self.sink = sink if sink is not None else Sink.open(data_dir=str(data_dir))
         self.positions: dict[str, SpoolPosition] = {}
         self._saved_positions: dict[str, SpoolPosition] = {}
@@ -131,7 +136,8 @@ class LocalIngest:
         """A processor holding exactly the last saved state."""
         from trackstream.streams.processor import Processor
 
-        processor = Processor(step_timeout_ms=self.step_timeout_ms)
+        processor = Processor(step_timeout_ms=self.step_timeout_ms, heartbeat_timeout_ms=self.heartbeat_timeout_ms,
+                              restored_grace=self.restored_grace)
         processor.restore(self._entity_blobs)
         return processor
 
@@ -364,7 +370,7 @@ def _data_path(data_dir: Path | None) -> Path:
 
 def catch_up(*, spool_dir: Path | None = None, data_dir: Path | None = None) -> PassStats:
     """One ingest pass; the caller holds the store lock (see ``trackstream._query.EmbeddedReader``)."""
-    ingest = LocalIngest(spool_dir=spool_dir_from(spool_dir), data_dir=_data_path(data_dir))
+    ingest = LocalIngest(spool_dir=spool_dir_from(spool_dir), data_dir=_data_path(data_dir), restored_grace=False)
     try:
         stats = ingest.ingest_pass()
     finally:
@@ -376,7 +382,7 @@ def catch_up(*, spool_dir: Path | None = None, data_dir: Path | None = None) -> 
 
 def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, poll_interval_ms: int = 100,
               step_timeout_ms: int | None = None, stop: threading.Event | None = None,
-              on_ready: Callable[[str], None] | None = None) -> PassStats:
+              on_ready: Callable[[str], None] | None = None, heartbeat_timeout_ms: int | None = None) -> PassStats:
     """Own the store, ingest the spool continuously and serve the query API until stopped (SIGINT/SIGTERM)."""
     from trackstream.http_api import QueryServer
     from trackstream.sinks.query import QueryService
@@ -390,7 +396,8 @@ def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, po
         if not acquired:
             raise StoreBusyError(f"another process owns the store {data}; stop it or use another --data-dir")
         # Queries run in the server's threads beside the ingest loop: the chDB backend serializes its calls.
-        ingest = LocalIngest(spool_dir=spool, data_dir=data, step_timeout_ms=step_timeout_ms)
+        ingest = LocalIngest(spool_dir=spool, data_dir=data, step_timeout_ms=step_timeout_ms,
+                             heartbeat_timeout_ms=heartbeat_timeout_ms)
         service = QueryService(data_dir=str(data))
         server = QueryServer(service, data)
         url = server.start()

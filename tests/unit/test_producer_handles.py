@@ -172,7 +172,7 @@ def test_configuration_keyword_beats_environment_beats_default(monkeypatch: pyte
 def test_read_back_needs_a_registered_backend(tmp_path: Path) -> None:
     run = ts.start_run("proj", spool_dir=str(tmp_path))
     readback.set_read_backend(None)
-    with pytest.raises(TrackstreamError, match=r"trackstream\[sinks\]"):
+    with pytest.raises(TrackstreamError, match=r"trackstream\[query\]"):
         _ = run.metrics
     calls: list[tuple[Any, ...]] = []
 
