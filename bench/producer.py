@@ -1,6 +1,7 @@
 """Producer benchmark (``make bench-producer``): caller cost, sustained throughput and memory.
 
-For trackstream (into Kafka, acknowledged, and into the spool) and, on the same workload in the same run,
+For trackstream (into Kafka, acknowledged; into the spool; into the spool with ``durability="spool"``, where each
+log call is also journaled to an mmap'd file so that a SIGKILL loses nothing) and, on the same workload in the same run,
 MLflow (local sqlite store, synchronous and asynchronous logging), W&B (offline) and TensorBoard event files
 (tensorboardX) when those packages are installed. Every system runs in its own subprocess so that peak
 RSS is its own. Prints a markdown table and writes JSON.
@@ -76,10 +77,10 @@ class Target:
 
 
 class Trackstream(Target):
-    def __init__(self, work: Path, kafka: str | None) -> None:
+    def __init__(self, work: Path, kafka: str | None, durability: str = "memory") -> None:
         import trackstream as ts
 
-        options: dict[str, Any] = {"spool_dir": str(work / "spool")}
+        options: dict[str, Any] = {"spool_dir": str(work / "spool"), "durability": durability}
         if kafka:
             options.update(kafka_bootstrap=kafka, topic_prefix=os.environ["BENCH_TOPIC_PREFIX"])
         else:
@@ -170,6 +171,7 @@ class TensorBoard(Target):
 CASES: dict[str, tuple[str, Callable[[Path, str | None], Target]]] = {
     "trackstream → Kafka": ("trackstream", Trackstream),
     "trackstream → spool": ("trackstream", lambda w, k: Trackstream(w, None)),
+    "trackstream → spool, durability=spool": ("trackstream", lambda w, k: Trackstream(w, None, "spool")),
     "MLflow sync (sqlite)": ("mlflow", lambda w, k: MLflow(w, True)),
     "MLflow async (sqlite)": ("mlflow", lambda w, k: MLflow(w, False)),
     "W&B offline": ("wandb", lambda w, k: Wandb(w)),

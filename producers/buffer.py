@@ -5,23 +5,43 @@ waits for the network: the background flusher swaps the columns out (:meth:`Metr
 all encoding and delivery in its own thread. Validation happens at the call (docs/metrics.md): a bad metric name
 or a value that is not a number raises :class:`ValueError` naming the key, and a call that raises leaves
 the buffer exactly as it was.
+
+What a SIGKILL of the process loses depends on ``durability``:
+
+- ``"memory"`` (this class): the points logged since the flusher's last drain, i.e. at most ``linger_ms``
+  (default 200 ms; less once ``flush_points`` points are buffered) of logging, plus, when sending straight to
+  Kafka, the envelopes Kafka has not acknowledged yet (at most a quarter of ``max_buffer_bytes``: past that they go
+  to the spool). Lost at the end of a run, they leave no hole between envelopes that arrived, so the stream side
+  does not count them in ``lost_points``.
+- ``"spool"`` (:class:`~trackstream.producers.journaled.JournaledBuffer`): nothing. Each call is journaled to an
+  mmap'd file before it returns, so its points are in the page cache (a machine crash is another matter: see
+  ``fsync``), and :func:`~trackstream.producers.journal.recover_journals` delivers them after the process died.
+  The caller pays one ``struct.pack_into`` per call for it (``bench/producer.py`` measures both).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-import operator
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from struct import error as StructError
+from typing import TYPE_CHECKING, Any, Final
 
+from trackstream.producers.checks import check_key, check_step, check_time, check_value, check_values, prepare
 from trackstream.producers.errors import HandleClosedError
-from trackstream.schemas import Event, metric_name_problem
+from trackstream.producers.journal_writer import NO_ROW as _NO_ROW
+from trackstream.producers.journal_writer import POINT, POINT_RECORD, ROW_AUTO, ROW_STEP
+from trackstream.schemas import Event
 from trackstream.schemas.limits import INT64_MAX as _INT64_MAX
 from trackstream.schemas.limits import INT64_MIN as _INT64_MIN
+
+if TYPE_CHECKING:
+    from trackstream.producers.journal_writer import Journal
+    from trackstream.producers.journaled import JournaledBuffer
+
+__all__ = ["POINT_BYTES", "POINT_CAP", "Drained", "MetricBuffer", "check_key", "check_step", "check_time",
+           "check_value", "check_values"]
 
 _time_ns: Final = time.time_ns
 _EXACT: Final = 2**53
@@ -32,9 +52,10 @@ POINT_CAP: Final = 32 * 1024 * 1024 // POINT_BYTES
 class _Series:
     """Buffered points of one series metric, plus the step counter of (entity, key) in this producer."""
 
-    __slots__ = ("next_step", "prev_step", "steps", "times", "values")
+    __slots__ = ("key_id", "next_step", "prev_step", "steps", "times", "values")
 
-    def __init__(self) -> None:
+    def __init__(self, key_id: int) -> None:
+        self.key_id = key_id  # creation order in the handle: the series' id in the spool-mode journal
         self.steps: list[int] = []
         self.times: list[int] = []
         self.values: list[float] = []
@@ -70,73 +91,6 @@ class _ClosedLock:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def check_value(key: str, value: Any) -> float:
-    """A single number as float; bool, str, None and containers raise ValueError naming ``key``."""
-    if type(value) is float:
-        return value
-    if isinstance(value, (bool, str, bytes)) or value is None:
-        raise ValueError(f"metric {key!r}: value must be a number, got {type(value).__name__}")
-    if isinstance(value, numbers.Real):
-        try:
-            return float(value)
-        except OverflowError:
-            raise ValueError(f"metric {key!r}: {value!r} is out of float64 range") from None
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "ndim", 0) == 0 and getattr(value, "dtype", None) is not None:
-        return check_value(key, item())
-    raise ValueError(f"metric {key!r}: value must be a number, got {type(value).__name__}")
-
-
-def check_values(key: str, value: Any) -> list[float] | None:
-    """``value`` as a list of floats when it is a list-like of numbers, None when it is a single number."""
-    if isinstance(value, (list, tuple)):
-        items: Any = value
-    elif hasattr(value, "tolist") and getattr(value, "ndim", 0) >= 1:
-        items = value.tolist()
-    else:
-        return None
-    out: list[float] = []
-    for element in items:
-        if isinstance(element, (list, tuple)) or getattr(element, "ndim", 0) >= 1:
-            raise ValueError(f"metric {key!r}: a list value must hold numbers, not nested lists")
-        out.append(check_value(key, element))
-    return out
-
-
-def check_step(step: Any) -> int:
-    """``step`` as an int; a bool, a non-integer (floats included) or a value outside int64 raises ValueError."""
-    if isinstance(step, bool):
-        raise ValueError("step must be an integer, got bool")
-    try:
-        value = operator.index(step)
-    except TypeError:
-        raise ValueError(f"step must be an integer, got {type(step).__name__}") from None
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise ValueError(f"step {value} is outside the int64 range")
-    return value
-
-
-def check_time(time_ns: Any) -> int:
-    """``time_ns`` (ns since the epoch) as an int; a bool, non-integer or value outside 0..2**63-1 raises ValueError."""
-    if isinstance(time_ns, bool):
-        raise ValueError("time_ns must be an integer, got bool")
-    try:
-        value = operator.index(time_ns)
-    except TypeError:
-        raise ValueError(f"time_ns must be an integer, got {type(time_ns).__name__}") from None
-    if not 0 <= value <= _INT64_MAX:
-        raise ValueError(f"time_ns {value} is outside 0..2**63-1")
-    return value
-
-
-def check_key(key: Any) -> str:
-    """``key`` as a metric name; one that breaks the name rule (docs/metrics.md) raises ValueError naming it."""
-    problem = metric_name_problem(key)
-    if problem is not None:
-        raise ValueError(f"metric {key!r}: {problem}")
-    return str(key)
 
 
 class MetricBuffer:
@@ -246,15 +200,19 @@ class MetricBuffer:
             series = self._series.get(name)
             if series is None:
                 series = self._new_series(name)
-            series.steps.extend(checked_steps)
-            series.times.extend(checked_times)
-            series.values.extend(checked_values)
-            series.next_step = max(series.next_step, max(checked_steps) + 1)
+            self._extend(name, series, checked_steps, checked_times, checked_values)
         if self.buffered_points() > self.point_cap:
             self._full()
 
+    def _extend(self, key: str, series: _Series, steps: list[int], times: list[int], values: list[float]) -> None:
+        """Append points with their own steps and times (``log_history``); lock held."""
+        series.steps.extend(steps)
+        series.times.extend(times)
+        series.values.extend(values)
+        series.next_step = max(series.next_step, max(steps) + 1)
+
     def _new_series(self, key: str) -> _Series:
-        series = self._series[key] = _Series()
+        series = self._series[key] = _Series(len(self._series))
         self._series_cap = max(1024, self.point_cap // len(self._series))
         return series
 
@@ -274,7 +232,7 @@ class MetricBuffer:
             kind = type(metrics).__name__
             raise ValueError(f"metrics must be a dict of name -> number or list, got {kind}")
         at = None if step is None else check_step(step)
-        prepared = [(check_key(k), *_prepare(k, v)) for k, v in metrics.items()]
+        prepared = [(check_key(k), *prepare(k, v)) for k, v in metrics.items()]
         now = _time_ns()
         with self._lock:
             for key, _, numbers_ in prepared:  # all or nothing: no append before every key has room
@@ -289,7 +247,7 @@ class MetricBuffer:
     ) -> None:
         key = check_key(key)
         at = None if step is None else check_step(step)
-        number, many = _prepare(key, value)
+        number, many = prepare(key, value)
         if single_value and many is not None:
             raise ValueError(f"metric {key!r}: single_value=True takes one number, not a list")
         now = _time_ns() if time_ns is None else check_time(time_ns)
@@ -297,7 +255,7 @@ class MetricBuffer:
             if single_value:
                 if overwrite:
                     self._overwrite(key, now)
-                self._singles[key] = (0 if at is None else at, now, number)
+                self._put_single(key, (0 if at is None else at, now, number))
             else:
                 self._check_room(key, 1 if many is None else len(many), at, overwrite=overwrite)
                 self._append(key, number, many, at, now, overwrite=overwrite)
@@ -331,6 +289,10 @@ class MetricBuffer:
         series.values.extend(many)
         series.next_step = first + count if count else series.next_step
 
+    def _put_single(self, key: str, item: tuple[int, int, float]) -> None:
+        """Set the single value of ``key`` (step, time, value); lock held."""
+        self._singles[key] = item
+
     def _overwrite(self, key: str, now: int) -> None:
         """Drop what is buffered for ``key``, queue the overwrite marker, restart its steps at 0."""
         series = self._series.get(key)
@@ -343,7 +305,10 @@ class MetricBuffer:
     def add_event(self, event: Event) -> None:
         """Queue a lifecycle event for the next flush; raises HandleClosedError once the buffer is closed."""
         with self._lock:
-            self._events.append(event)
+            self._push_event(event)
+
+    def _push_event(self, event: Event) -> None:
+        self._events.append(event)
 
     def buffered_points(self) -> int:
         """Approximate number of buffered points (read without the lock; the flusher's trigger)."""
@@ -377,7 +342,7 @@ class MetricBuffer:
         """
         with self._mutex:
             if last_event is not None:
-                self._events.append(last_event)
+                self._push_event(last_event)
             self._lock = _ClosedLock(self._what)
 
     def reset_after_fork(self) -> None:
@@ -392,8 +357,106 @@ class MetricBuffer:
             series.steps, series.times, series.values = [], [], []
 
 
-def _prepare(key: str, value: Any) -> tuple[float, list[float] | None]:
-    many = check_values(key, value)
-    if many is not None:
-        return math.nan, many
-    return check_value(key, value), None
+# The fast paths and the attachment of JournaledBuffer (producers/journaled.py), the spool-mode buffer. They repeat
+# MetricBuffer's with the journal write added, so that memory mode pays nothing; they are defined in this module
+# because the SIGTERM handler (runtime.py) recognises a log call holding a handle's lock by this file.
+
+
+def journaled_log_metric(
+    self: JournaledBuffer, key: str, value: Any, *, step: int | None = None, single_value: bool = False,
+    overwrite: bool = False, time_ns: int | None = None,
+) -> None:
+    """``JournaledBuffer.log_metric``: :meth:`MetricBuffer.log_metric`, with the point journaled."""
+    plain = not single_value and not overwrite and time_ns is None
+    if type(value) is float and plain and (step is None or type(step) is int):
+        now = _time_ns()
+        with self._lock:
+            series = self._series.get(key)
+            if series is not None:
+                at = series.next_step if step is None else step
+                if _INT64_MIN <= at <= _INT64_MAX:
+                    journal = self._jw
+                    off, mm = journal.off, journal.mm
+                    try:
+                        _pack_point(mm, off, series.key_id, at, now, value)
+                    except StructError:  # the file is full: grow it (pack_into checks the bounds)
+                        off, mm = journal.make_room(32), journal.mm
+                        _pack_point(mm, off, series.key_id, at, now, value)
+                    mm[off] = POINT
+                    journal.off = off + 32
+                    series.steps.append(at)
+                    series.times.append(now)
+                    series.values.append(value)
+                    series.next_step = at + 1
+                else:
+                    series = None
+        if series is not None:
+            if len(series.values) > self._series_cap:
+                self._full()
+            return
+    self._log_slow(key, value, step, single_value, overwrite, time_ns=time_ns)
+
+
+def journaled_log_metrics(
+    self: JournaledBuffer, metrics: dict[str, Any], *, step: int | None = None, overwrite: bool = False,
+) -> None:
+    """``JournaledBuffer.log_metrics``: :meth:`MetricBuffer.log_metrics`, with one row record per call."""
+    if overwrite or type(metrics) is not dict or (
+            step is not None and (type(step) is not int or not _INT64_MIN <= step <= _INT64_MAX)):
+        self._log_many_slow(metrics, step, overwrite)
+        return
+    now = _time_ns()
+    complete = True
+    series: _Series | None = None
+    with self._lock:
+        table = self._series
+        for key, value in metrics.items():
+            series = table.get(key)
+            if series is None or type(value) is not float:
+                if series is None or type(value) is not int or not -_EXACT < value < _EXACT:
+                    self._rollback(metrics, key)
+                    complete = False
+                    break
+                value = float(value)  # noqa: PLW2901 - an exact int, converted in place
+            at = series.next_step
+            if at > _INT64_MAX:
+                self._rollback(metrics, key)
+                complete = False
+                break
+            series.prev_step = at
+            if step is not None:
+                at = step
+            series.steps.append(at)
+            series.times.append(now)
+            series.values.append(value)
+            series.next_step = at + 1
+        if complete and series is not None:
+            journal = self._jw
+            keys = tuple(metrics)
+            shape = journal.last
+            if shape[0] != keys:
+                shape = self.find_shape(journal, keys, now)
+            if shape is not _NO_ROW:
+                off, mm = journal.off, journal.mm
+                try:
+                    shape[2](mm, off, shape[1], step or 0, now, *metrics.values())
+                except StructError:  # the file is full: grow it (pack_into checks the bounds)
+                    off, mm = self.room_for_row(journal, shape[3], metrics), journal.mm
+                    shape[2](mm, off, shape[1], step or 0, now, *metrics.values())
+                mm[off] = ROW_AUTO if step is None else ROW_STEP
+                journal.off = off + shape[3]
+    if complete:
+        if series is not None and len(series.values) > self._series_cap:
+            self._full()
+        return
+    self._log_many_slow(metrics, step, overwrite)
+
+
+def journaled_attach(self: JournaledBuffer, journal: Journal) -> None:
+    """``JournaledBuffer.attach_journal``: journal into ``journal`` (new) from now on, first what is buffered now."""
+    with self._mutex:
+        journal.write_state(self._series, self._singles, self._events)
+        self._journal = self._jw = journal
+
+
+_pack_point: Final = POINT_RECORD.pack_into

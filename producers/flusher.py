@@ -3,6 +3,10 @@
 Every ``linger_ms`` (or sooner, when the buffered points of the open handles pass ``flush_points``) it
 swaps the handles' buffers out, builds and encodes envelopes, and hands them to each handle's
 :class:`~trackstream.producers.pipeline.Pipeline`. Callers never wait for it except in :meth:`Flusher.flush`.
+
+A ``durability="spool"`` handle (:class:`~trackstream.producers.journaled.JournaledBuffer`) gets its journal when it
+is registered, in its producer's spool directory, and each cycle passes it the producer's position (next ``seq``,
+the entity's counters, the spool's end) before and after its batch is spooled (see :mod:`.journaled`).
 """
 
 from __future__ import annotations
@@ -11,15 +15,21 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from typing import Protocol
 
 from trackstream.producers.buffer import Drained, MetricBuffer
 from trackstream.producers.config import ProducerConfig
 from trackstream.producers.errors import FlushTimeoutError, HandleClosedError
+from trackstream.producers.journal_writer import Base, Journal
+from trackstream.producers.journaled import JournaledBuffer
 from trackstream.producers.kafka import FLUSHER_THREAD
 from trackstream.producers.pipeline import Pipeline
+from trackstream.producers.spool import START, SpoolWriter
 from trackstream.schemas import EntityRef, Event
 
 log = logging.getLogger(__name__)
@@ -78,7 +88,14 @@ class Flusher:
             self._loop.close()
 
     def register(self, handle: FlushedHandle) -> None:
-        """Add ``handle`` to the handles drained every cycle; it stays until a cycle finds it closed."""
+        """Add ``handle`` to the handles drained every cycle; it stays until a cycle finds it closed.
+
+        A journaled handle without a journal (new, or in a forked child) first gets one; raises SpoolError when
+        the spool directory cannot be written.
+        """
+        if isinstance(handle, JournaledBuffer) and handle.journal is None:
+            pipeline = self.pipeline(handle.config)
+            handle.attach_journal(new_journal(pipeline, handle.entity, handle.rank, handle.world_size))
         with self._registry:
             self._handles.append(handle)
 
@@ -161,14 +178,18 @@ class Flusher:
         """Drain every handle and submit its envelopes (runs on the loop thread, without awaiting)."""
         for handle in self.handles():
             closed = handle.closed
-            drained = handle.drain()
             pipeline = self.pipeline(handle.config)
-            if drained:
-                try:
-                    envelopes = pipeline.build(handle.entity, handle.rank, handle.world_size, drained)
-                    pipeline.submit(envelopes)
-                except Exception:
-                    log.exception("trackstream: could not deliver a batch of %s", handle.entity)
+            entity, rank, world_size = handle.entity, handle.rank, handle.world_size
+            if isinstance(handle, JournaledBuffer):
+                deliver_journaled(handle, pipeline, entity, rank, world_size, closed=closed)
+            else:
+                drained = handle.drain()
+                if drained:
+                    try:
+                        envelopes = pipeline.build(entity, rank, world_size, drained)
+                        pipeline.submit(envelopes)
+                    except Exception:
+                        log.exception("trackstream: could not deliver a batch of %s", entity)
             if closed:
                 with self._registry:
                     if handle in self._handles:
@@ -239,3 +260,63 @@ class Flusher:
         self._stopped = True
         for pipeline in self.pipelines.values():
             pipeline.abandon()
+
+
+_HOST = socket.gethostname()
+_SPOOL_LOCK = threading.Lock()
+
+
+def new_journal(pipeline: Pipeline, entity: EntityRef, rank: int, world_size: int) -> Journal:
+    """A new journal for a handle of ``entity`` in ``pipeline``'s spool directory (opened and locked here if need be).
+
+    Raises SpoolError when the directory or the journal files cannot be created.
+    """
+    with _SPOOL_LOCK:
+        if pipeline.spool is None:
+            config = pipeline.config
+            pipeline.spool = SpoolWriter(
+                config.spool_dir, pipeline.producer_id, segment_bytes=config.spool_segment_bytes,
+                fsync=config.fsync, fsync_interval_ms=config.fsync_interval_ms,
+            )
+    identity = {
+        "producer_id": pipeline.producer_id, "pid": os.getpid(), "created_ns": time.time_ns(),
+        "entity": [entity.project, entity.type, entity.id], "rank": rank, "world_size": world_size, "host": _HOST,
+        "max_points": pipeline.config.max_envelope_points, "max_bytes": pipeline.config.max_envelope_bytes,
+    }
+    return Journal(pipeline.spool.path, uuid.uuid4().hex[:12], identity, producer_base(pipeline, entity))
+
+
+def producer_base(pipeline: Pipeline, entity: EntityRef) -> Base:
+    """Where ``pipeline`` stands for ``entity``: next seq, the entity's next entity_seq and offset, the spool's end.
+
+    The spool's end is read first: every envelope before it was built, so counted, before the counters are read.
+    """
+    end = pipeline.spool.end() if pipeline.spool is not None else START
+    entity_seq, entity_offset = pipeline.builder._entity_counters.get(entity.key(), (0, 0))
+    return Base(pipeline.seqs.next, entity_seq, entity_offset, end.segment, end.offset)
+
+
+def deliver_journaled(handle: JournaledBuffer, pipeline: Pipeline, entity: EntityRef, rank: int, world_size: int,
+                      *, closed: bool = False) -> None:
+    """One cycle for a journaled handle: drain and swap its journal, spool the batch, settle the journal.
+
+    ``closed``: the handle was closed before this drain, so this was its last one: its journal is deleted.
+    """
+    try:
+        drained, journal_file = handle.drain_journaled(producer_base(pipeline, entity))
+    except Exception:  # no journal file to swap to (disk full): nothing was taken, the next cycle tries again
+        log.exception("trackstream: could not swap the journal of %s", entity)
+        return
+    delivered = True
+    if drained:
+        try:
+            envelopes = pipeline.build(entity, rank, world_size, drained)
+            pipeline.submit(envelopes)
+        except Exception:
+            delivered = False
+            log.exception("trackstream: could not spool a batch of %s; it stays in the journal for recovery "
+                          "(`trackstream sync` or `trackstream local` after this process ends)", entity)
+    if journal_file is not None:
+        handle.settle_journal(journal_file, producer_base(pipeline, entity) if delivered else None)
+    if closed:
+        handle.retire_journal()

@@ -2,7 +2,9 @@
 
 A handle is a :class:`~trackstream.producers.buffer.MetricBuffer` (the log calls are its methods, so a call costs no
 extra dispatch) plus identity, configuration and lifecycle. Transport keywords of :func:`start_run` and
-:func:`model` are the fields of :class:`~trackstream.producers.config.ProducerConfig`.
+:func:`model` are the fields of :class:`~trackstream.producers.config.ProducerConfig`. With ``durability="spool"``
+they return a :class:`SpoolRun` / :class:`SpoolModel`, whose log calls are also journaled so that a SIGKILL loses
+nothing (:mod:`.journaled`); the memory-mode classes do not pay for it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from trackstream.producers import runtime
 from trackstream.producers.buffer import POINT_BYTES, MetricBuffer, check_time
 from trackstream.producers.config import ProducerConfig, resolve_config
 from trackstream.producers.errors import TrackstreamError
+from trackstream.producers.journaled import JournaledBuffer
 from trackstream.producers.readback import read_backend
 from trackstream.schemas import EntityRef, Event, model_entity_id
 from trackstream.schemas.envelope import RUN_STATUSES
@@ -144,13 +147,21 @@ class _Handle(MetricBuffer):
 
     @property
     def metrics(self) -> dict[str, float | list[float]]:
-        """``{key: number | list}`` as ingested so far (needs the read side: ``trackstream[sinks]``)."""
+        """``{key: number | list}`` as ingested so far (docs/metrics.md; needs ``trackstream[query]``).
+
+        Raises what the read raises (``StoreUnavailable``, ``StoreBusyError``, ``MissingDependencyError``;
+        see :func:`trackstream.runs`) and ``FlushTimeoutError`` when the flush before it does not finish.
+        """
         backend = read_backend()
         self.flush()
         return backend.entity_metrics(self.entity)
 
     def wait_ingested(self, timeout_s: float = 60.0) -> None:
-        """Flush, then wait until the read side has ingested everything this producer sent here."""
+        """Flush, then wait until the read side has ingested everything this producer sent here.
+
+        Raises ``IngestTimeout`` (retriable) after ``timeout_s`` seconds, ``FlushTimeoutError`` when the flush
+        does not finish, and what a read raises (see :func:`trackstream.runs`).
+        """
         backend = read_backend()
         self.flush(timeout_s)
         producer_id, seq = runtime.flusher().last_seq(self.config, self.entity)
@@ -243,6 +254,14 @@ class Model(_Handle):
             self.close_buffer(None)
 
 
+class SpoolRun(JournaledBuffer, Run):
+    """A :class:`Run` with ``durability="spool"``: its log calls are journaled (see :mod:`.journaled`)."""
+
+
+class SpoolModel(JournaledBuffer, Model):
+    """A :class:`Model` with ``durability="spool"``: its log calls are journaled."""
+
+
 def start_run(
     project: str, name: str | None = None, *, run_id: str | None = None, params: dict[str, Any] | None = None,
     tags: dict[str, Any] | None = None, rank: int | None = None, world_size: int | None = None,
@@ -256,6 +275,10 @@ def start_run(
     continues an existing run: no ``run_started``, params and tags are recorded as updates.
     ``started_ns`` replaces the start time (for importing history). ``options``
     are :class:`~trackstream.producers.config.ProducerConfig` fields (``kafka_bootstrap``, ``spool_dir``, ...).
+
+    Raises ValueError for a value past a limit (docs/wire-format.md: names of 1-250 characters, params and tags
+    nested at most 32 levels, ``0 <= rank < world_size <= 2**24``), TypeError for an unknown option, and
+    :class:`~trackstream.schemas.errors.ConfigError` for an invalid setting (naming its variable).
     """
     _check_project(project)
     resolved = resolve_config(config, **options)
@@ -265,7 +288,7 @@ def start_run(
         raise ValueError(f"run name must be a str of at most {RUN_NAME_MAX} characters, got {str(name)[:80]!r}")
     checked_params, checked_tags = check_params(params), check_tags(tags)
     checked_rank, checked_world_size = _rank_and_world_size(rank, world_size)
-    run = Run(
+    run = (SpoolRun if resolved.durability == "spool" else Run)(
         EntityRef(project, "run", entity_id), resolved, name=name, rank=checked_rank, world_size=checked_world_size,
     )
     now = time.time_ns() if started_ns is None else check_time(started_ns)
@@ -286,13 +309,16 @@ def model(
     project: str, name: str, *, version: str | int | None = None, config: ProducerConfig | None = None,
     rank: int | None = None, world_size: int | None = None, **options: Any,
 ) -> Model:
-    """Open a handle on model ``name`` (or ``name:version``) of ``project`` for logging its metrics."""
+    """Open a handle on model ``name`` (or ``name:version``) of ``project`` for logging its metrics.
+
+    Raises ValueError, TypeError and ConfigError as :func:`start_run` does.
+    """
     _check_project(project)
     _check_identity("model name", name)
     entity_id = _check_identity("model id (name:version)", model_entity_id(name, version))
-    handle = Model(
-        EntityRef(project, "model", entity_id), resolve_config(config, **options),
-        *_rank_and_world_size(rank, world_size),
+    resolved = resolve_config(config, **options)
+    handle = (SpoolModel if resolved.durability == "spool" else Model)(
+        EntityRef(project, "model", entity_id), resolved, *_rank_and_world_size(rank, world_size),
     )
     runtime.flusher().register(handle)
     runtime.install_sigterm_handler()

@@ -16,10 +16,13 @@ in flight settled. Envelopes of the failed round that Kafka did receive are sent
 consumers drop by ``(producer_id, seq)``.
 
 ``durability="spool"`` and SIGKILL: an envelope is on disk (in the page cache, which survives the process)
-before it is sent, so a SIGKILL loses only points still in the caller-side buffers, i.e. at most the last
-``linger_ms`` (or ``flush_points`` points) not yet drained by the flusher. ``fsync`` only matters for a
-machine crash: ``batch`` syncs every flusher cycle, ``interval`` every ``fsync_interval_ms``, ``never`` leaves
-it to the OS.
+before it is sent, and the points not yet drained by the flusher are in the handle's journal
+(:mod:`.journaled`), written by the log call itself; ``trackstream sync`` and ``trackstream local`` recover them
+(:func:`~trackstream.producers.journal.recover_journals`), so a SIGKILL loses nothing. With ``durability="memory"``
+a SIGKILL loses the last ``linger_ms`` of logging plus envelopes Kafka has not acknowledged (at most a quarter of
+``max_buffer_bytes``); that tail leaves no hole, so ``lost_points`` does not count it. ``fsync`` only matters
+for a machine crash: ``batch`` syncs every flusher cycle, ``interval`` every ``fsync_interval_ms``, ``never``
+leaves it to the OS.
 """
 
 from __future__ import annotations

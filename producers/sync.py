@@ -24,6 +24,7 @@ from typing import Any
 
 from trackstream.producers.config import resolve_config
 from trackstream.producers.errors import ConfigError
+from trackstream.producers.journal import RecoveryReport, recover_journals
 from trackstream.producers.kafka import KafkaTransport
 from trackstream.producers.pipeline import KAFKA_CONSUMER
 from trackstream.producers.spool import START, Damage, Discarded, SpoolPosition, SpoolReader, list_spools
@@ -51,6 +52,7 @@ class SyncReport:
     discarded: list[Discarded] = field(default_factory=list)
     kept_damaged: list[Path] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    recovered: list[RecoveryReport] = field(default_factory=list)
 
 
 async def sync_spool_async(spool_dir: str | os.PathLike[str] | None = None, *, discard_damaged: bool = False,
@@ -68,13 +70,17 @@ async def sync_spool_async(spool_dir: str | os.PathLike[str] | None = None, *, d
                 report.skipped_live.append(spool.producer_id)
                 continue
             try:
+                # A producer killed with durability="spool" left its last points in journals: into the spool first.
+                recovered = recover_journals(spool.path, locked=True)
+                if recovered.journals:
+                    report.recovered.append(recovered)
                 # Without Kafka, only a directory with no frame left at all is removed.
                 position = START if transport is None else await _drain(reader, transport, report)
                 if discard_damaged:
                     _discard(reader, report)
                 else:
                     report.kept_damaged += [reader.path / segment_name(i) for i in reader.damaged_segments()]
-                if reader.remove_if_drained(position):
+                if not recovered.kept and reader.remove_if_drained(position):  # kept: a journal it could not read
                     report.removed.append(spool.producer_id)
             finally:
                 reader.release()

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import orjson
 
+from trackstream.producers.journal import recover_journals
 from trackstream.producers.spool import START, Damage, Frame, SpoolPosition, SpoolReader, list_spools
 from trackstream.producers.spool_scan import segment_name
 from trackstream.schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
@@ -219,8 +220,15 @@ class LocalIngest:
         stats = PassStats()
         batch = _Batch()
         readers: list[tuple[str, SpoolReader]] = []
+        keep: set[str] = set()
         for spool in list_spools(self.spool_dir):
             producer_id = spool.path.name
+            if not spool.alive:  # killed with durability="spool": its last points are in journals (one listdir if not)
+                recovered = recover_journals(spool.path)
+                if recovered.skipped_live:  # it is being recovered by `trackstream sync`: next pass
+                    continue
+                if recovered.kept:  # a journal it could not read: ingest the rest, keep the directory
+                    keep.add(producer_id)
             reader = SpoolReader(spool.path)
             readers.append((producer_id, reader))
             for entry in reader.entries(self.positions.get(producer_id, START)):
@@ -235,7 +243,7 @@ class LocalIngest:
                             reader.torn.size, spool.path)
                 self._take(batch, producer_id, reader.torn, torn=True, now_ns=now_ns)
         self._flush(batch, stats, now_ns=now_ns, tick=True)
-        self._clean_up(readers)
+        self._clean_up([(pid, reader) for pid, reader in readers if pid not in keep])
         return stats
 
     def _flush(self, batch: _Batch, stats: PassStats, *, now_ns: int | None, tick: bool = False) -> list[_Entry]:
