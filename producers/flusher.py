@@ -85,7 +85,18 @@ class Flusher:
         try:
             self._loop.run_until_complete(self._main())
         finally:
+            self._cancel_leftovers()
             self._loop.close()
+
+    def _cancel_leftovers(self) -> None:
+        """Cancel and await what aiokafka left running (e.g. a producer stopped while the broker was away), so
+        that closing the loop destroys no pending task ("Task was destroyed but it is pending!")."""
+        pending = [task for task in asyncio.all_tasks(self._loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
     def register(self, handle: FlushedHandle) -> None:
         """Add ``handle`` to the handles drained every cycle; it stays until a cycle finds it closed.

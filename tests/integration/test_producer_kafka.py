@@ -296,3 +296,48 @@ def test_sigterm_delivers_everything_to_kafka_and_the_run_ends_killed(
     assert state["loss", "series"] == {i: float(i) for i in range(count)}
     assert state["lr", "series"] == {i: 1.0 / (i + 1) for i in range(count)}
     assert list_spools(tmp_path) == [], "Kafka acknowledged everything before the process died"
+
+
+EXIT_AFTER_OUTAGE = """
+import pathlib, sys, time
+import trackstream as ts
+bootstrap, spool, ready, go = sys.argv[1:5]
+run = ts.start_run("proj", run_id="exit-outage", kafka_bootstrap=bootstrap, topic_prefix="exitoutage",
+                   spool_dir=spool, request_timeout_ms=2000)
+for i in range(1000):
+    run.log_metric("x", float(i))
+run.flush(timeout_s=60)
+pathlib.Path(ready).touch()
+deadline = time.monotonic() + 120
+while not pathlib.Path(go).exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+for i in range(1000):
+    run.log_metric("x", float(i))
+run.flush(timeout_s=60)  # Kafka is away: the batch goes to the spool
+"""
+
+
+@pytest.mark.kafka
+def test_exit_after_an_outage_leaves_no_asyncio_warning(kafka_broker_factory: Callable[[], Any],
+                                                        tmp_path: Path) -> None:
+    broker = kafka_broker_factory()
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    child = subprocess.Popen([sys.executable, "-c", EXIT_AFTER_OUTAGE, broker.bootstrap, str(tmp_path / "spool"),
+                              str(ready), str(go)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert child.poll() is None, child.stderr.read() if child.stderr else ""
+            assert time.monotonic() < deadline, "the child did not log"
+            time.sleep(0.02)
+        broker.stop()
+        go.touch()
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+    assert child.returncode == 0, stderr
+    assert "is unreachable; spooling" in stderr  # the one outage warning
+    assert "Task was destroyed" not in stderr
+    assert "Traceback" not in stderr
