@@ -177,9 +177,11 @@ class Flusher:
         (docs/metrics.md), so a SIGKILLed training process does not leave its run ``running`` forever.
         """
         beat = False
-        now = time.time_ns()
+        now, pid = time.time_ns(), os.getpid()
         for handle in handles:
-            if handle.entity.type == "run" and handle.config.heartbeat_ms > 0 and not handle.closed:
+            # a forked child (a DataLoader worker) logs for the run but does not own it: only the owner beats
+            owner = getattr(handle, "_owner_pid", pid)
+            if handle.entity.type == "run" and handle.config.heartbeat_ms > 0 and not handle.closed and owner == pid:
                 with contextlib.suppress(HandleClosedError):
                     handle.add_event(Event("heartbeat", now, {}))
                     beat = True

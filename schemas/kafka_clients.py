@@ -76,3 +76,15 @@ async def stop_producer_quietly(producer: Any) -> None:
         await asyncio.wait_for(producer.client.close(), timeout=2)
     except Exception as exc:
         log.debug("closing the Kafka client failed: %r", exc)
+
+
+async def topic_durability(admin: Any) -> tuple[int, dict[str, str]]:
+    """Replication factor and topic configs for a topic trackstream creates, from a started aiokafka admin client.
+
+    As many copies as the cluster allows, up to 3, with writes acknowledged by 2 of them
+    (``min.insync.replicas=2``): losing one broker loses no topic and no acknowledged message. A single-broker
+    development cluster gets one copy.
+    """
+    brokers = len((await admin.describe_cluster()).get("brokers", ())) or 1
+    replicas = min(3, brokers)
+    return replicas, ({"min.insync.replicas": "2"} if replicas >= 3 else {})

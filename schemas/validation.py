@@ -40,6 +40,7 @@ from trackstream.schemas.limits import (
     GROUPS_PER_ENVELOPE_MAX,
     NAME_MAX,
     NESTING_MAX,
+    PARAMS_BYTES_MAX,
     POINTS_PER_ENVELOPE_MAX,
     RUN_NAME_MAX,
     TAG_VALUE_MAX,
@@ -323,6 +324,11 @@ def _event_problem(event: dict[str, Any]) -> str | None:
             problem = mapping_problem(field_name, event[field_name], value_max=value_max)
             if problem is not None:
                 return f"{field_name}: {problem}"
+            size = len(orjson.dumps(event[field_name]))
+            if size > PARAMS_BYTES_MAX:
+                return f"{field_name}: {size} bytes encoded, at most {PARAMS_BYTES_MAX}"
+    if event["time_ns"] < 0:
+        return f"time_ns: {event['time_ns']} is before the epoch"
     return None
 
 
@@ -346,6 +352,10 @@ def _int64_problem(path: str, group: dict[str, Any]) -> tuple[str, str] | None:
         if ints and max(ints) > _INT64_MAX:
             index = next(i for i, value in enumerate(ints) if value > _INT64_MAX)
             return "mistyped_field", f"{path}.{column}[{index}]: {ints[index]} is beyond the int64 range"
+    times: list[int] = group["times_ns"]
+    if times and min(times) < 0:
+        index = next(i for i, value in enumerate(times) if value < 0)
+        return "out_of_range", f"{path}.times_ns[{index}]: {times[index]} is before the epoch"
     return None
 
 

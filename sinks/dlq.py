@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import orjson
 
+from trackstream.schemas.kafka_clients import topic_durability
 from trackstream.schemas.limits import RECORD_BYTES_MAX
 from trackstream.schemas.settings import KafkaSettings
 from trackstream.schemas.topics import Topics
@@ -291,8 +292,10 @@ class DeadLetterSender:
         try:
             await asyncio.wait_for(admin.start(), timeout=self.ack_timeout_s)
             if self.topic not in set(await admin.list_topics()):
+                replicas, durable = await topic_durability(admin)
                 with contextlib.suppress(TopicAlreadyExistsError):  # another worker of the group was faster
-                    await admin.create_topics([NewTopic(self.topic, self.partitions(), 1)])
+                    topic = NewTopic(self.topic, self.partitions(), replicas, topic_configs=durable)
+                    await admin.create_topics([topic])
                 log.info("created the sink's dead-letter topic %s", self.topic)
             self._topic_ready = True
         finally:

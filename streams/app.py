@@ -37,6 +37,7 @@ import faust
 import faust.transport.drivers.aiokafka  # its aiokafka loggers exist before the log filter is installed
 
 from trackstream.schemas.envelope import MAX_ENVELOPE_BYTES
+from trackstream.schemas.kafka_clients import topic_durability
 from trackstream.schemas.settings import KafkaSettings, diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 from trackstream.streams.checkpoint import load_partition, state_topic
@@ -290,11 +291,7 @@ async def _prepare_topics(kafka: KafkaSettings, topics: Topics, partitions: int 
                 raise StreamsError(f"{topics.metrics} has {found} partitions, the worker was told {partitions}")
             partitions = found
         partitions = partitions or 3
-        # As many copies as the cluster allows, up to 3, and writes acknowledged by 2 of them: losing one broker
-        # loses no topic and no acknowledged message (a single-broker development cluster gets 1).
-        brokers = len((await admin.describe_cluster()).get("brokers", ())) or 1
-        replicas = min(3, brokers)
-        durable = {"min.insync.replicas": "2"} if replicas >= 3 else {}
+        replicas, durable = await topic_durability(admin)
         wanted = [topics.metrics, topics.dlq, topics.sink_dlq, *topics.processed()]
         missing = [NewTopic(name, partitions, replicas, topic_configs=dict(durable))
                    for name in wanted if name not in existing]

@@ -51,7 +51,8 @@ def run_status(producers: Iterable[dict[str, Any]], fallback: str) -> str:
 
 
 def seen(state: EntityState, producer_id: str, sent_ns: int) -> bool:
-    """Note an envelope from ``producer_id`` sent at ``sent_ns``; True when a crashed rank came back to life."""
+    """Note an envelope from ``producer_id`` sent at ``sent_ns``; True when the run's status changed (a crashed
+    rank came back to life, or the rank's newest producer is another one now)."""
     item = entry(state, producer_id)
     if item is None:
         return False
@@ -59,9 +60,8 @@ def seen(state: EntityState, producer_id: str, sent_ns: int) -> bool:
     if item.get("status") == "crashed":
         item["status"] = "running"
         item.pop("ended_ns", None)
-        return _settle(state)
     item.setdefault("status", "running" if state.status not in TERMINAL else state.status)
-    return False
+    return _settle(state)  # a rank's newest producer may have changed
 
 
 def started(state: EntityState, producer_id: str) -> bool:

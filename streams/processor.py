@@ -156,7 +156,7 @@ class Processor:
         bumped: set[str] = set()
         for event in env.events:
             bumped |= ctx.apply_event(event, env.producer_id)
-            changed = changed or event.type != "overwrite"
+            changed = changed or event.type not in ("overwrite", "heartbeat")  # a heartbeat changes only liveness
         lost = ctx.lost_points()
         if lost != ctx.state.lost_points:
             ctx.state.lost_points, changed = lost, True

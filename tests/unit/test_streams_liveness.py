@@ -84,3 +84,14 @@ def test_a_restarted_rank_counts_by_its_newest_producer() -> None:
                          events=[Event("run_started", 120 * S, {"name": "", "params": {}, "tags": {}})])
     assert feed(processor, [restarted], now_s=120) == "running"
     assert feed(processor, [finish("new", 1, 0, "completed", at_s=130)], now_s=130) == "completed"
+
+
+def test_heartbeats_emit_no_entity_record_but_keep_the_rank_alive() -> None:
+    processor = Processor(heartbeat_timeout_ms=60_000)
+    feed(processor, [envelope("a", 0, 0, sent_s=0, world_size=1)], now_s=0)
+    beat = encode(Envelope(producer_id="a", seq=1, sent_ns=50 * S, entity=RUN, rank=0, world_size=1,
+                           events=[Event("heartbeat", 50 * S, {})]))
+    out = processor.process(beat, source=SourcePosition("t", 0, 9), now_ns=50 * S)
+    assert out.entity_states == []  # nothing a reader sees changed
+    assert processor.tick(now_ns=100 * S).entity_states == []  # 50 s after the heartbeat: alive
+    assert [s.status for s in processor.tick(now_ns=111 * S).entity_states] == ["crashed"]

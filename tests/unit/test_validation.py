@@ -399,3 +399,18 @@ def test_a_bad_group_nested_past_the_limit_still_encodes_for_the_dlq() -> None:
         assert "colour" not in bad.raw
         assert len(orjson.dumps(bad.raw)) < 10_000  # orjson writes at most 254 levels: encodable means cut
     assert [group.name for group in result.envelope.metrics] == [wire["metrics"][2]["name"]]
+
+
+def test_the_stream_side_enforces_the_sdk_limits_on_times_and_params_size() -> None:
+    wire = good_wire()
+    wire["metrics"][0]["times_ns"][0] = -1
+    result = validate(dumps(wire))
+    assert [bad.reason for bad in result.bad] == ["out_of_range"]
+    wire = good_wire()
+    wire["events"][0]["params"] = {"big": "x" * (256 * 1024)}
+    with pytest.raises(Rejection, match="bytes encoded"):
+        validate(dumps(wire))
+    wire = good_wire()
+    wire["events"][0]["time_ns"] = -5
+    with pytest.raises(Rejection, match="before the epoch"):
+        validate(dumps(wire))

@@ -30,6 +30,7 @@ from trackstream.schemas import (
 from trackstream.schemas.validation import validate
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
+TIMES = st.integers(0, 2**63 - 1)  # ns since the epoch: a time before it is out of range
 METRIC_NAMES = st.text(alphabet=string.ascii_letters + string.digits + "_-./ ", min_size=1, max_size=250)
 SPECIAL_FLOATS = [
     math.nan, -math.nan, math.inf, -math.inf, 0.0, -0.0, 5e-324, -5e-324, 2.2250738585072009e-308,
@@ -63,20 +64,21 @@ ENTITIES = st.builds(
 @st.composite
 def batches(draw: st.DrawFn, max_points: int = 40) -> MetricBatch:
     size = draw(st.integers(0, max_points))
-    column = st.lists(INT64, min_size=size, max_size=size)
     return MetricBatch(
-        name=draw(METRIC_NAMES), kind=draw(st.sampled_from(METRIC_KINDS)), steps=draw(column),
-        times_ns=draw(column), values=draw(st.lists(VALUES, min_size=size, max_size=size)),
+        name=draw(METRIC_NAMES), kind=draw(st.sampled_from(METRIC_KINDS)),
+        steps=draw(st.lists(INT64, min_size=size, max_size=size)),
+        times_ns=draw(st.lists(TIMES, min_size=size, max_size=size)),
+        values=draw(st.lists(VALUES, min_size=size, max_size=size)),
     )
 
 
 EVENTS = st.one_of(
     st.builds(lambda t, n, p, g: Event("run_started", t, {"name": n, "params": p, "tags": g}),
-              INT64, st.text(max_size=30), PARAMS, TAGS),
-    st.builds(lambda t, s: Event("run_finished", t, {"status": s}), INT64, st.sampled_from(RUN_STATUSES)),
-    st.builds(lambda t, p: Event("params", t, {"params": p}), INT64, PARAMS),
-    st.builds(lambda t, g: Event("tags", t, {"tags": g}), INT64, TAGS),
-    st.builds(lambda t, m: Event("overwrite", t, {"metric": m}), INT64, METRIC_NAMES),
+              TIMES, st.text(max_size=30), PARAMS, TAGS),
+    st.builds(lambda t, s: Event("run_finished", t, {"status": s}), TIMES, st.sampled_from(RUN_STATUSES)),
+    st.builds(lambda t, p: Event("params", t, {"params": p}), TIMES, PARAMS),
+    st.builds(lambda t, g: Event("tags", t, {"tags": g}), TIMES, TAGS),
+    st.builds(lambda t, m: Event("overwrite", t, {"metric": m}), TIMES, METRIC_NAMES),
 )
 
 
