@@ -368,3 +368,14 @@ def test_an_open_run_sends_heartbeats_until_it_finishes(tmp_path: Path) -> None:
 
 def spooled_events(spool_dir: Path) -> list[Any]:
     return [event for envelope in envelopes(spool_dir) for event in envelope.events]
+
+
+def test_only_the_process_that_owns_a_run_sends_its_heartbeats(tmp_path: Path) -> None:
+    from trackstream.producers.flusher import Flusher
+
+    run = ts.start_run("proj", run_id="forked", spool_dir=str(tmp_path), kafka_bootstrap="")
+    assert Flusher._beat([run])
+    run._owner_pid = os.getpid() + 1  # as a forked child (a DataLoader worker) sees the parent's run
+    assert not Flusher._beat([run])
+    run._owner_pid = os.getpid()
+    run.finish()
