@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from trackstream.schemas.envelope import EntityRef
-from trackstream.schemas.floats import exact_float, inexact_float, join_nonfinite
+from trackstream.schemas.floats import bits_to_float, exact_float, inexact_float, join_nonfinite
 from trackstream.schemas.processed import MetricSummary, StepAggregate
 
 NAN = math.nan
@@ -97,9 +97,9 @@ class Summary:
     def from_wire(cls, wire: list[Any]) -> Summary:
         """Rebuild a summary from :meth:`to_wire`'s 12-element list (``{"$f64": bits}`` back to floats)."""
         kind, gen, count, last, last_step, last_time, low, low_step, high, high_step, first, version = wire
-        return cls(kind=kind, generation=gen, count=count, last=inexact_float(last), last_step=last_step,
-                   last_time_ns=last_time, min=inexact_float(low), min_step=low_step,
-                   max=inexact_float(high), max_step=high_step, first_time_ns=first, version=version)
+        return cls(kind=kind, generation=gen, count=count, last=_state_float(last), last_step=last_step,
+                   last_time_ns=last_time, min=_state_float(low), min_step=low_step,
+                   max=_state_float(high), max_step=high_step, first_time_ns=first, version=version)
 
 
 # A pending step is a plain list ``[first_seen_ns, time_ns, emitted, {rank: value}]``, not an object: there is
@@ -265,10 +265,18 @@ def _accs_to_wire(accs: dict[int, StepAcc]) -> orjson.Fragment:
 
 
 def _accs_from_wire(wire: dict[str, Any]) -> dict[int, StepAcc]:
-    return {int(step): [first, time_ns, emitted, {int(rank): inexact_float(v) for rank, v in ranks.items()}]
+    return {int(step): [first, time_ns, emitted, {int(rank): _state_float(v) for rank, v in ranks.items()}]
             for step, (first, time_ns, emitted, ranks) in wire.items()}
 
 
 def _acc_from_v1(wire: list[Any]) -> tuple[int, StepAcc]:
     step, first_seen, time_ns, emitted, ranks, values, nonfinite = wire
     return step, [first_seen, time_ns, emitted, dict(zip(ranks, join_nonfinite(values, nonfinite), strict=True))]
+
+
+def _state_float(wire: Any) -> float:
+    """A float of the checkpointed state: ``{"$f64": bits}`` (the one codec), or ``[bits]`` as states written
+    before it (versions 1 and 2) carry non-finite values, so that older checkpoints still load."""
+    if isinstance(wire, list):
+        return bits_to_float(wire[0])
+    return float(inexact_float(wire))

@@ -182,3 +182,16 @@ def test_fast_step_encoder_matches_the_generic_one() -> None:
     records = [StepAggregate(run, "m", 1, 7, math.nan, -math.inf, 2.5, 3, 4, 99),
                StepAggregate(run, "m", 0, 8, -0.0, 1e-300, math.inf, 1, 4, 100)]
     assert encode_step_aggregates(records) == encode_records(records)
+
+
+def test_summaries_checkpointed_before_the_one_float_codec_still_load() -> None:
+    from trackstream.schemas import float_to_bits
+    from trackstream.streams.aggregate import Summary
+
+    nan_bits, inf_bits = 0x7FF8000000000001, 0xFFF0000000000000
+    legacy = ["series", 0, 3, [nan_bits], 2, 30, [inf_bits], 1, 2.5, 0, 10, 4]  # non-finite as [bits]
+    summary = Summary.from_wire(legacy)
+    assert float_to_bits(summary.last) == nan_bits
+    assert summary.min == float("-inf")
+    assert summary.max == 2.5
+    assert Summary.from_wire(summary.to_wire()).to_wire() == summary.to_wire()
