@@ -52,27 +52,24 @@ def check_values(key: str, value: Any) -> list[float] | None:
 
 def check_step(step: Any) -> int:
     """``step`` as an int; a bool, a non-integer (floats included) or a value outside int64 raises ValueError."""
-    if isinstance(step, bool):
-        raise ValueError("step must be an integer, got bool")
-    try:
-        value = operator.index(step)
-    except TypeError:
-        raise ValueError(f"step must be an integer, got {type(step).__name__}") from None
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise ValueError(f"step {value} is outside the int64 range")
-    return value
+    return _check_int("step", step, _INT64_MIN, "the int64 range")
 
 
 def check_time(time_ns: Any) -> int:
     """``time_ns`` (ns since the epoch) as an int; a bool, non-integer or value outside 0..2**63-1 raises ValueError."""
-    if isinstance(time_ns, bool):
-        raise ValueError("time_ns must be an integer, got bool")
+    return _check_int("time_ns", time_ns, 0, "0..2**63-1")
+
+
+def _check_int(name: str, raw: Any, low: int, bounds: str) -> int:
+    """``raw`` as an int in ``low..2**63-1``; ValueError naming ``name`` and ``bounds`` otherwise."""
+    if isinstance(raw, bool):
+        raise ValueError(f"{name} must be an integer, got bool")
     try:
-        value = operator.index(time_ns)
+        value = operator.index(raw)
     except TypeError:
-        raise ValueError(f"time_ns must be an integer, got {type(time_ns).__name__}") from None
-    if not 0 <= value <= _INT64_MAX:
-        raise ValueError(f"time_ns {value} is outside 0..2**63-1")
+        raise ValueError(f"{name} must be an integer, got {type(raw).__name__}") from None
+    if not low <= value <= _INT64_MAX:
+        raise ValueError(f"{name} {value} is outside {bounds}")
     return value
 
 

@@ -58,9 +58,8 @@ def wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen[b
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize(("calls", "linger_ms"), [(20_000, 200), (150_000, 200), (60_000, 5)])
-def test_sigkill_while_logging_loses_nothing_in_spool_mode(tmp_path: Path, calls: int, linger_ms: int) -> None:
-    spool_dir = tmp_path / "spool"
+def kill_while_logging(tmp_path: Path, spool_dir: Path, *, calls: int, linger_ms: int) -> int:
+    """Run CHILD logging into ``spool_dir``, SIGKILL it once ``calls`` log calls returned; how many had returned."""
     counter_path = tmp_path / "counter"
     counter_path.write_bytes(bytes(16))
     script = tmp_path / "child.py"
@@ -84,6 +83,13 @@ def test_sigkill_while_logging_loses_nothing_in_spool_mode(tmp_path: Path, calls
         if process.stderr is not None:
             process.stderr.close()
     assert process.returncode == -signal.SIGKILL
+    return int(returned)
+
+
+@pytest.mark.parametrize(("calls", "linger_ms"), [(20_000, 200), (150_000, 200), (60_000, 5)])
+def test_sigkill_while_logging_loses_nothing_in_spool_mode(tmp_path: Path, calls: int, linger_ms: int) -> None:
+    spool_dir = tmp_path / "spool"
+    returned = kill_while_logging(tmp_path, spool_dir, calls=calls, linger_ms=linger_ms)
     (producer,) = [p for p in spool_dir.iterdir() if p.is_dir()]
     assert not is_locked(producer)
     assert journal_files(producer)
@@ -175,28 +181,7 @@ def test_sigkill_in_spool_mode_then_a_read_stores_every_returned_point(tmp_path:
     from trackstream.schemas.settings import StoreSettings
 
     spool_dir, data_dir = tmp_path / "spool", tmp_path / "data"
-    counter_path = tmp_path / "counter"
-    counter_path.write_bytes(bytes(16))
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    process = subprocess.Popen([sys.executable, str(script), str(spool_dir), str(counter_path), "200"],
-                               stderr=subprocess.PIPE)
-    try:
-        with open(counter_path, "r+b") as handle:
-            shared = mmap.mmap(handle.fileno(), 16)
-            count = memoryview(shared).cast("q")
-            wait_for(lambda: count[0] >= 30_000, 120, "30,000 log calls", process)
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-            returned = count[0]
-            count.release()
-            shared.close()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        if process.stderr is not None:
-            process.stderr.close()
+    returned = kill_while_logging(tmp_path, spool_dir, calls=30_000, linger_ms=200)
     reader = _query.reader(StoreSettings(data_dir=str(data_dir)), spool_dir=spool_dir)
     rows = reader.sql("SELECT metric, count(), uniqExact(step), max(step) FROM points FINAL "
                       "WHERE project = 'sigkill' AND entity_type = 'run' AND startsWith(metric, 'm') GROUP BY metric")
