@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BROKER := $(PY) tests/services/kafka_broker.py
 TEST_BROKER_DIR := .cache/kafka/test-broker
 
-.PHONY: help install lint test test-unit demo kafka-up kafka-down bench-producer bench-streams bench-sinks bench-faults clean
+.PHONY: help install lint test test-unit demo kafka-up kafka-down bench-producer bench-streams bench-sinks bench-faults bench-queries clean
 
 help:
 	@echo "make demo         create .venv, install, run a simulated sweep through the embedded pipeline"
@@ -15,6 +15,7 @@ help:
 	@echo "make kafka-up     start the project's own Kafka broker (prints host:port last); kafka-down stops it"
 	@echo "make bench-producer | bench-streams | bench-sinks   print benchmark figures"
 	@echo "make bench-faults  fault table: points sent/stored/DLQ/lost/duplicated per injected fault"
+	@echo "make bench-queries read cost on top of the query: no owner, owner (trackstream local)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trackstream needs Python >= 3.11")'
@@ -79,6 +80,9 @@ bench-sinks: $(STAMP)
 # a broker of its own to kill and restart, a three-broker cluster; e.g. BENCH_ARGS="--only cluster-3-brokers-lose-one".
 bench-faults: $(STAMP)
 	$(PY) bench/faults.py $(BENCH_ARGS)
+
+bench-queries: $(STAMP)
+	$(PY) bench/queries.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -154,25 +154,25 @@ def stored_now(data_dir: Path, project: str) -> int | None:
 
     Never opens the store in this process (chDB binds one store per process: the benchmark reads many).
     """
-    from trackstream.http_api import HttpQueryClient, owner_address
+    from trackstream.api.client import owner_client
 
-    url = owner_address(data_dir)
-    if url is None:
+    client = owner_client(data_dir, timeout_s=10)
+    if client is None:
         return None
     try:
-        return int(HttpQueryClient(url, timeout_s=10).sql(STORED_SQL, {"p": project})[0][0])
+        return int(client.sql(STORED_SQL, {"p": project})[0][0])
     except Exception as exc:
-        log.debug("count through %s failed: %r", url, exc)
+        log.debug("count through %r failed: %r", client, exc)
         return None
 
 
 def wait_owner(data_dir: Path, procs: Iterable[Proc], timeout_s: float) -> None:
     """Until a process serves the store's query API (bounded; fails early when every process has exited)."""
-    from trackstream.http_api import owner_address
+    from trackstream.api.owner import read_owner
 
     deadline = time.monotonic() + timeout_s
     procs = list(procs)
-    while owner_address(data_dir) is None:
+    while read_owner(data_dir) is None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"nothing served the store {data_dir} within {timeout_s:.0f} s")
         if procs and not any(p.alive() for p in procs):

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 INSTALL_HINTS: Final = {
     extra: f"pip install 'trackstream[{extra}]'"
-    for extra in ("streams", "sinks", "embedded", "cli", "query", "workers", "integrations")
+    for extra in ("streams", "sinks", "server", "embedded", "cli", "query", "workers", "integrations")
 }
 
 

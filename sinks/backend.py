@@ -24,6 +24,9 @@ class Backend(Protocol):
     def command(self, sql: str) -> None:
         """Run a statement without result (DDL)."""
 
+    def create_database(self) -> None:
+        """Create the backend's database when it does not exist (writers only: readers never run DDL)."""
+
     def insert(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
         """Insert a columnar batch; a repeated ``dedup_token`` on the same table lands once."""
 

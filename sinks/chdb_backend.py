@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trackstream.sinks.backend import Row
 from trackstream.sinks.errors import QueryError, StoreUnavailable, require
+from trackstream.sinks.sql_guard import readonly_statement
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -27,6 +28,16 @@ log = logging.getLogger(__name__)
 
 _CONNECTIONS: dict[Path, _Shared] = {}
 _LOCK = threading.Lock()
+_IDLE_HOLDERS: list[Callable[[], None]] = []
+
+
+def on_other_store(release: Callable[[], None]) -> None:
+    """Register ``release``, called when this process needs another store directory than the one it holds open.
+
+    chDB opens one store directory per process; a holder that merely keeps a store open between uses (the
+    facade's reader) registers its release here so that opening another directory does not fail.
+    """
+    _IDLE_HOLDERS.append(release)
 
 
 class _Shared:
@@ -72,6 +83,15 @@ def _connection(directory: Path) -> _Shared:
         shared = _CONNECTIONS.get(directory)
         if shared is None:
             directory.mkdir(parents=True, exist_ok=True)
+            if _CONNECTIONS and _IDLE_HOLDERS:
+                _LOCK.release()  # the holders close their handles, which takes this lock
+                try:
+                    for release in list(_IDLE_HOLDERS):
+                        release()
+                finally:
+                    _LOCK.acquire()
+                shared = _CONNECTIONS.get(directory)
+        if shared is None:
             try:
                 shared = _Shared(state.connect(str(directory)))
             except Exception as exc:
@@ -98,8 +118,6 @@ class ChdbBackend:
         self.directory = Path(directory).expanduser().resolve()
         self.database = check_identifier(database)
         self._shared: _Shared | None = _connection(self.directory)
-        if database != "default":
-            self._run(f"CREATE DATABASE IF NOT EXISTS {database}", "CSV", in_database=False)
 
     def __repr__(self) -> str:
         return f"ChdbBackend({str(self.directory)!r}, database={self.database!r})"
@@ -122,6 +140,11 @@ class ChdbBackend:
         """Run a statement without result (DDL) in this database; raises QueryError, or StoreUnavailable once closed."""
         self._run(sql, "CSV")
 
+    def create_database(self) -> None:
+        """Create this backend's database if missing (``default`` always exists); raises as :meth:`command`."""
+        if self.database != "default":
+            self._run(f"CREATE DATABASE IF NOT EXISTS {self.database}", "CSV", in_database=False)
+
     def insert(self, table: str, data: pa.Table, *, dedup_token: str | None = None) -> None:
         """Insert an Arrow table through chDB's ``Python()`` table function (a no-op for 0 rows).
 
@@ -142,11 +165,13 @@ class ChdbBackend:
     ) -> tuple[list[str], list[Row]]:
         """Run ``sql`` with ``params`` (formatted by :func:`format_param`); returns ``(column names, rows as tuples)``.
 
-        ``readonly=True`` wraps it in ``SELECT * FROM (...) SETTINGS readonly = 1``. Raises QueryError (StoreUnavailable
-        once closed).
+        ``readonly=True``: ``sql`` is one statement the caller has checked (``sql_guard.check_statement``: no
+        SETTINGS, FORMAT or INTO OUTFILE of its own) and runs with ``readonly = 1`` whatever its kind; chDB takes no
+        per-query settings, so the clause goes into the text (``sql_guard.readonly_statement``). Raises QueryError
+        (StoreUnavailable once closed).
         """
         if readonly:
-            sql = f"SELECT * FROM (\n{sql}\n) SETTINGS readonly = 1"
+            sql = readonly_statement(sql)
         table = self._run(sql, "Arrowtable", params)
         columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
         return list(table.column_names), list(zip(*columns, strict=True))

@@ -22,7 +22,8 @@ from trackstream.sinks.backend import Backend, Row
 from trackstream.sinks.batch import param_value
 from trackstream.sinks.connect import open_backend
 from trackstream.sinks.errors import IngestTimeout, QueryError
-from trackstream.sinks.schema import BLOCK_STEPS, migrate
+from trackstream.sinks.schema import BLOCK_STEPS
+from trackstream.sinks.sql_guard import check_statement
 
 AGGREGATES: Final = ("last", "min", "max", "mean", "first")
 _NAN: Final = math.nan
@@ -46,13 +47,15 @@ class QueryService:
 
     def __init__(self, store: StoreSettings | None = None, *, backend: Backend | None = None, **keywords: Any) -> None:
         self.backend = backend if backend is not None else open_backend(store, **keywords)
-        migrate(self.backend)
 
     def __repr__(self) -> str:
         return f"QueryService({self.backend!r})"
 
     def _rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
-        return self.backend.query(sql, params)[1]
+        try:
+            return self.backend.query(sql, params)[1]
+        except QueryError as exc:
+            raise no_tables_error(exc, self.backend) or exc from exc
 
     # -- metadata -------------------------------------------------------------------------------------
 
@@ -209,11 +212,16 @@ class QueryService:
     # -- SQL escape hatch -----------------------------------------------------------------------------
 
     def sql(self, query: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run a read-only query with ``{name:Type}`` parameters bound server-side."""
-        text, wrappable = q.check_read_only(query)
-        if self.backend.kind == "chdb" and not wrappable:
-            return self.backend.query(text, parameters)[1]
-        return self.backend.query(text, parameters, readonly=True)[1]
+        """Run one read-only statement with ``{name:Type}`` parameters bound server-side; returns its rows.
+
+        The statement must pass the allow-list of sinks/sql_guard.py (parsed by ClickHouse itself) and then runs
+        with ``readonly = 1``. Raises QueryError for a refused statement (the message says what and why) or a failure.
+        """
+        checked = check_statement(self.backend, query, parameters)
+        try:
+            return self.backend.query(checked.text, parameters, readonly=True)[1]
+        except QueryError as exc:
+            raise no_tables_error(exc, self.backend) or exc from exc
 
     # -- SDK read-back --------------------------------------------------------------------------------
 
@@ -256,6 +264,21 @@ class QueryService:
     def close(self) -> None:
         """Close the backend the service reads from."""
         self.backend.close()
+
+
+_MISSING_CODES: Final = {60: "UNKNOWN_TABLE", 81: "UNKNOWN_DATABASE"}
+
+
+def no_tables_error(exc: QueryError, backend: Backend) -> QueryError | None:
+    """A clear error for a query that failed because the store has no trackstream tables yet, else None.
+
+    Reads never create tables (a reader may hold SELECT only): the writers do, and ``trackstream migrate``.
+    """
+    if exc.code not in _MISSING_CODES and not any(name in str(exc) for name in _MISSING_CODES.values()):
+        return None
+    return QueryError(f"the store {backend!r} has no trackstream tables yet ({exc}): nothing has been written to "
+                      "it. Log metrics first (writers create the tables) or create them with `trackstream migrate`",
+                      code=exc.code)
 
 
 def curve_plan(lo: int, hi: int, points: int, *, clean: bool) -> tuple[int, int, int]:

@@ -225,8 +225,14 @@ TABLES: Final = ("points", "series_stats", "series_blocks", "steps", "summaries"
 class _Commander(Protocol):
     def command(self, sql: str) -> None: ...
 
+    def create_database(self) -> None: ...
+
 
 def migrate(backend: _Commander) -> None:
-    """Create every table that does not exist yet; safe to run any number of times, concurrently too."""
+    """Create the database and every table that does not exist yet; safe to run any number of times, concurrently.
+
+    Only writers (sink, ingest) and ``trackstream migrate`` call it: the query path runs no DDL.
+    """
+    backend.create_database()
     for statement in DDL:
         backend.command(statement)

@@ -11,6 +11,7 @@ from trackstream.schemas.settings import StoreSettings
 from trackstream.sinks.backend import Row
 from trackstream.sinks.chdb_backend import check_identifier
 from trackstream.sinks.errors import QueryError, StoreUnavailable, require
+from trackstream.sinks.sql_guard import is_explain_ast
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -24,6 +25,14 @@ def _server_code(message: str) -> int | None:
     """The ClickHouse error code in a server message (``Code: 60. DB::Exception: ...``), if any."""
     found = _CODE.search(message)
     return int(found.group(1)) if found else None
+
+
+_TSV_ESCAPES = {"b": "\b", "f": "\f", "r": "\r", "n": "\n", "t": "\t", "0": "\0"}
+
+
+def _unescape_tsv(field: str) -> str:
+    """A TabSeparated field as text: ``\\n``, ``\\t``, ``\\\\``... decoded (``\\x`` is ``x`` for any other x)."""
+    return re.sub(r"\\(.)", lambda m: _TSV_ESCAPES.get(m[1], m[1]), field, flags=re.DOTALL)
 
 
 def _scrub(exc: BaseException, store: StoreSettings) -> str:
@@ -45,21 +54,38 @@ class ServerBackend:
         require("pyarrow")
         driver = require("clickhouse_connect")
         self._url = str(store.url)
-        database = store.database
-        credentials: dict[str, Any] = {"username": store.user} if store.user else {}
+        self._store = store
+        self.database = check_identifier(store.database) if store.database else None
+        self._credentials: dict[str, Any] = {"username": store.user} if store.user else {}
         if store.password is not None:
-            credentials["password"] = store.password.reveal()
+            self._credentials["password"] = store.password.reveal()
         try:
-            if database:
-                check_identifier(database)
-                admin = driver.get_client(dsn=self._url, autogenerate_session_id=False, **credentials)
-                admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-                admin.close()
-            self._client = driver.get_client(
-                dsn=self._url, database=database, autogenerate_session_id=False, **credentials
-            )
+            # Connect to the server's default database: the configured one may not exist yet (creating it is
+            # the writers' job, create_database); every request then names it, so a reader's first query fails
+            # with the server's UNKNOWN_DATABASE instead of this constructor running DDL.
+            self._client = self._connect(driver, None)
+            if self.database:
+                self._client.database = self.database
         except Exception as exc:
             raise StoreUnavailable(f"cannot reach ClickHouse at {self._url}: {_scrub(exc, store)}") from exc
+
+    def _connect(self, driver: Any, database: str | None) -> Any:
+        options: dict[str, Any] = {"database": database} if database else {}
+        return driver.get_client(dsn=self._url, autogenerate_session_id=False, **options, **self._credentials)
+
+    def create_database(self) -> None:
+        """Create the configured database if missing (needs CREATE DATABASE: writers and ``trackstream migrate``)."""
+        if not self.database:
+            return
+        driver = require("clickhouse_connect")
+        try:
+            admin = self._connect(driver, None)
+            try:
+                admin.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+            finally:
+                admin.close()
+        except Exception as exc:
+            raise self._wrap(exc) from exc
 
     def __repr__(self) -> str:
         return f"ServerBackend({self._url!r})"
@@ -103,10 +129,18 @@ class ServerBackend:
     ) -> tuple[list[str], list[Row]]:
         """Run ``sql`` with server-side bound ``{name:Type}`` ``params``; returns ``(column names, rows as tuples)``.
 
-        ``readonly=True`` runs it with the ``readonly = 2`` setting. Raises StoreUnavailable or QueryError.
+        ``readonly=True``: ``sql`` is one statement the caller has checked (``sql_guard.check_statement``) and runs
+        with the ``readonly = 1`` setting of the request, whatever its kind. An ``EXPLAIN AST`` statement (the guard's
+        parse) always runs with it, and is sent as it is: clickhouse-connect appends ``FORMAT Native`` to queries,
+        which EXPLAIN AST would parse as part of the explained query; its TabSeparated lines come back as rows of
+        one column. Raises StoreUnavailable or QueryError.
         """
-        settings = {"readonly": 2} if readonly else {}
+        settings = {"readonly": 1} if readonly else {}
         try:
+            if is_explain_ast(sql):
+                raw = self._client.raw_query(sql, parameters=dict(params or {}), settings={"readonly": 1})
+                lines = raw.decode().split("\n")
+                return ["explain"], [(_unescape_tsv(line),) for line in (lines[:-1] if lines[-1] == "" else lines)]
             result = self._client.query(sql, parameters=dict(params or {}), settings=settings)
         except Exception as exc:
             raise self._wrap(exc) from exc

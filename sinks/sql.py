@@ -23,10 +23,7 @@ Shared semantics, also what the brute-force tests compute:
 
 from __future__ import annotations
 
-import re
 from typing import Final
-
-from trackstream.sinks.errors import QueryError
 
 _SCOPE: Final = "project = {project:String} AND entity_type = {entity_type:String}"
 
@@ -288,26 +285,3 @@ SELECT max(seq), count() FROM ingested
 WHERE project = {project:String} AND entity_type = {entity_type:String} AND entity_id = {entity_id:String}
   AND producer_id = {producer_id:String}
 """
-
-_READ_ONLY_START = re.compile(
-    r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b",
-    re.IGNORECASE | re.DOTALL,
-)
-_WRAPPABLE = frozenset({"SELECT", "WITH"})
-
-
-def check_read_only(query: str) -> tuple[str, bool]:
-    """The query without trailing semicolons, and whether it is a SELECT/WITH (wrappable in a subquery).
-
-    Rejects anything that does not start with a read-only keyword and any second statement: chDB runs
-    ``SELECT 1; INSERT ...`` as two statements. A semicolon inside a literal is rejected too (bind it instead).
-    """
-    text = query.strip().rstrip(";").rstrip()
-    match = _READ_ONLY_START.match(text)
-    if match is None:
-        raise QueryError("only SELECT, WITH, SHOW, DESCRIBE, EXPLAIN and EXISTS queries are allowed")
-    if ";" in text:
-        raise QueryError("one statement per query; pass values as parameters instead of literals with ';'")
-    if re.search(r"\bINTO\s+OUTFILE\b", text, re.IGNORECASE):
-        raise QueryError("INTO OUTFILE is not allowed")
-    return text, match.group(1).upper() in _WRAPPABLE

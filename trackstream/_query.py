@@ -2,66 +2,25 @@
 
 - ``TRACKSTREAM_CLICKHOUSE_URL`` set: a ``trackstream.sinks.query.QueryService`` on the server.
 - Embedded, and a process owns the store (``trackstream local``, a chDB sink worker): its HTTP query API.
-- Embedded, and nobody owns it: take the store lock, bring the store up to date with the spool (read your
-  writes after ``flush``), query, and release the store so that a runner can take it later.
+- Embedded, and nobody owns it: :class:`trackstream.reader.EmbeddedReader` opens the store, brings it up to date
+  with the spool when the spool has new data (read your writes after ``flush``), queries, and keeps it open
+  until it has been idle a moment or a runner asks for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import time
-from pathlib import Path
+import threading
 from typing import Any
 
-from trackstream.http_api import ReadApi
 from trackstream.schemas import EntityRef
 from trackstream.schemas.errors import MissingDependencyError
 from trackstream.schemas.settings import StoreSettings
-from trackstream.store import StoreBusyError, spool_dir_from, store_lock
+from trackstream.store import spool_dir_from
 
 log = logging.getLogger(__name__)
-
-
-class EmbeddedReader(ReadApi):
-    """Reads a chDB store nobody owns: catch up with the spool under the store lock, query, release."""
-
-    def __init__(self, data_dir: Path, spool_dir: Path, *, wait_owner_s: float = 30.0) -> None:
-        self.data_dir = data_dir
-        self.spool_dir = spool_dir
-        self.wait_owner_s = wait_owner_s
-
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        from trackstream.http_api import HttpQueryClient, owner_address
-
-        deadline = time.monotonic() + self.wait_owner_s
-        while True:
-            owner = owner_address(self.data_dir)
-            if owner is not None:
-                return getattr(HttpQueryClient(owner), method)(*args, **kwargs)
-            with store_lock(self.data_dir, blocking=False) as acquired:
-                if acquired:
-                    return self._direct(method, *args, **kwargs)
-            if time.monotonic() > deadline:
-                raise StoreBusyError(f"the store {self.data_dir} is locked by another process that serves no "
-                                     "query API; stop it or wait for it to finish")
-            time.sleep(0.05)
-
-    def _direct(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            from trackstream.local import catch_up
-            from trackstream.sinks.query import QueryService
-
-            catch_up(spool_dir=self.spool_dir, data_dir=self.data_dir)
-            service = QueryService(data_dir=str(self.data_dir))
-        except ImportError as exc:
-            raise MissingDependencyError(f"{exc}; {_QUERY_EXTRA_HINT}", extra="query") from exc
-        try:
-            if method == "wait_ingested":
-                return None  # catch_up just ingested everything this process flushed to the spool
-            return getattr(service, method)(*args, **kwargs)
-        finally:
-            service.close()
 
 
 _QUERY_EXTRA_HINT = "reading metrics needs the query extra: pip install 'trackstream[query]'"
@@ -82,23 +41,42 @@ def reader(store: StoreSettings | None = None, spool_dir: str | os.PathLike[str]
             return QueryService(settings)
         except ImportError as exc:
             raise MissingDependencyError(f"{exc}; {_QUERY_EXTRA_HINT}", extra="query") from exc
-    return EmbeddedReader(settings.data_path, spool_dir_from(spool_dir))
+    from trackstream.reader import EmbeddedReader
+
+    return EmbeddedReader(settings.data_path, spool_dir_from(spool_dir), database=settings.database or "default")
 
 
-_backend: Any = None
-_backend_key: tuple[str | None, ...] | None = None
-_ENV_KEYS = ("TRACKSTREAM_CLICKHOUSE_URL", "TRACKSTREAM_CLICKHOUSE_USER", "TRACKSTREAM_CLICKHOUSE_PASSWORD",
-             "TRACKSTREAM_CLICKHOUSE_DATABASE", "TRACKSTREAM_DATA_DIR", "TRACKSTREAM_SPOOL_DIR")
+_readers: dict[tuple[Any, ...], Any] = {}
+_readers_lock = threading.Lock()
+
+
+def _cached_reader(store: StoreSettings | None) -> Any:
+    """The process's reader for ``store`` resolved now (keyword > environment > default), made once per store."""
+    settings = StoreSettings.resolve(store)
+    spool = spool_dir_from(None)
+    secret = settings.password.reveal() if settings.password else ""
+    key = (settings.url or None, settings.user, hashlib.sha256(secret.encode()).hexdigest(), settings.database,
+           None if settings.url else str(settings.data_path), None if settings.url else str(spool))
+    with _readers_lock:
+        found = _readers.get(key)
+        if found is None:
+            if not settings.url:
+                release()  # chDB opens one store directory per process: let go of the one read before
+            found = _readers[key] = reader(settings, spool)
+        return found
 
 
 def backend() -> Any:
-    """The process-wide reader for the environment's configuration (made again when the environment changes)."""
-    global _backend, _backend_key
-    key = tuple(os.environ.get(name) for name in _ENV_KEYS)
-    if _backend is None or key != _backend_key:
-        _backend = reader()
-        _backend_key = key
-    return _backend
+    """The process-wide reader for the environment's configuration (another one when the environment changes)."""
+    return _cached_reader(None)
+
+
+def release() -> None:
+    """Let go of the stores this process's readers hold open (they also do so by themselves when idle)."""
+    for found in list(_readers.values()):
+        closing = getattr(found, "release", None)
+        if closing is not None:
+            closing()
 
 
 _RAISES = """
@@ -109,7 +87,7 @@ _RAISES = """
 
 
 def _for(store: StoreSettings | None) -> Any:
-    return backend() if store is None else reader(store)
+    return _cached_reader(store)
 
 
 def compare(project: str, metric: str, *, agg: str = "last", by: list[str] | None = None,

@@ -64,6 +64,15 @@ def _kafka(args: argparse.Namespace) -> KafkaSettings:
     )
 
 
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("query API (served while this process owns a chDB store)")
+    group.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only). Any other address is "
+                            "reachable from the network; every request needs the token in <data-dir>/api.token")
+    group.add_argument("--port", type=int, default=0, help="port to listen on (default: 0, a free port; the "
+                       "address is recorded in <data-dir>/owner.json)")
+
+
 def _store_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("store (each also from its TRACKSTREAM_* variable)")
     group.add_argument("--clickhouse-url", help="ClickHouse server URL http[s]://host:port[/database] (default: "
@@ -117,16 +126,14 @@ def _cmd_sink_worker(args: argparse.Namespace) -> int:
     if store.url:
         run_sink_worker(kafka=kafka, store=store, group_id=group_id)
         return 0
-    from trackstream.http_api import QueryServer
+    from trackstream.api.server import QueryServer
     from trackstream.sinks.query import QueryService
-    from trackstream.store import StoreBusyError, store_lock
+    from trackstream.store import owning_store
 
     data_dir = store.data_path
-    with store_lock(data_dir, blocking=False) as acquired:
-        if not acquired:
-            raise StoreBusyError(f"another process owns the store {data_dir}; stop it or use another --data-dir")
+    with owning_store(data_dir):  # a reader holding the store lets go; another runner: StoreBusyError
         service = QueryService(store)
-        server = QueryServer(service, data_dir)
+        server = QueryServer(service, data_dir, host=args.host, port=args.port)
         server.start()
         try:
             run_sink_worker(kafka=kafka, store=store, group_id=group_id)
@@ -156,7 +163,40 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 def _cmd_local(args: argparse.Namespace) -> int:
     from trackstream.local import run_local
 
-    run_local(spool_dir=args.spool_dir, data_dir=args.data_dir, heartbeat_timeout_ms=args.heartbeat_timeout_ms)
+    run_local(spool_dir=args.spool_dir, data_dir=args.data_dir, heartbeat_timeout_ms=args.heartbeat_timeout_ms,
+              host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    """Create the store's database and tables (idempotent); the query path never does (docs/operations.md)."""
+    from trackstream.sinks.connect import open_backend
+    from trackstream.sinks.schema import migrate
+
+    store = _store(args)
+    if store.url:
+        backend = open_backend(store)
+        try:
+            migrate(backend)
+        finally:
+            backend.close()
+        log.info("migrated %r", backend)
+        return 0
+    from trackstream.api.owner import read_owner
+    from trackstream.store import StoreBusyError, owning_store
+
+    data_dir = store.data_path
+    owner = read_owner(data_dir)
+    if owner is not None:
+        raise StoreBusyError(f"process {owner.pid} owns the store {data_dir} (serving {owner.url}); it creates the "
+                             "tables itself as it writes: stop it to migrate, or leave it be")
+    with owning_store(data_dir):
+        backend = open_backend(store)
+        try:
+            migrate(backend)
+        finally:
+            backend.close()
+    log.info("migrated the store %s", data_dir)
     return 0
 
 
@@ -203,8 +243,8 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``trackstream`` argument parser: subcommands streams worker, sink worker, sync, local, demo, compare,
-    runs, curves and sql; each sets ``run`` to the function that executes it.
+    """The ``trackstream`` argument parser: subcommands streams worker, sink worker, sync, local, migrate, demo,
+    compare, runs, curves and sql; each sets ``run`` to the function that executes it.
     """
     parser = argparse.ArgumentParser(prog="trackstream", description="Streaming metrics ingestion for ML training.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -225,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kafka_options(sink_worker)
     _store_options(sink_worker)
     sink_worker.add_argument("--group-id", default=None, help="consumer group (default: trackstream-sink-<prefix>)")
+    _serve_options(sink_worker)
     sink_worker.set_defaults(run=_cmd_sink_worker)
 
     sync = commands.add_parser("sync", help="send spools left by dead processes to Kafka")
@@ -240,7 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--data-dir", type=Path, help="default: $TRACKSTREAM_DATA_DIR or ~/.trackstream/data")
     local.add_argument("--heartbeat-timeout-ms", type=int, default=None,
                        help="a run rank silent this long becomes crashed (default 60000)")
+    _serve_options(local)
     local.set_defaults(run=_cmd_local)
+
+    migrate = commands.add_parser("migrate", help="create the store's database and tables (readers never do)")
+    _store_options(migrate)
+    migrate.set_defaults(run=_cmd_migrate)
 
     demo = commands.add_parser("demo", help="simulate a hyperparameter sweep through the whole pipeline")
     from trackstream.demo_options import add_demo_options

@@ -150,10 +150,10 @@ def kafka_workers(kafka: KafkaSettings, data_dir: Path, logs: Path, *, store: St
         with open(logs / log_name, "ab") as out:
             processes.append(subprocess.Popen([*command, *args], stdout=out, stderr=subprocess.STDOUT, env=env))
     try:
-        from trackstream.http_api import owner_address
+        from trackstream.api.owner import read_owner
 
         deadline = time.monotonic() + timeout_s
-        while not (_topics_exist(kafka) if server else owner_address(data_dir) is not None):
+        while not (_topics_exist(kafka) if server else read_owner(data_dir) is not None):
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
                 raise TrackstreamError(f"the workers did not come up; see {logs}/streams.log and {logs}/sink.log")
             time.sleep(0.1)

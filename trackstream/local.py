@@ -38,7 +38,7 @@ from trackstream.producers.spool import START, Damage, Frame, SpoolPosition, Spo
 from trackstream.producers.spool_scan import segment_name
 from trackstream.schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
 from trackstream.schemas.settings import StoreSettings
-from trackstream.store import StoreBusyError, spool_dir_from, store_lock
+from trackstream.store import owning_store, spool_dir_from
 
 log = logging.getLogger(__name__)
 
@@ -390,9 +390,13 @@ def catch_up(*, spool_dir: Path | None = None, data_dir: Path | None = None) -> 
 
 def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, poll_interval_ms: int = 100,
               step_timeout_ms: int | None = None, stop: threading.Event | None = None,
-              on_ready: Callable[[str], None] | None = None, heartbeat_timeout_ms: int | None = None) -> PassStats:
-    """Own the store, ingest the spool continuously and serve the query API until stopped (SIGINT/SIGTERM)."""
-    from trackstream.http_api import QueryServer
+              on_ready: Callable[[str], None] | None = None, heartbeat_timeout_ms: int | None = None,
+              host: str = "127.0.0.1", port: int = 0) -> PassStats:
+    """Own the store, ingest the spool continuously and serve the query API until stopped (SIGINT/SIGTERM).
+
+    The API listens on ``host:port`` (loopback and a free port by default; see ``trackstream.api.server``).
+    """
+    from trackstream.api.server import QueryServer
     from trackstream.sinks.query import QueryService
     from trackstream.streams import tune_gc
 
@@ -400,14 +404,12 @@ def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, po
     spool, data = spool_dir_from(spool_dir), _data_path(data_dir)
     stop = stop or _stop_on_signals()
     totals = PassStats()
-    with store_lock(data, blocking=False) as acquired:
-        if not acquired:
-            raise StoreBusyError(f"another process owns the store {data}; stop it or use another --data-dir")
+    with owning_store(data):  # a reader holding the store between reads lets it go
         # Queries run in the server's threads beside the ingest loop: the chDB backend serializes its calls.
         ingest = LocalIngest(spool_dir=spool, data_dir=data, step_timeout_ms=step_timeout_ms,
                              heartbeat_timeout_ms=heartbeat_timeout_ms)
         service = QueryService(data_dir=str(data))
-        server = QueryServer(service, data)
+        server = QueryServer(service, data, host=host, port=port)
         url = server.start()
         log.info("trackstream local: ingesting %s into %s; queries at %s", spool, data, url)
         if on_ready is not None:

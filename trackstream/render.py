@@ -20,7 +20,7 @@ def _cell(value: Any) -> str:
 
 
 def _json(value: Any) -> None:
-    from trackstream.http_api import to_wire
+    from trackstream.api.wire import to_wire
 
     sys.stdout.write(orjson.dumps(to_wire(value), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
     sys.stdout.write("\n")

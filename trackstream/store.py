@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
 from trackstream.producers.config import default_spool_dir
 from trackstream.schemas.errors import TrackstreamError
+
+log = logging.getLogger(__name__)
 
 STORE_LOCK: Final = "store.lock"
 SPOOL_DIR_ENV: Final = "TRACKSTREAM_SPOOL_DIR"
@@ -46,3 +50,83 @@ def store_lock(data_dir: Path, *, blocking: bool) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+OWNER_WANTED: Final = "owner.wanted"
+
+
+class StoreLock:
+    """The owner lock of ``data_dir`` held across calls (a reader keeps it between reads); not reentrant."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._fd = -1
+
+    @property
+    def held(self) -> bool:
+        """True while this object holds the lock."""
+        return self._fd >= 0
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False when another process (or another StoreLock) holds it."""
+        if self._fd >= 0:
+            return True
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / STORE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Give the lock up (a no-op when not held)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def store_wanted(data_dir: Path) -> bool:
+    """True while a live process waits to own the store (see :func:`owning_store`): readers must let it go."""
+    try:
+        pid = int((data_dir / OWNER_WANTED).read_text())
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def owning_store(data_dir: Path, *, timeout_s: float = 30.0, poll_s: float = 0.05) -> Iterator[None]:
+    """Hold the store's owner lock for a runner (``trackstream local``, a chDB sink worker, ``migrate``).
+
+    A reader holding the store between reads (``trackstream._query``) is asked to let it go through
+    ``<data_dir>/owner.wanted`` and does so on its next call or when idle. Raises :class:`StoreBusyError` when the
+    lock is still held after ``timeout_s`` (another runner owns the store).
+    """
+    lock = StoreLock(data_dir)
+    wanted = data_dir / OWNER_WANTED
+    deadline = time.monotonic() + timeout_s
+    announced = False
+    try:
+        while not lock.acquire():
+            if not announced:
+                wanted.write_text(str(os.getpid()))
+                announced = True
+                log.info("waiting up to %.0f s for the process holding the store %s to release it", timeout_s,
+                         data_dir)
+            if time.monotonic() > deadline:
+                raise StoreBusyError(f"another process owns the store {data_dir}; stop it or use another "
+                                     "--data-dir")
+            time.sleep(poll_s)  # flock offers no wait with a timeout
+    finally:
+        if announced:
+            wanted.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        lock.release()

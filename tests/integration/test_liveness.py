@@ -51,9 +51,9 @@ def runner(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
         local = subprocess.Popen([sys.executable, "-m", "trackstream.cli", "local", "--heartbeat-timeout-ms", "1000"],
                                  env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        from trackstream.http_api import owner_address
+        from trackstream.api.owner import read_owner
 
-        _wait_for(lambda: owner_address(data) is not None or local.poll() is not None, "the runner")
+        _wait_for(lambda: read_owner(data) is not None or local.poll() is not None, "the runner")
         assert local.poll() is None, (tmp_path / "local.log").read_text()
         yield env, data
     finally:

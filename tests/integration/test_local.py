@@ -102,9 +102,10 @@ def _start_local(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def _owner_url(data: Path) -> str | None:
-    from trackstream.http_api import owner_address
+    from trackstream.api.owner import read_owner
 
-    return owner_address(data)
+    owner = read_owner(data)
+    return None if owner is None else owner.url
 
 
 def test_local_killed_mid_ingest_then_restarted_ingests_exactly_once(tmp_path: Path) -> None:
@@ -155,7 +156,7 @@ def test_cli_query_goes_through_the_owner_and_matches_an_in_process_query(tmp_pa
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
     in_process = subprocess.run(
         [sys.executable, "-c", "import orjson, trackstream as ts\n"
-         "from trackstream.http_api import to_wire\n"
+         "from trackstream.api.wire import to_wire\n"
          "print(orjson.dumps(to_wire(ts.compare('http', 'loss', agg='min'))).decode())"],
         env=env, capture_output=True, timeout=300, check=True,
     )

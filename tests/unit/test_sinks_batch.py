@@ -26,7 +26,6 @@ from trackstream.sinks.batch import (
 )
 from trackstream.sinks.chdb_backend import format_param
 from trackstream.sinks.errors import IngestTimeout, QueryError, SinkError, StoreUnavailable
-from trackstream.sinks.sql import check_read_only
 
 
 class Clock:
@@ -198,27 +197,6 @@ def test_format_param(value: object, text: str) -> None:
 def test_format_param_rejects_unknown_types() -> None:
     with pytest.raises(QueryError):
         format_param(object())
-
-
-@pytest.mark.parametrize("query", [
-    "SELECT 1", "  select 1;", "WITH x AS (SELECT 1) SELECT * FROM x", "-- c\nSHOW TABLES", "/* c */ DESCRIBE points",
-    "EXPLAIN SELECT 1", "SELECT ';'::String",
-])
-def test_read_only_accepts(query: str) -> None:
-    if "';'" in query:
-        with pytest.raises(QueryError, match="one statement"):
-            check_read_only(query)
-    else:
-        assert check_read_only(query)[0]
-
-
-@pytest.mark.parametrize("query", [
-    "INSERT INTO points VALUES (1)", "DROP TABLE points", "SELECT 1; DROP TABLE points", "ALTER TABLE x DELETE WHERE 1",
-    "/* SELECT */ DELETE FROM points WHERE 1", "SELECTX 1", "SELECT 1 INTO OUTFILE 'x'", "OPTIMIZE TABLE points",
-])
-def test_read_only_rejects(query: str) -> None:
-    with pytest.raises(QueryError):
-        check_read_only(query)
 
 
 def test_error_hierarchy() -> None:

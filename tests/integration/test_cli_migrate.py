@@ -1,0 +1,54 @@
+"""`trackstream migrate`: the one command besides the writers that creates a store's database and tables.
+
+Reads never create tables: a fresh embedded store holds no runs, and SQL over its tables answers with a clear
+error until something writes to it or `trackstream migrate` runs. Each command runs in its own process (chDB
+binds one store per process).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+CLI = [sys.executable, "-m", "trackstream.cli"]
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKSTREAM_")}
+    env["TRACKSTREAM_SPOOL_DIR"] = str(tmp_path / "spool")  # empty: no read catches up with anything
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_migrate_creates_the_tables_a_read_needs_and_can_run_again(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    nothing = _run(tmp_path, "runs", "p", "--json", "--data-dir", str(data))
+    assert nothing.returncode == 0, nothing.stderr[-2000:]
+    assert orjson.loads(nothing.stdout) == []
+    before = _run(tmp_path, "sql", "SELECT count() FROM points", "--json", "--data-dir", str(data))
+    assert before.returncode == 1
+    assert "trackstream migrate" in before.stderr, before.stderr[-2000:]
+    assert not (data / "store").exists()
+    assert not (data / "metadata").exists()
+    for _ in range(2):  # idempotent
+        migrated = _run(tmp_path, "migrate", "--data-dir", str(data))
+        assert migrated.returncode == 0, migrated.stderr[-2000:]
+    after = _run(tmp_path, "sql", "SELECT count() FROM points", "--json", "--data-dir", str(data))
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert orjson.loads(after.stdout) == [[0]]
+
+
+def test_migrate_leaves_a_store_that_a_live_process_owns(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    # This test's process stands for a live owner: the record is what migrate looks at first.
+    (data / "owner.json").write_bytes(orjson.dumps({"url": "http://127.0.0.1:9", "pid": os.getpid(),
+                                                    "host": "127.0.0.1", "port": 9}))
+    refused = _run(tmp_path, "migrate", "--data-dir", str(data))
+    assert refused.returncode == 1
+    assert f"process {os.getpid()} owns the store" in refused.stderr, refused.stderr[-2000:]
+    assert not (data / "metadata").exists()
+    assert not (data / "store").exists()
