@@ -1,7 +1,8 @@
 """Where the embedded store and the spool are, and the lock that makes one process the store's owner.
 
 A chDB store directory is opened by one process at a time: the owner holds an ``flock`` on
-``<data_dir>/store.lock`` (``trackstream local``, a chDB sink worker, or a reader while it catches up).
+``<data_dir>/store.lock`` (``trackstream local``, a chDB sink worker, ``trackstream migrate``, or a reader between
+reads: see :mod:`trackstream.reader`).
 """
 
 from __future__ import annotations
@@ -34,22 +35,6 @@ def spool_dir_from(value: str | os.PathLike[str] | None = None) -> Path:
     """The spool directory: ``value``, else ``$TRACKSTREAM_SPOOL_DIR``, else ``~/.trackstream/spool``."""
     chosen = os.fspath(value) if value is not None else (os.environ.get(SPOOL_DIR_ENV) or default_spool_dir())
     return Path(chosen).expanduser()
-
-
-@contextlib.contextmanager
-def store_lock(data_dir: Path, *, blocking: bool) -> Iterator[bool]:
-    """Hold the store's owner lock (an flock on ``<data_dir>/store.lock``); yields whether it was acquired."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / STORE_LOCK, "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 OWNER_WANTED: Final = "owner.wanted"

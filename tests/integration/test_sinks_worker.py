@@ -148,6 +148,9 @@ class FlakyBackend:
     def command(self, sql: str) -> None:
         self.inner.command(sql)
 
+    def create_database(self) -> None:
+        self.inner.create_database()
+
     def close(self) -> None:
         self.inner.close()
 
