@@ -170,33 +170,29 @@ def _cmd_local(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     """Create the store's database and tables (idempotent); the query path never does (docs/operations.md)."""
+    import contextlib
+
     from trackstream.sinks.connect import open_backend
     from trackstream.sinks.schema import migrate
 
     store = _store(args)
-    if store.url:
-        backend = open_backend(store)
-        try:
-            migrate(backend)
-        finally:
-            backend.close()
-        log.info("migrated %r", backend)
-        return 0
-    from trackstream.api.owner import read_owner
-    from trackstream.store import StoreBusyError, owning_store
+    owning: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if not store.url:
+        from trackstream.api.owner import read_owner
+        from trackstream.store import StoreBusyError, owning_store
 
-    data_dir = store.data_path
-    owner = read_owner(data_dir)
-    if owner is not None:
-        raise StoreBusyError(f"process {owner.pid} owns the store {data_dir} (serving {owner.url}); it creates the "
-                             "tables itself as it writes: stop it to migrate, or leave it be")
-    with owning_store(data_dir):
+        owner = read_owner(store.data_path)
+        if owner is not None:
+            raise StoreBusyError(f"process {owner.pid} owns the store {store.data_path} (serving {owner.url}); it "
+                                 "creates the tables itself as it writes: stop it to migrate, or leave it be")
+        owning = owning_store(store.data_path)
+    with owning:
         backend = open_backend(store)
         try:
             migrate(backend)
         finally:
             backend.close()
-    log.info("migrated the store %s", data_dir)
+    log.info("migrated %r", backend)
     return 0
 
 
