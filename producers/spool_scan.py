@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -188,10 +189,16 @@ class SegmentScan:
     def entries(self, offset: int) -> Iterator[Frame | Damage]:
         """Yield every intact :class:`Frame` and every :class:`Damage` from ``offset``, in file order."""
         try:
-            handle = open(self.path, "rb")  # noqa: SIM115
+            # O_NONBLOCK: a FIFO (or device) planted in the spool must not hang the reader; it holds no frames
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return
-        with handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            log.warning("spool: %s is not a regular file; skipped", self.path)
+            return
+        os.set_blocking(fd, True)
+        with open(fd, "rb") as handle:
             magic = handle.read(len(MAGIC))
             if magic and magic != MAGIC and not (self.last and MAGIC.startswith(magic)):  # else: being written
                 self.on_header_damage(_region(handle.fileno(), self.index, 0, len(magic)))

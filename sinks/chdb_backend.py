@@ -134,6 +134,8 @@ class ChdbBackend:
                     shared.database = self.database
                 return shared.conn.query(sql, fmt, params=text_params)
             except Exception as exc:
+                if fmt == "Arrowtable":
+                    _drain(shared.conn)
                 raise QueryError(f"chDB: {exc}") from exc
 
     def command(self, sql: str) -> None:
@@ -186,6 +188,15 @@ class ChdbBackend:
             if shared.users == 0 and _CONNECTIONS.get(self.directory) is shared:
                 del _CONNECTIONS[self.directory]
                 shared.conn.close()
+
+
+def _drain(conn: Any) -> None:
+    """After a failed Arrow query chDB hands the next Arrow query a broken stream ("Invalid flatbuffers message"):
+    run a throwaway one so that the next caller, maybe another user's request, gets its own answer."""
+    try:
+        conn.query("SELECT 1", "Arrowtable")
+    except Exception:
+        log.debug("chDB: the throwaway query after a failure failed too", exc_info=True)
 
 
 def _token(token: str) -> str:

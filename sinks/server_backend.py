@@ -11,7 +11,7 @@ from trackstream.schemas.settings import StoreSettings
 from trackstream.sinks.backend import Row
 from trackstream.sinks.chdb_backend import check_identifier
 from trackstream.sinks.errors import QueryError, StoreUnavailable, require
-from trackstream.sinks.sql_guard import is_explain_ast
+from trackstream.sinks.sql_guard import LIMITS, is_explain_ast
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -135,7 +135,7 @@ class ServerBackend:
         which EXPLAIN AST would parse as part of the explained query; its TabSeparated lines come back as rows of
         one column. Raises StoreUnavailable or QueryError.
         """
-        settings = {"readonly": 1} if readonly else {}
+        settings = {**LIMITS, "readonly": 1} if readonly else {}
         try:
             if is_explain_ast(sql):
                 raw = self._client.raw_query(sql, parameters=dict(params or {}), settings={"readonly": 1})

@@ -27,9 +27,9 @@ Refused (:class:`QueryError` naming what and why): any other statement (writes, 
 ``KILL``, other ``SHOW`` kinds: grants, users, processes, settings...); more than one statement (any ``;`` but a
 trailing one); ``SETTINGS``, ``FORMAT`` and ``INTO OUTFILE`` clauses; table functions outside the allow-list (they
 read files, the network, other servers, processes or dictionaries); functions that do so from a scalar position
-(``file``, ``dictGet*``, ``joinGet*``...); tables of other databases; system tables outside the allow-list;
-dotted identifiers whose head names another existing database (``x IN otherdb.t``); dumps that do not form a
-consistent tree.
+(``file``, ``dictGet*``, ``joinGet*``, ``ai*``...); ``* APPLY(f)`` (the dump hides ``f``); tables of other
+databases; system tables outside the allow-list; dotted identifiers whose head names another existing database
+(``x IN otherdb.t``); dumps that do not form a consistent tree.
 """
 
 from __future__ import annotations
@@ -84,15 +84,19 @@ DENIED_PREFIXES: Final = {
     "timeseries": "reads tables chosen by name, outside the checks of sql()",
     "mergetree": "reads tables chosen by name, outside the checks of sql()",
     "__": "is internal to ClickHouse",
+    "ai": "sends data to an external AI provider",
+    "naivebayesclassifier": "reads models from server files",
 }
 _ALLOWED = ("sql() accepts one SELECT / WITH statement (UNION, INTERSECT and EXCEPT included), EXPLAIN of one, "
             "DESCRIBE, SHOW TABLES / DATABASES / COLUMNS / CREATE TABLE, or EXISTS")
+# Node types a statement may contain. ``ColumnsApplyTransformer`` (``* APPLY(f)``) is left out on purpose: the
+# dump shows nothing of the function or lambda it applies, so nothing in it could be checked.
 _NODE_TYPES: Final = frozenset({
     "SelectWithUnionQuery", "SelectIntersectExceptQuery", "SelectQuery", "ExpressionList", "TablesInSelectQuery",
     "TablesInSelectQueryElement", "TableExpression", "TableJoin", "ArrayJoin", "TableIdentifier", "Identifier",
     "Function", "Literal", "Asterisk", "QualifiedAsterisk", "ColumnsRegexpMatcher", "ColumnsListMatcher",
     "QualifiedColumnsRegexpMatcher", "QualifiedColumnsListMatcher", "ColumnsTransformerList",
-    "ColumnsApplyTransformer", "ColumnsExceptTransformer", "ColumnsReplaceTransformer",
+    "ColumnsExceptTransformer", "ColumnsReplaceTransformer",
     "ColumnsReplaceTransformer::Replacement", "Subquery", "WithElement", "OrderByElement", "InterpolateElement",
     "WindowDefinition", "WindowListElement", "SampleRatio", "Set",
 })
@@ -375,14 +379,20 @@ def check_statement(backend: Backend, query: str, params: Mapping[str, Any] | No
     return Checked(text, analysis.kind)
 
 
+# Every statement sql() runs is bounded: a query may not hold the store (and, embedded, every other reader and the
+# ingest) for longer than this, nor take more memory. They precede ``readonly = 1``, after which no setting changes.
+LIMITS: Final = {"max_execution_time": 30, "max_memory_usage": 4 * 1024**3}
+
+
 def readonly_statement(text: str) -> str:
     """``text`` (a statement :func:`check_statement` accepted) made to run with ``readonly = 1`` on chDB.
 
     chDB takes no per-query settings and its connection is shared with the writer, so the setting goes into the
     text: a SELECT / WITH is wrapped, ``SELECT * FROM (\\n...\\n) SETTINGS readonly = 1``; EXPLAIN, DESCRIBE, SHOW and
     EXISTS get ``SETTINGS readonly = 1`` on a line of its own (after a trailing ``-- comment``). Anything else is
-    wrapped too, which fails closed (a wrapped EXPLAIN is refused in readonly mode).
+    wrapped too, which fails closed (a wrapped EXPLAIN is refused in readonly mode). :data:`LIMITS` come first.
     """
+    settings = ", ".join(f"{name} = {int(value)}" for name, value in LIMITS.items())
     if statement_kind(text) in ("explain", "describe", "show", "exists"):
-        return f"{text}\nSETTINGS readonly = 1"
-    return f"SELECT * FROM (\n{text}\n) SETTINGS readonly = 1"
+        return f"{text}\nSETTINGS {settings}, readonly = 1"
+    return f"SELECT * FROM (\n{text}\n) SETTINGS {settings}, readonly = 1"

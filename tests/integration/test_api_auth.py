@@ -40,6 +40,7 @@ from trackstream.sinks.errors import IngestTimeout, QueryError
 from trackstream.sinks.query import QueryService
 from trackstream.sinks.schema import migrate
 from trackstream.sinks.sink import Sink
+from trackstream.store import StoreLock
 
 PROJECT = "api"
 ROUTES = ("compare", "curves", "runs", "sql", "entity_metrics", "wait_ingested")
@@ -89,6 +90,15 @@ class Served:
     @property
     def token(self) -> str:
         return (self.data_dir / "api.token").read_text().strip()
+
+
+@pytest.fixture(autouse=True)
+def _owner_lock(tmp_path: Path) -> Iterator[None]:
+    """The store lock a real owner holds while it serves (``owning_store``): clients trust owner.json only then."""
+    lock = StoreLock(tmp_path / "owner")
+    assert lock.acquire()
+    yield
+    lock.release()
 
 
 @pytest.fixture
@@ -344,7 +354,7 @@ def test_the_token_is_reused_across_a_restart(service: QueryService, tmp_path: P
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
 def test_a_token_file_others_can_read_is_refused(service: QueryService, tmp_path: Path, mode: int) -> None:
     data_dir = tmp_path / "owner"
-    data_dir.mkdir()
+    data_dir.mkdir(exist_ok=True)
     token = data_dir / "api.token"
     token.write_text("t" * 43)
     token.chmod(mode)
@@ -357,7 +367,7 @@ def test_a_token_file_of_another_account_is_refused(service: QueryService, tmp_p
     if os.geteuid() != 0:
         pytest.skip("needs root to give the file to another account")
     data_dir = tmp_path / "owner"
-    data_dir.mkdir()
+    data_dir.mkdir(exist_ok=True)
     token = data_dir / "api.token"
     token.write_text("t" * 43)
     token.chmod(0o600)
@@ -528,3 +538,21 @@ def test_the_cli_takes_host_and_port_for_every_serving_command() -> None:
     assert (sink.host, sink.port) == ("::1", 0)
     default = parser.parse_args(["local"])
     assert (default.host, default.port) == ("127.0.0.1", 0)
+
+
+def test_a_stale_owner_record_gets_no_token(tmp_path: Path) -> None:
+    """owner.json left by a killed owner names a live pid (maybe anyone's now): without the store lock held, no
+    client trusts it, so the token is never sent to whatever listens on that port."""
+    data_dir = tmp_path / "stale"
+    data_dir.mkdir()
+    (data_dir / "owner.json").write_bytes(orjson.dumps({"url": "http://127.0.0.1:9", "pid": os.getpid(),
+                                                        "host": "127.0.0.1", "port": 9}))
+    (data_dir / "owner.json").chmod(0o600)
+    assert read_owner(data_dir) is None
+    assert owner_client(data_dir) is None
+    lock = StoreLock(data_dir)
+    assert lock.acquire()
+    try:
+        assert read_owner(data_dir) is not None  # the same record while the store is held: an owner
+    finally:
+        lock.release()

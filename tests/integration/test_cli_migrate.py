@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orjson
 
+from trackstream.store import StoreLock
+
 CLI = [sys.executable, "-m", "trackstream.cli"]
 
 
@@ -47,7 +49,12 @@ def test_migrate_leaves_a_store_that_a_live_process_owns(tmp_path: Path) -> None
     # This test's process stands for a live owner: the record is what migrate looks at first.
     (data / "owner.json").write_bytes(orjson.dumps({"url": "http://127.0.0.1:9", "pid": os.getpid(),
                                                     "host": "127.0.0.1", "port": 9}))
-    refused = _run(tmp_path, "migrate", "--data-dir", str(data))
+    lock = StoreLock(data)  # and holds the store, as every live owner does
+    assert lock.acquire()
+    try:
+        refused = _run(tmp_path, "migrate", "--data-dir", str(data))
+    finally:
+        lock.release()
     assert refused.returncode == 1
     assert f"process {os.getpid()} owns the store" in refused.stderr, refused.stderr[-2000:]
     assert not (data / "metadata").exists()

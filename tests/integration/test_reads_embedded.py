@@ -197,6 +197,10 @@ def test_no_spool_content_fails_a_read(tmp_path: Path) -> None:
         junk.mkdir(parents=True)
         (junk / "LOCK").write_bytes(b"")
         (junk / "00000000000000000000.seg").write_bytes(b"TSSPOOL1" + os.urandom(4096))
+        piped = Path(os.environ["TRACKSTREAM_SPOOL_DIR"]) / "fifo-producer"  # a FIFO must not hang the read
+        piped.mkdir()
+        (piped / "LOCK").write_bytes(b"")
+        os.mkfifo(piped / "00000000000000000000.seg")
         garbage = ts.runs("p")
         # an ingest that fails outright: logged, and the read answers from what is stored
         def broken(self, **kw):

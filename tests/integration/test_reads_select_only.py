@@ -1,7 +1,7 @@
 """A ClickHouse server reader granted only SELECT can use every read, and a read runs no DDL (docs/storage.md grants).
 
 Needs a server (``TRACKSTREAM_CLICKHOUSE_URL`` or Docker): the admin account of the fixture creates the tables
-as the writer would, then a user with ``GRANT SELECT ON <db>.*`` and ``readonly = 1`` reads through QueryService.
+as the writer would, then a user with only ``GRANT SELECT ON <db>.*`` reads through QueryService.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def test_a_select_only_user_reads_everything_and_writes_nothing(server: ClickHou
     admin.command("INSERT INTO entities (project, entity_type, entity_id, name, status, version) "
                   "VALUES ('p', 'run', 'r1', 'one', 'running', 1)")
     user, password = unique_name("reader"), secrets.token_urlsafe(16)
-    admin.command(f"CREATE USER {user} IDENTIFIED WITH sha256_password BY '{password}' SETTINGS readonly = 1")
+    admin.command(f"CREATE USER {user} IDENTIFIED WITH sha256_password BY '{password}'")
     try:
         admin.command(f"GRANT SELECT ON {server.database}.* TO {user}")
         reader = QueryService(StoreSettings.resolve(url=server.url, user=user, password=password,

@@ -226,6 +226,15 @@ ESCAPES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("concatenated-url", "SELECT * FROM url(concat('http://127.0.0.1:', '<PORT>', '/concat'), 'LineAsString')", None),
     ("parameter-url", "SELECT * FROM url({u:String}, 'LineAsString')", {"u": "<URL>/param"}),
     ("parameter-url-explain", "EXPLAIN PLAN SELECT * FROM url({u:String}, 'LineAsString')", {"u": "<URL>/param"}),
+    # APPLY hides its function or lambda from the dump: refused as a whole (found by a break-it session)
+    ("apply-lambda-file", "SELECT * APPLY(x -> file('<SECRET>')) FROM values('x String', 'a')", None),
+    ("apply-function-file", "SELECT * APPLY file FROM values('x String', {p:String})", {"p": "<SECRET>"}),
+    ("apply-qualified", "SELECT t.* APPLY(x -> file('<SECRET>')) FROM values('x String', 'a') AS t", None),
+    ("apply-columns", "SELECT COLUMNS('x') APPLY(file) FROM values('x String', {p:String})", {"p": "<SECRET>"}),
+    ("apply-subquery", "SELECT * APPLY(x -> (SELECT groupArray(query) FROM system.processes)) FROM numbers(1)",
+     None),
+    ("ai-function", "SELECT aiGenerate('<URL>', 'x')", None),
+    ("naive-bayes", "SELECT naiveBayesClassifier('model', 'text')", None),
 ]
 # Statements ClickHouse cannot parse at all: refused by the parser, not by the allow-list.
 PARSE_ERRORS = {"exists-statement-url", "fullwidth-url"}
@@ -376,3 +385,20 @@ def _dummy(kind: str) -> Any:
 def test_the_service_queries_pass_the_guard(fresh: Store, template: str) -> None:
     params = {name: _dummy(kind) for name, kind in re.findall(r"\{(\w+):([^}]+)\}", template)}
     assert check_statement(fresh.backend, template, params).kind == "select"
+
+
+def test_a_long_query_is_stopped_by_the_execution_limit(fresh: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trackstream.sinks import sql_guard
+
+    monkeypatch.setitem(sql_guard.LIMITS, "max_execution_time", 1)  # 30 s in service: one query cannot hold the store
+    with pytest.raises(QueryError, match="TIMEOUT_EXCEEDED"):
+        fresh.service.sql("SELECT count() FROM numbers_mt(100000000000) WHERE sipHash64(number) = 1")
+    assert fresh.service.sql("SELECT 1") == [(1,)]
+
+
+def test_a_failed_query_does_not_break_the_next_one(fresh: Store) -> None:
+    for failing in ("SELECT throwIf(1)", "SELECT number FROM numbers(3) ORDER BY number COLLATE 'en'"):
+        with pytest.raises(QueryError):
+            fresh.service.sql(failing)
+        assert fresh.service.sql("SELECT 1") == [(1,)]
+        assert fresh.service.sql("SELECT {x:UInt8} + 1", {"x": 1}) == [(2,)]

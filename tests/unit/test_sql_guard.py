@@ -293,11 +293,15 @@ def test_prepare_refuses(query: str, message: str) -> None:
         prepare(query)
 
 
+_SETTINGS = "SETTINGS max_execution_time = 30, max_memory_usage = 4294967296, readonly = 1"
+
+
 def test_readonly_statement() -> None:
-    assert readonly_statement("SELECT 1 -- c") == "SELECT * FROM (\nSELECT 1 -- c\n) SETTINGS readonly = 1"
+    # the limits come before readonly = 1, after which no setting can change
+    assert readonly_statement("SELECT 1 -- c") == f"SELECT * FROM (\nSELECT 1 -- c\n) {_SETTINGS}"
     assert readonly_statement("(SELECT 1)").startswith("SELECT * FROM (\n(SELECT 1)")
     for text in ("EXPLAIN SELECT 1 -- c", "DESC points", "SHOW TABLES", "/* x */ EXISTS points"):
-        assert readonly_statement(text) == f"{text}\nSETTINGS readonly = 1"
+        assert readonly_statement(text) == f"{text}\n{_SETTINGS}"
     # unknown kinds are wrapped: a wrapped statement that is no SELECT fails instead of running without readonly
     assert readonly_statement("KILL QUERY").startswith("SELECT * FROM (")
     assert statement_kind("/* a */ -- b\n ( ( select 1))") == "select"
@@ -342,4 +346,5 @@ def test_server_backend_sends_the_parse_without_a_format_and_reads_its_lines() -
     assert backend.query("SELECT 2") == (["x"], [(1,)])
     assert backend._client.calls == [
         ("raw_query", "-- c\nEXPLAIN AST optimize = 0 SELECT {p:String}", {"p": "x"}, {"readonly": 1}),
-        ("query", "SELECT 1", {}, {"readonly": 1}), ("query", "SELECT 2", {}, {})]
+        ("query", "SELECT 1", {}, {"max_execution_time": 30, "max_memory_usage": 4 * 1024**3, "readonly": 1}),
+        ("query", "SELECT 2", {}, {})]

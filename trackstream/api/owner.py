@@ -170,10 +170,23 @@ def _read_token(path: Path, owner_uid: int) -> str | None:
     return token if _valid(token) else None
 
 
+def _store_held(data_dir: Path) -> bool:
+    """True while some process holds the store's owner lock, as a live owner does for as long as it serves."""
+    from trackstream.store import StoreLock
+
+    probe = StoreLock(data_dir)
+    try:
+        return not probe.acquire()
+    finally:
+        probe.release()
+
+
 def read_owner(data_dir: Path) -> Owner | None:
     """The live process serving the store in ``data_dir``, or None (no owner file, a dead owner, unreadable).
 
-    Alive means ``os.kill(pid, 0)`` succeeds or is refused (another account's process). The token is read
+    Alive means ``os.kill(pid, 0)`` succeeds or is refused (another account's process) and the store's owner lock
+    is held: a record left by a killed owner names a pid and a port that may since belong to anyone, and the
+    token must not go there. The token is read
     from ``api.token`` when this account can read it; otherwise ``token`` is None.
     """
     data_dir = Path(data_dir)
@@ -197,6 +210,8 @@ def read_owner(data_dir: Path) -> Owner | None:
         pass  # alive, and another account's: its API still answers (and asks for the token)
     except (OSError, ValueError, OverflowError):
         return None
+    if not _store_held(data_dir):
+        return None  # a stale record (the owner was killed): its pid and port may now be anyone's
     path = token_path(data_dir)
     return Owner(url=url, pid=pid, host=str(host) if host is not None else None,
                  port=port if isinstance(port, int) else None, token_file=path, token=_read_token(path, owner_uid))
