@@ -240,6 +240,21 @@ def is_locked(path: Path) -> bool:
     return False
 
 
+def try_flock(path: Path, *, create_mode: int | None = None) -> int:
+    """A descriptor of ``path`` holding its exclusive ``flock``, or -1 when another descriptor holds it.
+
+    ``create_mode``: create a missing file with this mode; without it a missing file raises FileNotFoundError.
+    """
+    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create_mode is not None else 0)
+    fd = os.open(path, flags, 0o600 if create_mode is None else create_mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return -1
+    return fd
+
+
 def list_spools(spool_dir: str | os.PathLike[str]) -> list[ProducerSpool]:
     """Every producer directory under ``spool_dir``, oldest first, with its liveness."""
     root = Path(spool_dir)
@@ -278,13 +293,10 @@ class SpoolReader:
         if self._claim_fd >= 0:
             return True
         try:
-            fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CLOEXEC)
+            fd = try_flock(self.path / "LOCK")
         except FileNotFoundError:
             return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if fd < 0:
             return False
         self._claim_fd = fd
         return True

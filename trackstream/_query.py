@@ -50,7 +50,7 @@ _readers: dict[tuple[Any, ...], Any] = {}
 _readers_lock = threading.Lock()
 
 
-def _cached_reader(store: StoreSettings | None) -> Any:
+def _for(store: StoreSettings | None) -> Any:
     """The process's reader for ``store`` resolved now (keyword > environment > default), made once per store."""
     settings = StoreSettings.resolve(store)
     spool = spool_dir_from(None)
@@ -68,7 +68,7 @@ def _cached_reader(store: StoreSettings | None) -> Any:
 
 def backend() -> Any:
     """The process-wide reader for the environment's configuration (another one when the environment changes)."""
-    return _cached_reader(None)
+    return _for(None)
 
 
 def release() -> None:
@@ -84,10 +84,6 @@ _RAISES = """
     for bad arguments or SQL, ``StoreUnavailable`` (retriable) when the store or its owner cannot be reached,
     ``StoreBusyError`` (retriable) when another process holds the store without serving it, and
     ``MissingDependencyError`` on an SDK-only install (``pip install 'trackstream[query]'``)."""
-
-
-def _for(store: StoreSettings | None) -> Any:
-    return _cached_reader(store)
 
 
 def compare(project: str, metric: str, *, agg: str = "last", by: list[str] | None = None,

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from trackstream.api.client import ReadApi
-from trackstream.producers.spool import list_spools
+from trackstream.producers.spool import SpoolReader, list_spools
 from trackstream.producers.spool_scan import segment_name
 from trackstream.store import StoreLock, store_wanted
 
@@ -53,8 +53,7 @@ def spool_has_news(spool_dir: Path, data_dir: Path) -> bool:
         saved = positions.get(spool.producer_id)
         if not spool.alive or saved is None:
             return True
-        segments = sorted(int(name[:-4]) for name in os.listdir(spool.path)
-                          if name.endswith(".seg") and name[:-4].isdigit())
+        segments = SpoolReader(spool.path).segments()
         if not segments:
             continue
         last = segments[-1]

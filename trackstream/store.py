@@ -8,7 +8,6 @@ reads: see :mod:`trackstream.reader`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from trackstream.producers.config import default_spool_dir
+from trackstream.producers.spool import try_flock
 from trackstream.schemas.errors import TrackstreamError
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,8 @@ class StoreLock:
         if self._fd >= 0:
             return True
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.data_dir / STORE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
+        self._fd = try_flock(self.data_dir / STORE_LOCK, create_mode=0o600)
+        return self._fd >= 0
 
     def release(self) -> None:
         """Give the lock up (a no-op when not held)."""

@@ -58,8 +58,10 @@ def wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen[b
         time.sleep(0.005)
 
 
-def kill_while_logging(tmp_path: Path, spool_dir: Path, *, calls: int, linger_ms: int) -> int:
-    """Run CHILD logging into ``spool_dir``, SIGKILL it once ``calls`` log calls returned; how many had returned."""
+def kill_while_logging(tmp_path: Path, spool_dir: Path, *, calls: int, linger_ms: int,
+                       signum: int = signal.SIGKILL, exit_timeout_s: float = 30) -> int:
+    """Run CHILD logging into ``spool_dir``, send it ``signum`` once ``calls`` log calls returned and wait up to
+    ``exit_timeout_s`` for it to die of it; returns how many calls had returned."""
     counter_path = tmp_path / "counter"
     counter_path.write_bytes(bytes(16))
     script = tmp_path / "child.py"
@@ -70,9 +72,9 @@ def kill_while_logging(tmp_path: Path, spool_dir: Path, *, calls: int, linger_ms
         with open(counter_path, "r+b") as handle:
             shared = mmap.mmap(handle.fileno(), 16)
             count = memoryview(shared).cast("q")
-            wait_for(lambda: count[0] >= calls, 120, f"{calls} log calls", process)
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+            wait_for(lambda: count[0] >= calls, 120, f"{calls:,} log calls", process)
+            os.kill(process.pid, signum)
+            process.wait(timeout=exit_timeout_s)
             returned = count[0]
             count.release()
             shared.close()
@@ -82,7 +84,7 @@ def kill_while_logging(tmp_path: Path, spool_dir: Path, *, calls: int, linger_ms
             process.wait(timeout=30)
         if process.stderr is not None:
             process.stderr.close()
-    assert process.returncode == -signal.SIGKILL
+    assert process.returncode == -signum
     return int(returned)
 
 
@@ -138,29 +140,9 @@ def test_sigkill_while_logging_loses_nothing_in_spool_mode(tmp_path: Path, calls
 
 def test_sigterm_while_logging_in_spool_mode_finishes_the_run_and_leaves_no_journal(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
-    counter_path = tmp_path / "counter"
-    counter_path.write_bytes(bytes(16))
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    process = subprocess.Popen([sys.executable, str(script), str(spool_dir), str(counter_path), "200"],
-                               stderr=subprocess.PIPE)
-    try:
-        with open(counter_path, "r+b") as handle:
-            shared = mmap.mmap(handle.fileno(), 16)
-            count = memoryview(shared).cast("q")
-            wait_for(lambda: count[0] >= 30_000, 120, "30,000 log calls", process)
-            os.kill(process.pid, signal.SIGTERM)
-            process.wait(timeout=60)  # a handler waiting for a lock its own thread holds would hang here
-            returned = count[0]
-            count.release()
-            shared.close()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        if process.stderr is not None:
-            process.stderr.close()
-    assert process.returncode == -signal.SIGTERM
+    # 60 s: a handler waiting for a lock its own thread holds would hang the exit
+    returned = kill_while_logging(tmp_path, spool_dir, calls=30_000, linger_ms=200, signum=signal.SIGTERM,
+                                  exit_timeout_s=60)
     (producer,) = [p for p in spool_dir.iterdir() if p.is_dir()]
     assert not journal_files(producer)
     found: dict[str, list[int]] = {}
