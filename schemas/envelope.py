@@ -23,6 +23,7 @@ import orjson
 
 from trackstream.schemas.errors import TrackstreamError
 from trackstream.schemas.floats import join_nonfinite, split_nonfinite
+from trackstream.schemas.limits import short_repr
 
 SCHEMA_VERSION: Final = 1
 MAX_ENVELOPE_BYTES: Final = 4 * 1024 * 1024
@@ -213,7 +214,7 @@ def decode(raw: bytes) -> Envelope:
         raise WireFormatError("malformed", "an envelope is a JSON object")
     version = wire.get("v")
     if type(version) is not int or version != SCHEMA_VERSION:  # not `!=` alone: True == 1 == 1.0
-        raise WireFormatError("unsupported_version", f"schema version {version!r}, this build reads 1")
+        raise WireFormatError("unsupported_version", f"schema version {short_repr(version)}, this build reads 1")
     try:
         return envelope_from_wire(wire)
     except (KeyError, TypeError, ValueError, IndexError) as exc:

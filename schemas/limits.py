@@ -37,6 +37,24 @@ INT64_MAX: Final = 2**63 - 1
 RECORD_BYTES_MAX: Final = 900 * 1024
 
 
+def short_repr(value: object, *, max_chars: int = 60) -> str:
+    """``repr(value)`` cut to ``max_chars`` characters, for error messages about untrusted input.
+
+    Bounded in work as well as length: containers are shown at most 3 levels and 6 items deep (``reprlib``), so a
+    value nested far past Python's recursion limit, or a megabyte string, costs no more than a short one, and an
+    integer past Python's digit limit is named by its type.
+    """
+    import reprlib
+
+    shower = reprlib.Repr()
+    shower.maxlevel, shower.maxstring, shower.maxother, shower.maxlong = 3, max_chars, max_chars, max_chars
+    try:
+        text = shower.repr(value)
+    except (ValueError, RecursionError):  # an int past sys.get_int_max_str_digits(); a hostile __repr__
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+
+
 def nesting_depth(value: Any, *, limit: int = NESTING_MAX) -> int:
     """How deeply ``value`` nests dicts and lists (a scalar is 0), counting no further than ``limit + 1``.
 
@@ -59,7 +77,7 @@ def rank_problem(rank: object, world_size: object) -> str | None:
     """Why ``(rank, world_size)`` cannot be stored, or ``None``: integers with ``0 <= rank < world_size <= 2**24``."""
     if isinstance(rank, bool) or not isinstance(rank, int) or isinstance(world_size, bool) \
             or not isinstance(world_size, int):
-        return f"rank and world_size must be integers, got {rank!r} and {world_size!r}"
+        return f"rank and world_size must be integers, got {short_repr(rank)} and {short_repr(world_size)}"
     if not 1 <= world_size <= WORLD_SIZE_MAX:
         return f"world_size={world_size} is outside 1..{WORLD_SIZE_MAX}"
     if not 0 <= rank < world_size:
@@ -70,7 +88,7 @@ def rank_problem(rank: object, world_size: object) -> str | None:
 def step_problem(step: object) -> str | None:
     """Why ``step`` is not a storable step (an int64), or ``None``."""
     if isinstance(step, bool) or not isinstance(step, int):
-        return f"step must be an integer, got {step!r}"
+        return f"step must be an integer, got {short_repr(step)}"
     if not INT64_MIN <= step <= INT64_MAX:
         return f"step {step} is outside the int64 range"
     return None

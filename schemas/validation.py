@@ -47,6 +47,7 @@ from trackstream.schemas.limits import (
     mapping_problem,
     nesting_depth,
     rank_problem,
+    short_repr,
 )
 from trackstream.schemas.names import metric_name_problem
 
@@ -70,7 +71,6 @@ _INT64_MAX: Final = 2**63 - 1
 _UINT64_MAX: Final = 2**64 - 1
 _EXPONENT_MASK: Final = 0x7FF
 _MANTISSA_BITS: Final = 52
-_REPR_MAX: Final = 60
 
 Int64 = Annotated[int, Field(ge=_INT64_MIN, le=_INT64_MAX)]
 NonNegInt64 = Annotated[int, Field(ge=0, le=_INT64_MAX)]
@@ -230,7 +230,7 @@ def _check_version(wire: dict[str, Any]) -> None:
         raise Rejection("missing_field", "v: schema version is missing")
     version = wire["v"]
     if type(version) is not int:
-        raise Rejection("mistyped_field", f"v: schema version must be an integer, got {_short(version)}")
+        raise Rejection("mistyped_field", f"v: schema version must be an integer, got {short_repr(version)}")
     if version != SCHEMA_VERSION:
         detail = f"v: schema version {version}, this build reads {SCHEMA_VERSION}"
         raise Rejection("unsupported_version", detail)
@@ -238,6 +238,11 @@ def _check_version(wire: dict[str, Any]) -> None:
 
 def _check_structure(wire: dict[str, Any]) -> dict[int, tuple[str, str]]:
     """Raise on the first envelope-level error; return the first error of each bad metric group by index."""
+    events = wire.get("events")
+    for index, event in enumerate(events if isinstance(events, list) else ()):
+        # pydantic's tagged-union error prints the tag with repr(), unbounded: a deeply nested one overflows it
+        if isinstance(event, dict) and "type" in event and not isinstance(event["type"], str):
+            raise Rejection("bad_event", f"events[{index}].type must be a string, got {type(event['type']).__name__}")
     try:
         _WIRE.validate_python(wire)
     except ValidationError as exc:
@@ -366,7 +371,7 @@ def _nonfinite_problem(path: str, values: list[float | None], nonfinite: Any) ->
         if index >= len(values):
             return "bad_nonfinite", f"{where}: index {index} is beyond the {len(values)} values"
         if values[index] is not None:
-            return "bad_nonfinite", f"{where}: values[{index}] is {values[index]!r}, not null"
+            return "bad_nonfinite", f"{where}: values[{index}] is {short_repr(values[index])}, not null"
         if index in marked:
             return "bad_nonfinite", f"{where}: index {index} is listed twice"
         if (bits >> _MANTISSA_BITS) & _EXPONENT_MASK != _EXPONENT_MASK:
@@ -411,7 +416,7 @@ def _point_count(group: dict[str, Any]) -> int:
 def _error_detail(loc: tuple[int | str, ...], error: ErrorDetails) -> str:
     detail = f"{_path(loc)}: {error['msg']}"
     if error["type"] != "missing":
-        detail += f", got {_short(error.get('input'))}"
+        detail += f", got {short_repr(error.get('input'))}"
     return detail
 
 
@@ -422,7 +427,4 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return path or "$"
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _REPR_MAX else text[: _REPR_MAX - 3] + "..."
 

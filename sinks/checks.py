@@ -26,7 +26,15 @@ import orjson
 from trackstream.schemas.envelope import EntityRef
 from trackstream.schemas.errors import require
 from trackstream.schemas.floats import inexact_float
-from trackstream.schemas.limits import INT64_MAX, INT64_MIN, NESTING_MAX, WORLD_SIZE_MAX, nesting_depth, rank_problem
+from trackstream.schemas.limits import (
+    INT64_MAX,
+    INT64_MIN,
+    NESTING_MAX,
+    WORLD_SIZE_MAX,
+    nesting_depth,
+    rank_problem,
+    short_repr,
+)
 from trackstream.schemas.processed import PROCESSED_VERSION, EntityState, MetricSummary, PointBlock, StepAggregate
 
 U32: Final = (0, 2**32 - 1)
@@ -89,7 +97,7 @@ def check_int(name: str, value: Any, bounds: tuple[int, int]) -> int:
             return value
         raise Unstorable(f"{value} is outside {bounds[0]}..{bounds[1]}", field=name)
     if type(value) is float:
-        raise Unstorable(f"{value!r} is not an integer in {bounds[0]}..{bounds[1]}", field=name)
+        raise Unstorable(f"{short_repr(value)} is not an integer in {bounds[0]}..{bounds[1]}", field=name)
     raise Rejected(f"must be an integer, got {type(value).__name__}", field=name)
 
 
@@ -195,7 +203,7 @@ def decode_records(kind: str, raw: bytes | None) -> Decoded:
     if type(wire) is not dict or type(wire.get("records")) is not list:
         raise Malformed('a processed-topic message must be {"v": 1, "records": [...]}')
     if wire.get("v", PROCESSED_VERSION) != PROCESSED_VERSION:
-        raise UnsupportedVersion(f"v={wire.get('v')!r}, this build reads {PROCESSED_VERSION}")
+        raise UnsupportedVersion(f"v={short_repr(wire.get('v'))}, this build reads {PROCESSED_VERSION}")
     decoded = Decoded()
     for index, record in enumerate(wire["records"]):
         try:

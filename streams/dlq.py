@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import orjson
 
-from trackstream.schemas.limits import NAME_MAX, RECORD_BYTES_MAX
+from trackstream.schemas.limits import NAME_MAX, RECORD_BYTES_MAX, short_repr
 
 DLQ_VERSION: Final = 1
 DETAIL_MAX: Final = 4_000  # characters of ``detail`` kept (at most 4 bytes each in UTF-8)
@@ -100,7 +100,7 @@ def _raw_info(record: DlqRecord) -> tuple[bytes, int, str]:
 
 
 def _safe_str(value: object, max_chars: int) -> str:
-    text = value if isinstance(value, str) else repr(value)
+    text = value if isinstance(value, str) else short_repr(value, max_chars=max_chars)
     if len(text) > max_chars:
         text = text[: max_chars - 3] + "..."
     return text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become "?"

@@ -151,6 +151,8 @@ def main() -> None:
     rng = random.Random(0)
     corpus = [Path(arg) for arg in sys.argv[1:] if not arg.startswith("-")]
     for directory in corpus:  # an empty corpus directory gets valid envelopes to start from
+        if directory.is_file():
+            continue  # a crash input to replay
         directory.mkdir(parents=True, exist_ok=True)
         if not any(directory.iterdir()):
             for index in range(32):

@@ -142,6 +142,32 @@ def test_processing_never_raises_and_every_message_fits() -> None:
         assert EntityCtx.from_bytes(blob)
 
 
+@pytest.mark.parametrize("where", ["v", "rank", "entity.id", "events.0.type", "metrics.0.name", "metrics.0.steps.0",
+                                   "metrics.0.values.0", "metrics.0.kind"])
+def test_a_value_nested_near_the_json_limit_is_named_not_an_internal_error(where: str) -> None:
+    """Error messages show untrusted values through one bounded repr: a value nested 1,000 deep (orjson reads up
+    to 1,024) once made ``repr`` exceed the recursion limit, so the envelope became an ``internal_error``."""
+    wire = good_wire(groups=1)
+    wire["events"] = [{"type": "heartbeat", "time_ns": 1}]
+    *parents, last = where.split(".")
+    node: Any = wire
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[int(last) if last.isdigit() else last] = "DEEP"
+    raw = dumps(wire).replace(b'"DEEP"', b"[" * 1_000 + b"]" * 1_000)  # past what json.dumps can write
+    out = Processor().process(raw, source=SOURCE, key=b"k")
+    assert [record.reason for record in out.dlq if record.reason == "internal_error"] == []
+    assert out.dlq, "a nested value where a scalar belongs is rejected"
+    assert all(len(record.detail) < 2_000 for record in out.dlq)
+
+
+def test_the_sink_names_a_deeply_nested_version_without_recursing() -> None:
+    from trackstream.sinks.checks import UnsupportedVersion, decode_records
+
+    with pytest.raises(UnsupportedVersion, match=r"v=\[\[\["):
+        decode_records("summaries", b'{"records": [], "v": ' + b"[" * 1_000 + b"]" * 1_000 + b"}")
+
+
 def test_later_groups_of_a_large_envelope_carry_its_hash_not_another_copy() -> None:
     wire = good_wire(groups=3, points=1_500)
     wire["metrics"][0]["name"] = "no!"
