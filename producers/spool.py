@@ -227,17 +227,7 @@ class ProducerSpool:
 
 def is_locked(path: Path) -> bool:
     """True while a live writer holds the directory's flock."""
-    try:
-        fd = os.open(path / "LOCK", os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return flock_held(path / "LOCK")
 
 
 def try_flock(path: Path, *, create_mode: int | None = None) -> int:
@@ -253,6 +243,19 @@ def try_flock(path: Path, *, create_mode: int | None = None) -> int:
         os.close(fd)
         return -1
     return fd
+
+
+def flock_held(path: Path) -> bool:
+    """True while some open descriptor (another process's, or another of this one) holds ``path``'s ``flock``; a
+    missing file is not held. Probes without creating anything."""
+    try:
+        fd = try_flock(path)
+    except FileNotFoundError:
+        return False
+    if fd < 0:
+        return True
+    os.close(fd)
+    return False
 
 
 def list_spools(spool_dir: str | os.PathLike[str]) -> list[ProducerSpool]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from trackstream.producers.config import default_spool_dir
-from trackstream.producers.spool import try_flock
+from trackstream.producers.spool import flock_held, try_flock
 from trackstream.schemas.errors import TrackstreamError
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,11 @@ class StoreLock:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def store_held(data_dir: Path) -> bool:
+    """True while some process holds the store's lock (an owner, for as long as it serves; a reader, while open)."""
+    return flock_held(Path(data_dir) / STORE_LOCK)
 
 
 def store_wanted(data_dir: Path) -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from trackstream.store import store_held
+
 CLI = [sys.executable, "-m", "trackstream.cli"]
 
 _PRELUDE = """
@@ -156,7 +158,7 @@ def test_a_runner_takes_the_store_from_a_busy_reader_and_reads_go_through_it(tmp
     local: subprocess.Popen[bytes] | None = None
     try:
         deadline = time.monotonic() + 120
-        while not (tmp_path / "data" / "store.lock").exists() or not _locked(tmp_path / "data"):
+        while not (tmp_path / "data" / "store.lock").exists() or not store_held(tmp_path / "data"):
             assert reader.poll() is None, reader.stderr.read().decode()[-3000:] if reader.stderr else ""
             assert time.monotonic() < deadline, "the reader never opened the store"
             time.sleep(0.05)
@@ -172,16 +174,6 @@ def test_a_runner_takes_the_store_from_a_busy_reader_and_reads_go_through_it(tmp
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(timeout=60)
-
-
-def _locked(data: Path) -> bool:
-    from trackstream.store import StoreLock
-
-    lock = StoreLock(data)
-    try:
-        return not lock.acquire()
-    finally:
-        lock.release()
 
 
 def test_no_spool_content_fails_a_read(tmp_path: Path) -> None:

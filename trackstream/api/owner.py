@@ -170,17 +170,6 @@ def _read_token(path: Path, owner_uid: int) -> str | None:
     return token if _valid(token) else None
 
 
-def _store_held(data_dir: Path) -> bool:
-    """True while some process holds the store's owner lock, as a live owner does for as long as it serves."""
-    from trackstream.store import StoreLock
-
-    probe = StoreLock(data_dir)
-    try:
-        return not probe.acquire()
-    finally:
-        probe.release()
-
-
 def read_owner(data_dir: Path) -> Owner | None:
     """The live process serving the store in ``data_dir``, or None (no owner file, a dead owner, unreadable).
 
@@ -210,7 +199,9 @@ def read_owner(data_dir: Path) -> Owner | None:
         pass  # alive, and another account's: its API still answers (and asks for the token)
     except (OSError, ValueError, OverflowError):
         return None
-    if not _store_held(data_dir):
+    from trackstream.store import store_held
+
+    if not store_held(data_dir):
         return None  # a stale record (the owner was killed): its pid and port may now be anyone's
     path = token_path(data_dir)
     return Owner(url=url, pid=pid, host=str(host) if host is not None else None,
