@@ -53,9 +53,13 @@ async def _create_topic(bootstrap: str, topic: str) -> dict[str, str]:
         await admin.create_topics([NewTopic(topic, PARTITIONS, 3)])
         described = await admin.describe_topics([topic])
         assert all(len(p["replicas"]) == 3 for p in described[0]["partitions"]), described
-        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        entries = configs[0].to_object()["resources"][0]["config_entries"]
-        return {entry["config_names"]: entry["config_value"] for entry in entries}
+        deadline = time.monotonic() + 30
+        while True:  # the broker that answers may not know the new topic yet: its entries come back empty
+            configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            entries = configs[0].to_object()["resources"][0]["config_entries"]
+            if entries or time.monotonic() > deadline:
+                return {entry["config_names"]: entry["config_value"] for entry in entries}
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
 
