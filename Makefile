@@ -15,7 +15,7 @@ help:
 	@echo "make kafka-up     start the project's own Kafka broker (prints host:port last); kafka-down stops it"
 	@echo "make bench-producer | bench-streams | bench-sinks   print benchmark figures"
 	@echo "make bench-faults  fault table: points sent/stored/DLQ/lost/duplicated per injected fault"
-	@echo "make bench-queries read cost on top of the query: no owner, owner (trackstream local)"
+	@echo "make bench-queries multi-rank vs single-rank read p50/p95 (issue 13); BENCH_ARGS=--overhead: facade cost (issue 12)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trackstream needs Python >= 3.11")'

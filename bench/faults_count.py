@@ -17,10 +17,12 @@ from pathlib import Path
 
 import orjson
 
-STORED = "SELECT count() FROM points FINAL WHERE project = {p:String}"
+# the ranks' points only: rank 2**32 - 1 holds the cross-rank means of multi-rank series, which nobody sent
+RANKS = "rank != 4294967295"
+STORED = f"SELECT count() FROM points FINAL WHERE project = {{p:String}} AND {RANKS}"
 RAW = ("SELECT count(), uniqExact(entity_type, entity_id, metric, generation, rank, step) FROM points "
-       "WHERE project = {p:String}")
-RUN = "SELECT count() FROM points FINAL WHERE project = {p:String} AND entity_id = {run:String}"
+       f"WHERE project = {{p:String}} AND {RANKS}")
+RUN = f"SELECT count() FROM points FINAL WHERE project = {{p:String}} AND entity_id = {{run:String}} AND {RANKS}"
 
 
 def main(argv: list[str] | None = None) -> int:

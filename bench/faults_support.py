@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 log = logging.getLogger("faults")
 
-PROCESSED = ("points", "steps", "summaries", "entities")
+PROCESSED = ("points", "steps", "entities")
 DLQ_SUFFIXES = ("metrics.dlq", "sink.dlq")
 PARTITIONS = 3
 FETCH_BYTES = 64 * 1024 * 1024
@@ -146,7 +146,7 @@ def run_command(args: list[str], log_path: Path, env: dict[str, str], timeout_s:
 
 # --- the store -----------------------------------------------------------------------------------------------
 
-STORED_SQL = "SELECT count() FROM points FINAL WHERE project = {p:String}"
+STORED_SQL = "SELECT count() FROM points FINAL WHERE project = {p:String} AND rank != 4294967295"  # not cross-rank
 
 
 def stored_now(data_dir: Path, project: str) -> int | None:

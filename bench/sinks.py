@@ -140,7 +140,7 @@ def ingest_rates(sink: Sink, project: str, points_target: int) -> dict[str, floa
 async def kafka_rate(bootstrap: str, data_dir: Path, points_target: int) -> float:
     """Pre-fill a processed topic, then time one SinkWorker draining it into a fresh chDB database: from
     ``run`` (consumer start and group join included) until the last chunk is written and its offset committed
-    (the consumer's shutdown is not counted). All four processed topics exist, as they do behind ``streams``."""
+    (the consumer's shutdown is not counted). All three processed topics exist, as they do behind ``streams``."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 

@@ -36,7 +36,7 @@ from trackstream.schemas.topics import Topics  # noqa: E402
 from trackstream.streams import Processor, SourcePosition, output_messages, tune_gc  # noqa: E402
 from trackstream.streams.synthetic import RunSpec, run_envelopes  # noqa: E402
 
-SUFFIXES = ("metrics", "metrics.dlq", "points", "steps", "summaries", "entities")
+SUFFIXES = ("metrics", "metrics.dlq", "points", "steps", "entities")
 
 
 def envelopes_for(points: int, steps_per_envelope: int, world_size: int, runs: int) -> list[tuple[bytes, bytes]]:

@@ -11,8 +11,8 @@ Why each number:
 - nesting of params and tags: 32 levels. orjson writes at most 254 levels and the DLQ and state records wrap a value
   in several more, so every encoder on the path can write back whatever was accepted;
 - params of one event: 256 KiB encoded;
-- an envelope: 4 MiB encoded, at most 1,024 metric groups and 131,072 points, so that its outputs (one summary per
-  group, one point block) split into records under :data:`RECORD_BYTES_MAX`;
+- an envelope: 4 MiB encoded, at most 1,024 metric groups and 131,072 points, so that its outputs (one point block,
+  one cross-rank step aggregate per step and group) split into records under :data:`RECORD_BYTES_MAX`;
 - rank and world size: ``0 <= rank < world_size <= 2**24`` (the sink stores them as UInt32);
 - steps: int64; times: int64 nanoseconds since the epoch, non-negative.
 - one record a worker writes (output, dead letter): at most :data:`RECORD_BYTES_MAX`, under Kafka's default

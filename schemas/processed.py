@@ -4,12 +4,11 @@ One message on each processed topic carries a list of records of one kind, keyed
 
 - ``<prefix>.points``    :class:`PointBlock`      validated, deduplicated points of one envelope
 - ``<prefix>.steps``     :class:`StepAggregate`   cross-rank mean/min/max/count per (entity, metric, step)
-- ``<prefix>.summaries`` :class:`MetricSummary`   running summary per (entity, metric)
 - ``<prefix>.entities``  :class:`EntityState`     run/model lifecycle, params, tags, producers, lost points
 
 Every record carries what makes its ClickHouse row idempotent: points are keyed by (entity, metric, rank,
-step, generation); summaries and entity states carry a ``version`` that only grows, so replays and
-out-of-date copies lose against newer ones. ``generation`` counts ``overwrite`` markers per
+step, generation) and versioned in write order (:func:`point_version`); entity states carry a ``version`` that
+only grows, so replays and out-of-date copies lose against newer ones. ``generation`` counts ``overwrite`` markers per
 (entity, metric): readers keep only the newest generation.
 
 Floats are exact: non-finite values travel as ``{"$f64": bits}`` (:mod:`trackstream.schemas.floats`).
@@ -30,7 +29,11 @@ PROCESSED_VERSION: Final = 1
 
 @dataclass(slots=True)
 class PointBlock:
-    """The points of one accepted envelope, each metric tagged with its overwrite generation."""
+    """The points of one accepted envelope, each metric tagged with its overwrite generation.
+
+    ``incarnation``: the producer's place among the entity's producers in the order the stream first saw them
+    (0 for the first); with ``seq`` it orders every write to a point (:func:`point_version`).
+    """
 
     entity: EntityRef
     rank: int
@@ -38,6 +41,7 @@ class PointBlock:
     seq: int
     metrics: list[MetricBatch]
     generations: list[int]
+    incarnation: int = 0
 
     def point_count(self) -> int:
         """Number of points in the block: the sum of its metric groups' lengths."""
@@ -61,26 +65,6 @@ class StepAggregate:
 
 
 @dataclass(slots=True)
-class MetricSummary:
-    """Running summary of one metric of one entity (min/max ignore NaN; ``last`` is by step, then time)."""
-
-    entity: EntityRef
-    metric: str
-    generation: int
-    kind: str
-    count: int
-    last: float
-    last_step: int
-    min: float
-    min_step: int
-    max: float
-    max_step: int
-    first_time_ns: int
-    last_time_ns: int
-    version: int
-
-
-@dataclass(slots=True)
 class EntityState:
     """Lifecycle of a run or model as known so far; ``version`` grows with every change."""
 
@@ -96,6 +80,21 @@ class EntityState:
     version: int = 0
 
 
+SEQ_BITS: Final = 40
+INCARNATIONS_MAX: Final = 2**24
+
+
+def point_version(incarnation: int, seq: int) -> int:
+    """The write-order version of the points of one envelope: ``incarnation << 40 | seq`` (a UInt64).
+
+    Later writes to the same (entity, metric, generation, rank, step) get a larger version whatever the hosts'
+    clocks say: a later envelope of the same producer has a larger ``seq``, and a producer the stream saw later
+    (a resumed run, a restarted rank) a larger ``incarnation``. ``seq`` past 2**40 - 1 and ``incarnation`` past
+    2**24 - 1 saturate (10^12 envelopes of one producer, 16M producers of one entity).
+    """
+    return (min(incarnation, INCARNATIONS_MAX - 1) << SEQ_BITS) | min(seq, (1 << SEQ_BITS) - 1)
+
+
 def _entity_wire(entity: EntityRef) -> list[str]:
     return [entity.project, entity.type, entity.id]
 
@@ -107,7 +106,7 @@ def _entity_from(wire: list[str]) -> EntityRef:
 
 def encode_point_block(block: PointBlock) -> bytes:
     """One ``<prefix>.points`` message: JSON ``{"v": 1, "entity": [project, type, id], "rank", "producer_id", "seq",
-    "metrics", "generations"}``, groups in envelope form with ``nonfinite`` (docs/wire-format.md).
+    "incarnation", "metrics", "generations"}``, groups in envelope form with ``nonfinite`` (docs/wire-format.md).
     """
     return orjson.dumps({
         "v": PROCESSED_VERSION,
@@ -115,6 +114,7 @@ def encode_point_block(block: PointBlock) -> bytes:
         "rank": block.rank,
         "producer_id": block.producer_id,
         "seq": block.seq,
+        "incarnation": block.incarnation,
         "metrics": [metric_to_wire(batch) for batch in block.metrics],
         "generations": block.generations,
     })
@@ -133,16 +133,17 @@ def decode_point_block(raw: bytes) -> PointBlock:
         seq=wire["seq"],
         metrics=[metric_from_wire(m) for m in wire["metrics"]],
         generations=wire["generations"],
+        incarnation=wire.get("incarnation", 0),
     )
 
 
-def _record_to_wire(record: StepAggregate | MetricSummary | EntityState) -> dict[str, Any]:
+def _record_to_wire(record: StepAggregate | EntityState) -> dict[str, Any]:
     wire = asdict(record)
     wire["entity"] = _entity_wire(record.entity)
     return {key: exact_float(value) for key, value in wire.items()}
 
 
-def encode_records(records: list[StepAggregate] | list[MetricSummary] | list[EntityState]) -> bytes:
+def encode_records(records: list[StepAggregate] | list[EntityState]) -> bytes:
     """One processed-topic message holding records of one kind."""
     return orjson.dumps({"v": PROCESSED_VERSION, "records": [_record_to_wire(r) for r in records]})
 
@@ -165,11 +166,6 @@ def _decode_records(raw: bytes, cls: type[Any]) -> list[Any]:
 def decode_step_aggregates(raw: bytes) -> list[StepAggregate]:
     """The records of one ``<prefix>.steps`` message (``{"$f64": bits}`` decoded in float fields only)."""
     return _decode_records(raw, StepAggregate)
-
-
-def decode_summaries(raw: bytes) -> list[MetricSummary]:
-    """The records of one ``<prefix>.summaries`` message (``{"$f64": bits}`` decoded in float fields only)."""
-    return _decode_records(raw, MetricSummary)
 
 
 def decode_entity_states(raw: bytes) -> list[EntityState]:

@@ -34,11 +34,6 @@ class Topics:
         return f"{self.prefix}.steps"
 
     @property
-    def summaries(self) -> str:
-        """``<prefix>.summaries``: running metric summaries."""
-        return f"{self.prefix}.summaries"
-
-    @property
     def entities(self) -> str:
         """``<prefix>.entities``: run and model lifecycle states."""
         return f"{self.prefix}.entities"
@@ -48,6 +43,6 @@ class Topics:
         """``<prefix>.sink.dlq``: processed records the sink worker could not decode or store."""
         return f"{self.prefix}.sink.dlq"
 
-    def processed(self) -> tuple[str, str, str, str]:
-        """The four processed topics the sink consumes: ``(points, steps, summaries, entities)``."""
-        return (self.points, self.steps, self.summaries, self.entities)
+    def processed(self) -> tuple[str, str, str]:
+        """The three processed topics the sink consumes: ``(points, steps, entities)``."""
+        return (self.points, self.steps, self.entities)

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import orjson
 
 from trackstream.schemas.envelope import EntityRef
-from trackstream.schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
+from trackstream.schemas.processed import EntityState, PointBlock, StepAggregate, point_version
 from trackstream.sinks.checks import check_point_block, float64_column, int64_column
 from trackstream.sinks.errors import require
 from trackstream.sinks.rollup import Points, series_blocks, series_stats
+from trackstream.sinks.schema import CROSS_RANK
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -149,20 +150,46 @@ class _Segments:
     steps: list[Any] = field(default_factory=list)  # int64 arrays, one per segment
     times: list[Any] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)  # float64 arrays (NaN where the wire has null)
+    version: list[int] = field(default_factory=list)  # per segment: the write order of its points
+    covers: dict[int, Any] = field(default_factory=dict)  # segment index -> counts, for cross-rank segments
     points: int = 0
 
     def add(self, block: PointBlock) -> None:
         entity = self.entities("\x00".join((block.entity.project, block.entity.type, block.entity.id)))
+        version = point_version(block.incarnation, block.seq)
         for batch, generation in zip(block.metrics, block.generations, strict=True):
             if batch.values:
                 key = (entity, self.metrics(batch.name), self.kinds(batch.kind), generation, block.rank)
-                self.append(key, batch.steps, batch.times_ns, batch.values)
+                self.append(key, batch.steps, batch.times_ns, batch.values, version=version)
+
+    def add_steps(self, records: Sequence[StepAggregate]) -> None:
+        """Cross-rank step aggregates as points of rank :data:`~trackstream.sinks.schema.CROSS_RANK`: value the
+        mean, time the latest point time, version and ``covers`` the count of ranks (a re-emission after a late
+        rank has a higher count). One segment per run of records of one (entity, metric, generation)."""
+        start = 0
+        while start < len(records):
+            first = records[start]
+            end = start + 1
+            while end < len(records) and records[end].entity == first.entity and records[end].metric == first.metric \
+                    and records[end].generation == first.generation:
+                end += 1
+            run = records[start:end]
+            entity = self.entities("\x00".join((first.entity.project, first.entity.type, first.entity.id)))
+            key = (entity, self.metrics(first.metric), self.kinds("series"), first.generation, CROSS_RANK)
+            counts = [r.count for r in run]
+            self.append(key, [r.step for r in run], [r.time_ns for r in run], [r.mean for r in run], version=0,
+                        covers=counts)
+            start = end
 
     def append(self, key: tuple[int, int, int, int, int], steps: Sequence[int] | Any, times: Sequence[int] | Any,
-               values: Sequence[float | None]) -> None:
-        """One segment: its key (entity, metric, kind as interned ids; generation; rank) and its columns (steps and
-        times as int64 arrays or sequences)."""
+               values: Sequence[float | None], *, version: int, covers: Sequence[int] | None = None) -> None:
+        """One segment: its key (entity, metric, kind as interned ids; generation; rank), its columns (steps and
+        times as int64 arrays or sequences), the version of its points, and for a cross-rank segment the rank
+        count of each point (which is then also its version)."""
         entity, metric, kind, generation, rank = key
+        if covers is not None:
+            self.covers[len(self.entity)] = _np().asarray(covers, dtype=_np().int64)
+        self.version.append(version)
         self.entity.append(entity)
         self.metric.append(metric)
         self.kind.append(kind)
@@ -208,6 +235,7 @@ class PointColumns:
         check_point_block(wire)
         project, entity_type, entity_id = wire["entity"]
         rank, producer_id, seq = wire["rank"], wire["producer_id"], wire["seq"]
+        version = point_version(wire.get("incarnation", 0), seq)
         batches = [(m["name"], m["kind"], int64_column(f"metrics[{at}].steps", m["steps"]),
                     int64_column(f"metrics[{at}].times_ns", m["times_ns"]),
                     float64_column(f"metrics[{at}].values", m["values"]), m.get("nonfinite", ()), generation)
@@ -219,7 +247,8 @@ class PointColumns:
                 continue
             base = seg.points
             self.nonfinite.extend((base + index, bits) for index, bits in nonfinite)
-            seg.append((entity, seg.metrics(name), seg.kinds(kind), generation, rank), steps, times, values)
+            seg.append((entity, seg.metrics(name), seg.kinds(kind), generation, rank), steps, times, values,
+                       version=version)
             points += len(values)
         return self._ingested((project, entity_type, entity_id, producer_id, seq, rank, points))
 
@@ -252,7 +281,12 @@ def _entity_columns(interner: _Interner, per_row: Any) -> dict[str, pa.Array]:
 
 
 def points_tables(blocks: Iterable[PointBlock] | PointColumns) -> dict[str, pa.Table]:
-    """The ``points``, ``series_stats``, ``series_blocks`` and ``ingested`` rows of some point blocks."""
+    """The ``points``, ``series_stats``, ``series_blocks`` and ``ingested`` rows of some point blocks (and the
+    cross-rank step aggregates of :meth:`PointColumns.add_steps`).
+
+    A (series, step) written more than once in the batch keeps its last write only: the highest version, then
+    the latest in the batch (an MLflow history holding a step twice, a step re-logged between two flushes).
+    """
     np, pa = _np(), _pa()
     if not isinstance(blocks, PointColumns):
         columns = PointColumns()
@@ -261,39 +295,84 @@ def points_tables(blocks: Iterable[PointBlock] | PointColumns) -> dict[str, pa.T
         blocks = columns
     seg = blocks.segments
     lengths = np.array(seg.length, dtype=np.int64)
-
-    def repeat(column: list[int], dtype: Any) -> Any:
-        return np.repeat(np.array(column, dtype=dtype), lengths)
-
+    per_segment = {name: np.array(getattr(seg, name), dtype=np.int64)
+                   for name in ("entity", "metric", "kind", "generation", "rank", "version")}
     steps = np.concatenate(seg.steps) if seg.steps else np.zeros(0, dtype=np.int64)
     times = np.concatenate(seg.times) if seg.times else np.zeros(0, dtype=np.int64)
     values = blocks.values()
+    versions = np.repeat(per_segment["version"], lengths)
+    covers = None
+    if seg.covers:
+        covers = np.ones(len(steps), dtype=np.int64)
+        starts = np.r_[0, np.cumsum(lengths)[:-1]]
+        for index, counts in seg.covers.items():
+            covers[starts[index]:starts[index] + lengths[index]] = counts
+            versions[starts[index]:starts[index] + lengths[index]] = counts
+    keys = np.stack([per_segment[name] for name in ("entity", "metric", "generation", "rank")], axis=1).reshape(-1, 4)
+    series_keys, series = np.unique(keys, axis=0, return_inverse=True)
+    series = series.reshape(-1)
+    kept = _last_writes(steps, versions, lengths, series)
+    if kept is not None:
+        order, segment_of = kept
+        steps, times, values, versions = steps[order], times[order], values[order], versions[order]
+        covers = None if covers is None else covers[order]
+        lengths = np.bincount(segment_of, minlength=len(lengths)).astype(np.int64)
+        nonempty = lengths > 0
+        per_segment = {name: column[nonempty] for name, column in per_segment.items()}
+        series, lengths = series[nonempty], lengths[nonempty]
+
+    def repeat(name: str, dtype: Any) -> Any:
+        return np.repeat(per_segment[name].astype(dtype), lengths)
+
     value32, value_exact = split_values(values)
     points = {
-        **_entity_columns(seg.entities, repeat(seg.entity, np.int32)),
-        "metric": _dictionary(seg.metrics.values, repeat(seg.metric, np.int32)),
-        "generation": pa.array(repeat(seg.generation, np.uint32)),
-        "rank": pa.array(repeat(seg.rank, np.uint32)),
+        **_entity_columns(seg.entities, repeat("entity", np.int32)),
+        "metric": _dictionary(seg.metrics.values, repeat("metric", np.int32)),
+        "generation": pa.array(repeat("generation", np.uint32)),
+        "rank": pa.array(repeat("rank", np.uint32)),
         "step": pa.array(steps),
         "time": _ms_timestamps(times),
-        "kind": _dictionary(seg.kinds.values, repeat(seg.kind, np.int32)),
+        "kind": _dictionary(seg.kinds.values, repeat("kind", np.int32)),
         "value32": value32,
         "value_exact": value_exact,
+        "version": pa.array(versions.astype(np.uint64)),
     }
-    kinds = np.array(seg.kind, dtype=np.int64)
-    keys = np.stack([np.array(column, dtype=np.int64) for column in (seg.entity, seg.metric, seg.generation,
-                                                                      seg.rank)], axis=1).reshape(-1, 4)
-    series_keys, series = np.unique(keys, axis=0, return_inverse=True)
+    kinds = per_segment["kind"]
     series_kinds = np.zeros(len(series_keys), dtype=np.int64)
-    series_kinds[series.reshape(-1)] = kinds
+    series_kinds[series] = kinds
     series_keys = np.concatenate([series_keys, series_kinds[:, None]], axis=1)
-    rollup = Points(steps, times, values, lengths, series.reshape(-1), kinds == seg.kinds.index.get("single", -1))
+    rollup = Points(steps, times, values, lengths, series, kinds == seg.kinds.index.get("single", -1), covers)
     return {
         "points": pa.table(points),
         "series_stats": _series_table(seg, series_keys, *series_stats(rollup), with_kind=True),
         "series_blocks": _series_table(seg, series_keys, *series_blocks(rollup)),
         "ingested": _ingested_table(blocks.ingested),
     }
+
+
+def _last_writes(steps: Any, versions: Any, lengths: Any, series: Any) -> tuple[Any, Any] | None:
+    """Where some (series, step) occurs twice in a batch: the points to keep, ordered by (segment, step), and
+    their segment; ``None`` (the common case, checked per segment) when every segment is ordered by step and the
+    segments of one series do not overlap."""
+    np = _np()
+    starts = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64)
+    rising = np.ones(len(steps), dtype=bool)
+    rising[1:] = steps[1:] > steps[:-1]
+    rising[starts] = True
+    if rising.all():
+        low, high = steps[starts], steps[starts + lengths - 1]
+        order = np.lexsort((low, series))
+        same = series[order][1:] == series[order][:-1]
+        if not (same & (low[order][1:] <= high[order][:-1])).any():  # sorted by start: neighbours suffice
+            return None
+    segment_of = np.repeat(np.arange(len(lengths)), lengths)
+    point_series = series[segment_of]
+    order = np.lexsort((np.arange(len(steps)), versions, steps, point_series))
+    last = np.r_[(point_series[order][1:] != point_series[order][:-1]) | (steps[order][1:] != steps[order][:-1]),
+                 True]
+    kept = order[last]
+    kept = kept[np.lexsort((steps[kept], segment_of[kept]))]
+    return kept, segment_of[kept]
 
 
 def _series_table(seg: _Segments, series_keys: Any, series: Any, columns: dict[str, pa.Array], *,
@@ -330,45 +409,6 @@ def _ingested_table(rows: list[tuple[str, str, str, str, int, int, int]]) -> pa.
         "entity_id": pa.array(entity_id, pa.string()), "producer_id": pa.array(producer_id, pa.string()),
         "seq": pa.array(seq, pa.uint64()), "rank": pa.array(rank, pa.uint32()), "points": pa.array(points, pa.uint64()),
     })
-
-
-def steps_table(steps: Sequence[StepAggregate]) -> pa.Table:
-    """The ``steps`` table rows of step aggregates, one row each; ``time`` is ``time_ns`` floored to ms (UTC).
-
-    Raises ``MissingDependencyError`` without pyarrow/numpy (the ``sinks`` extra).
-    """
-    pa, np = _pa(), _np()
-    return pa.table({
-        **_entity_rows([s.entity for s in steps]),
-        "metric": [s.metric for s in steps],
-        "generation": pa.array([s.generation for s in steps], pa.uint32()),
-        "step": pa.array([s.step for s in steps], pa.int64()),
-        "mean": pa.array([s.mean for s in steps], pa.float64()),
-        "min": pa.array([s.min for s in steps], pa.float64()),
-        "max": pa.array([s.max for s in steps], pa.float64()),
-        "count": pa.array([s.count for s in steps], pa.uint32()),
-        "world_size": pa.array([s.world_size for s in steps], pa.uint32()),
-        "time": _ms_timestamps(np.array([s.time_ns for s in steps], dtype=np.int64)),
-    })
-
-
-def summaries_table(summaries: Sequence[MetricSummary]) -> pa.Table:
-    """The ``summaries`` table rows of metric summaries, one row each (times stay in ns).
-
-    Raises ``MissingDependencyError`` without pyarrow (the ``sinks`` extra).
-    """
-    pa = _pa()
-    columns: dict[str, Any] = _entity_rows([s.entity for s in summaries])
-    for name in ("metric", "kind"):
-        columns[name] = [getattr(s, name) for s in summaries]
-    for name in ("last", "min", "max"):
-        columns[name] = pa.array([getattr(s, name) for s in summaries], pa.float64())
-    for name in ("last_step", "min_step", "max_step", "first_time_ns", "last_time_ns"):
-        columns[name] = pa.array([getattr(s, name) for s in summaries], pa.int64())
-    columns["generation"] = pa.array([s.generation for s in summaries], pa.uint32())
-    columns["count"] = pa.array([s.count for s in summaries], pa.uint64())
-    columns["version"] = pa.array([s.version for s in summaries], pa.uint64())
-    return pa.table(columns)
 
 
 def param_row(value: Any) -> tuple[str, float | None, str, str]:

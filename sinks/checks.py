@@ -1,6 +1,6 @@
 """Decode-time checks of processed records: what the store's columns cannot hold is rejected, record by record.
 
-The sink worker decodes every message of ``<prefix>.steps/.summaries/.entities`` into its records one at a time
+The sink worker decodes every message of ``<prefix>.steps/.entities`` into its records one at a time
 (:func:`decode_records`), and ``<prefix>.points`` messages through
 :meth:`~trackstream.sinks.batch.PointColumns.add_raw`, which calls :func:`check_point_block`. A record that is
 malformed, or holds a value its column cannot store (an integer past UInt32, UInt64 or Int64, a rank or world size
@@ -35,7 +35,7 @@ from trackstream.schemas.limits import (
     rank_problem,
     short_repr,
 )
-from trackstream.schemas.processed import PROCESSED_VERSION, EntityState, MetricSummary, PointBlock, StepAggregate
+from trackstream.schemas.processed import PROCESSED_VERSION, EntityState, PointBlock, StepAggregate
 
 U32: Final = (0, 2**32 - 1)
 U64: Final = (0, 2**64 - 1)
@@ -46,11 +46,9 @@ WORLD_SIZE: Final = (1, WORLD_SIZE_MAX)
 # The integer columns of each record (sinks/schema.py); an integer field not listed here is an Int64.
 _INTS: Final[dict[type[Any], dict[str, tuple[int, int]]]] = {
     StepAggregate: {"generation": U32, "count": U32, "world_size": WORLD_SIZE},
-    MetricSummary: {"generation": U32, "count": U64, "version": U64},
     EntityState: {"lost_points": U64, "version": U64},
 }
-RECORD_TYPES: Final[dict[str, type[Any]]] = {"steps": StepAggregate, "summaries": MetricSummary,
-                                              "entities": EntityState}
+RECORD_TYPES: Final[dict[str, type[Any]]] = {"steps": StepAggregate, "entities": EntityState}
 
 
 class Rejected(ValueError):
@@ -151,6 +149,7 @@ def check_point_block(wire: Any) -> None:
     _check_entity(entity)
     check_int("rank", rank, RANK)
     check_int("seq", seq, U64)
+    check_int("incarnation", wire.get("incarnation", 0), U32)
     check_str("producer_id", producer_id)
     if type(metrics) is not list or type(generations) is not list or len(metrics) != len(generations):
         raise Rejected("metrics and generations must be lists of the same length", field="metrics")
@@ -190,7 +189,7 @@ class Decoded:
 
 
 def decode_records(kind: str, raw: bytes | None) -> Decoded:
-    """The records of one ``<prefix>.steps/.summaries/.entities`` message, each checked on its own.
+    """The records of one ``<prefix>.steps/.entities`` message, each checked on its own.
 
     Raises :class:`Rejected` (``malformed``, ``unsupported_version``) when the message as a whole cannot be read;
     a bad record inside a good message lands in :attr:`Decoded.rejected` and the others are kept.
@@ -292,8 +291,8 @@ def _check_entity_state(values: dict[str, Any]) -> None:
 
 
 def record_problem(record: Any) -> tuple[str, str] | None:
-    """``(reason, detail)`` when a decoded record (:class:`PointBlock`, :class:`StepAggregate`,
-    :class:`MetricSummary` or :class:`EntityState`, e.g. from the embedded runner's processor) holds what the store
+    """``(reason, detail)`` when a decoded record (:class:`PointBlock`, :class:`StepAggregate`
+    or :class:`EntityState`, e.g. from the embedded runner's processor) holds what the store
     cannot, else ``None``: the same checks as on the wire, for callers of ``Sink.write`` with records in hand."""
     try:
         if isinstance(record, PointBlock):
@@ -302,6 +301,7 @@ def record_problem(record: Any) -> tuple[str, str] | None:
                  "values": list(b.values)} for b in record.metrics]
             check_point_block({"entity": [record.entity.project, record.entity.type, record.entity.id],
                                "rank": record.rank, "seq": record.seq, "producer_id": record.producer_id,
+                               "incarnation": record.incarnation,
                                "metrics": groups, "generations": list(record.generations)})
             for at, group in enumerate(groups):
                 int64_column(f"metrics[{at}].steps", group["steps"])

@@ -24,7 +24,7 @@ from trackstream.sinks.sink import Prepared, Sink
 
 log = logging.getLogger(__name__)
 
-WRITE_ARG = {"steps": "steps", "summaries": "summaries", "entities": "entity_states"}
+WRITE_ARG = {"steps": "steps", "entities": "entity_states"}
 
 _CHUNKS_SQL = """
 SELECT first_offset, last_offset FROM sink_chunks FINAL

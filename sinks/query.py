@@ -187,16 +187,17 @@ class QueryService:
         if not ids:
             return result
         params: dict[str, Any] = {"project": project, "entity_type": entity_type, "metric": metric}
-        plans: dict[str, list[tuple[str, int, int, int]]] = {}
-        for entity_id, generation, lo, hi, single, ranks, clean in self._rows(
+        plans: dict[str, list[tuple[str, int, int, int, int]]] = {}
+        for entity_id, generation, lo, hi, single, ranks, clean, src in self._rows(
                 q.fill(q.PLAN, select="metric = {metric:String} AND entity_id IN {ids:Array(String)}"),
                 params | {"ids": ids}):
-            origin, width, level = curve_plan(lo, hi, points, clean=bool(clean and ranks == 1 and not single))
-            category = f"rollup{level}" if level else "ranks" if ranks > 1 else "clean" if clean else "dirty"
-            plans.setdefault(category, []).append((entity_id, generation, origin, width))
+            origin, width, level = curve_plan(lo, hi, points, clean=bool(clean and not single))
+            category = f"rollup{level}" if level else "ranks" if ranks > 1 and not clean else \
+                "clean" if clean else "dirty"
+            plans.setdefault(category, []).append((entity_id, generation, origin, width, src))
         for category, planned in plans.items():
-            ids_, generations, los, widths = (list(column) for column in zip(*planned, strict=True))
-            bound = params | {"ids": ids_, "generations": generations, "los": los, "widths": widths}
+            ids_, generations, los, widths, srcs = (list(column) for column in zip(*planned, strict=True))
+            bound = params | {"ids": ids_, "generations": generations, "los": los, "widths": widths, "srcs": srcs}
             if category.startswith("rollup"):
                 sql, level = q.CURVES_ROLLUP, int(category.removeprefix("rollup"))
                 bound |= {"level": level, "block_steps": BLOCK_STEPS[level]}
@@ -288,7 +289,8 @@ def curve_plan(lo: int, hi: int, points: int, *, clean: bool) -> tuple[int, int,
     that width reaches a level-1 rollup block, whole blocks of a level (origin rounded down to a block, width
     up), so a curve has at most ``points`` buckets and at least about half as many. Level 2 (coarser blocks,
     fewer rows to read) is chosen when its width is at most 25% wider than level 1's. The buckets do not depend
-    on the path: a ``clean`` single-rank series is read from ``series_blocks`` at that level, others from points.
+    on the path: a series with a ``clean`` source (its one rank, or its pooled cross-rank mean) is read from
+    ``series_blocks`` at that level, others from points.
     """
     width = -(-(hi - lo + 1) // points)
     if width < BLOCK_STEPS[1]:

@@ -2,11 +2,12 @@
 
 Both are inserted next to ``points`` (same deduplication key, own token per table) into the aggregating tables
 ``series_stats`` and ``series_blocks`` (:mod:`trackstream.sinks.schema`), so compare and long curves read thousands
-of rows
-instead of scanning points. They are exact only for a series without duplicate rows; ``segments`` records the
-step ranges each write covered, one per series and write, and twice when a write repeats a step (or is not
-ordered by step), so "segments pairwise disjoint" proves a series clean and readers fall back to scanning
-``points FINAL`` otherwise (sinks/sql.py).
+of rows instead of scanning points. They are exact only for a series without duplicate rows; ``segments`` records
+the step ranges each write covered, one per series and write (twice when a write's own segments of a series still
+overlap or are not ordered by step; a step repeated within one write was already reduced to its last write by
+``sinks.batch.points_tables``), so "segments pairwise disjoint" proves a series clean and readers fall back to
+scanning ``points FINAL`` otherwise (sinks/sql.py). ``covers`` counts the rank points the rows stand for, which
+proves a series' cross-rank rows complete.
 
 Work per point is a handful of vectorised passes (``reduceat`` over the contiguous segments of one metric batch);
 everything else runs per segment or per series.
@@ -37,6 +38,7 @@ class Points:
     lengths: Any  # int64[segments]
     series: Any  # int64[segments]: a series id per segment (same id = same entity, metric, generation, rank)
     single: Any  # bool[segments]: kind == single
+    covers: Any = None  # int64[n]: rank points each point stands for (a cross-rank mean: its count); None = 1 each
 
 
 def _first_per_segment(hit: Any, starts: Any, segments: int) -> Any:
@@ -71,8 +73,9 @@ def _segment_stats(p: Points) -> dict[str, Any]:
     for s in np.flatnonzero(p.single):  # single values are few: latest by (time, step) the plain way
         lo, hi = starts[s], ends[s] + 1
         latest_at[s] = lo + max(range(hi - lo), key=lambda i: (times_ms[lo + i], p.steps[lo + i]))
+    covers = p.lengths if p.covers is None else np.add.reduceat(p.covers, starts)
     return {
-        "rows": p.lengths, "ordered": np.logical_and.reduceat(ordered, starts),
+        "rows": p.lengths, "covers": covers, "ordered": np.logical_and.reduceat(ordered, starts),
         "min_step": p.steps[starts], "max_step": p.steps[ends],
         "lo_step": np.minimum.reduceat(p.steps, starts), "hi_step": np.maximum.reduceat(p.steps, starts),
         "last_time": np.maximum.reduceat(times_ms, starts),
@@ -131,6 +134,7 @@ def series_stats(p: Points) -> tuple[Any, dict[str, pa.Array]]:
 
     columns = {
         "rows": pa.array(_reduce(s["rows"][order], starts, "add").astype(np.uint64)),
+        "covers": pa.array(_reduce(s["covers"][order], starts, "add").astype(np.uint64)),
         "segments": segments,
         "min_step": pa.array(bounds[:, 0]), "max_step": pa.array(bounds[:, 1]),
         "last_time": pa.array(_reduce(s["last_time"][order], starts, "maximum"), pa.timestamp("ms", tz="UTC")),

@@ -4,9 +4,12 @@ Choices, measured with ``bench/sinks.py`` on noisy float32 training curves:
 
 - ``points`` is ordered by (project, entity_type, entity_id, metric, generation, rank, step). ``generation`` sits
   before rank and step so the newest generation of a series is one contiguous key range, and an overwrite never
-  collides with the points it supersedes. The table is a ReplacingMergeTree versioned by ``time``: a replayed
-  point replaces itself, and the same step logged twice keeps the later value. Readers use ``FINAL``, so
-  duplicates are invisible even before a merge.
+  collides with the points it supersedes. The table is a ReplacingMergeTree versioned by ``version``, the write
+  order (:func:`trackstream.schemas.processed.point_version`: the producer's incarnation, then its ``seq``): a
+  replayed point replaces itself, and the same step logged twice keeps the later write whatever the clocks of
+  the hosts that wrote it. Readers use ``FINAL`` where a series may hold duplicates.
+- Rank :data:`CROSS_RANK` (2**32 - 1) holds, for a series logged by several ranks, the stream's per-step mean over
+  the ranks (``<prefix>.steps``), with its rollups: a distributed run reads as fast as a single-rank one.
 - ``value`` is stored as ``value32`` (Float32, FPC + ZSTD) plus ``value_exact`` (Nullable(Float64), NULL
   whenever the float64 is exactly the float32 widened), read through the ``value`` ALIAS. Frameworks compute in
   float32, so ``value_exact`` is almost all NULL and the value costs ~2.9 bytes instead of ~3.4 (Gorilla + ZSTD on
@@ -26,8 +29,13 @@ Choices, measured with ``bench/sinks.py`` on noisy float32 training curves:
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
+from trackstream.sinks.errors import QueryError
+
+# The rank of the cross-rank rows: the per-step mean over the ranks of a multi-rank series (above any real rank,
+# which is below 2**24).
+CROSS_RANK: Final = 2**32 - 1
 DEDUP_WINDOW: Final = 10_000
 _DEDUP: Final = f"non_replicated_deduplication_window = {DEDUP_WINDOW}"
 
@@ -44,8 +52,9 @@ CREATE TABLE IF NOT EXISTS points (
     kind LowCardinality(String),
     value32 Float32 CODEC(FPC, ZSTD(3)),
     value_exact Nullable(Float64) CODEC(ZSTD(1)),
-    value Float64 ALIAS ifNull(value_exact, toFloat64(value32))
-) ENGINE = ReplacingMergeTree(time)
+    value Float64 ALIAS ifNull(value_exact, toFloat64(value32)),
+    version UInt64 CODEC(Delta, ZSTD(1))
+) ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(time)
 ORDER BY (project, entity_type, entity_id, metric, generation, rank, step)
 SETTINGS {_DEDUP}
@@ -53,7 +62,8 @@ SETTINGS {_DEDUP}
 
 # Per-series statistics, one row per series and write until merges combine them (sinks/rollup.py computes
 # them). Tuples order what min/max pick: ``first`` (step, value), ``last`` (step, value), ``low`` (value, step),
-# ``high`` (value, -step), ``latest`` (time in ms, step, value) for single values.
+# ``high`` (value, -step), ``latest`` (time in ms, step, value) for single values. ``covers``: the rank points
+# the rows stand for (``rows`` for a rank's own series; the sum of the step counts for the CROSS_RANK series).
 SERIES_STATS: Final = f"""
 CREATE TABLE IF NOT EXISTS series_stats (
     project LowCardinality(String),
@@ -64,6 +74,7 @@ CREATE TABLE IF NOT EXISTS series_stats (
     rank UInt32,
     kind SimpleAggregateFunction(anyLast, LowCardinality(String)),
     rows SimpleAggregateFunction(sum, UInt64),
+    covers SimpleAggregateFunction(sum, UInt64),
     segments SimpleAggregateFunction(groupArrayArray, Array(Tuple(Int64, Int64))),
     min_step SimpleAggregateFunction(min, Int64),
     max_step SimpleAggregateFunction(max, Int64),
@@ -103,49 +114,6 @@ CREATE TABLE IF NOT EXISTS series_blocks (
     last SimpleAggregateFunction(max, Tuple(Int64, Float64))
 ) ENGINE = AggregatingMergeTree
 ORDER BY (project, entity_type, entity_id, metric, generation, rank, level, block)
-SETTINGS {_DEDUP}
-"""
-
-STEPS: Final = f"""
-CREATE TABLE IF NOT EXISTS steps (
-    project LowCardinality(String),
-    entity_type LowCardinality(String),
-    entity_id String,
-    metric LowCardinality(String),
-    generation UInt32,
-    step Int64 CODEC(DoubleDelta, ZSTD(1)),
-    mean Float64 CODEC(Gorilla, ZSTD(1)),
-    min Float64 CODEC(Gorilla, ZSTD(1)),
-    max Float64 CODEC(Gorilla, ZSTD(1)),
-    count UInt32,
-    world_size UInt32,
-    time DateTime64(3, 'UTC') CODEC(Delta, ZSTD(3))
-) ENGINE = ReplacingMergeTree(count)
-PARTITION BY toYYYYMM(time)
-ORDER BY (project, entity_type, entity_id, metric, generation, step)
-SETTINGS {_DEDUP}
-"""
-
-SUMMARIES: Final = f"""
-CREATE TABLE IF NOT EXISTS summaries (
-    project LowCardinality(String),
-    entity_type LowCardinality(String),
-    entity_id String,
-    metric LowCardinality(String),
-    generation UInt32,
-    kind LowCardinality(String),
-    count UInt64,
-    last Float64,
-    last_step Int64,
-    min Float64,
-    min_step Int64,
-    max Float64,
-    max_step Int64,
-    first_time_ns Int64,
-    last_time_ns Int64,
-    version UInt64
-) ENGINE = ReplacingMergeTree(version)
-ORDER BY (project, entity_type, entity_id, metric, generation)
 SETTINGS {_DEDUP}
 """
 
@@ -217,9 +185,15 @@ ORDER BY (group_id, topic, partition, first_offset)
 TTL created + INTERVAL 30 DAY
 """
 
-DDL: Final = (POINTS, SERIES_STATS, SERIES_BLOCKS, STEPS, SUMMARIES, ENTITIES, PARAMS, INGESTED, SINK_CHUNKS)
-TABLES: Final = ("points", "series_stats", "series_blocks", "steps", "summaries", "entities", "params", "ingested",
-                  "sink_chunks")
+DDL: Final = (POINTS, SERIES_STATS, SERIES_BLOCKS, ENTITIES, PARAMS, INGESTED, SINK_CHUNKS)
+TABLES: Final = ("points", "series_stats", "series_blocks", "entities", "params", "ingested", "sink_chunks")
+# Columns a store made by an older trackstream lacks; the tables cannot be altered in place (a new engine version
+# column), so such a store is refused with what to do.
+_REQUIRED: Final = {"points": "version", "series_stats": "covers"}
+_REQUIRED_SQL: Final = """
+SELECT table, name FROM system.columns
+WHERE database = currentDatabase() AND table IN ('points', 'series_stats') AND name IN ('version', 'covers')
+"""
 
 
 class _Commander(Protocol):
@@ -227,12 +201,24 @@ class _Commander(Protocol):
 
     def create_database(self) -> None: ...
 
+    def query(self, sql: str, params: Any = None) -> tuple[list[str], list[Any]]: ...
+
 
 def migrate(backend: _Commander) -> None:
     """Create the database and every table that does not exist yet; safe to run any number of times, concurrently.
 
     Only writers (sink, ingest) and ``trackstream migrate`` call it: the query path runs no DDL.
+
+    Raises :class:`~trackstream.sinks.errors.QueryError` for a store whose tables an older trackstream made
+    (``points`` versioned by time): its data has to be re-ingested into a new store.
     """
     backend.create_database()
     for statement in DDL:
         backend.command(statement)
+    present = {(table, name) for table, name in backend.query(_REQUIRED_SQL)[1]}
+    missing = [f"{table}.{name}" for table, name in _REQUIRED.items() if (table, name) not in present]
+    if missing:
+        raise QueryError(f"this store was made by an older trackstream (no {', '.join(missing)}): points are now "
+                         "versioned in write order, which needs new tables. Point TRACKSTREAM_DATA_DIR (or the "
+                         "ClickHouse database) at a new store and re-ingest, e.g. `trackstream sync` from the spool "
+                         "or re-import the runs")

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from trackstream.schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
+from trackstream.schemas.processed import EntityState, PointBlock, StepAggregate
 from trackstream.schemas.settings import StoreSettings
 from trackstream.sinks.backend import Backend
-from trackstream.sinks.batch import PointColumns, entities_tables, points_tables, steps_table, summaries_table
+from trackstream.sinks.batch import PointColumns, entities_tables, points_tables
 from trackstream.sinks.connect import open_backend
 from trackstream.sinks.schema import migrate
 
@@ -40,11 +40,11 @@ def dedup_token(*parts: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class WriteStats:
-    """What one write inserted: ``points`` (point rows) and the ``steps``, ``summaries``, ``entity_states`` records."""
+    """What one write inserted: ``points`` (point rows of the ranks), ``steps`` (cross-rank step aggregates, stored
+    as points of rank :data:`~trackstream.sinks.schema.CROSS_RANK`) and ``entity_states`` records."""
 
     points: int = 0
     steps: int = 0
-    summaries: int = 0
     entity_states: int = 0
 
 
@@ -79,38 +79,38 @@ class Sink:
         self,
         point_blocks: Sequence[PointBlock] = (),
         steps: Sequence[StepAggregate] = (),
-        summaries: Sequence[MetricSummary] = (),
         entity_states: Sequence[EntityState] = (),
         *,
         dedup_key: str | None = None,
     ) -> WriteStats:
         """Insert everything given; returns once ClickHouse acknowledged every table's insert."""
-        return self.write_prepared(self.prepare(point_blocks, steps, summaries, entity_states), dedup_key=dedup_key)
+        return self.write_prepared(self.prepare(point_blocks, steps, entity_states), dedup_key=dedup_key)
 
     @staticmethod
     def prepare(
         point_blocks: Sequence[PointBlock] | PointColumns = (),
         steps: Sequence[StepAggregate] = (),
-        summaries: Sequence[MetricSummary] = (),
         entity_states: Sequence[EntityState] = (),
     ) -> Prepared:
         """The columnar batches of a write, without touching the store (so a caller can build the next batch
         while the previous one is being inserted). Empty tables are left out. Points come as blocks or as
-        :class:`PointColumns` decoded straight from topic bytes."""
+        :class:`PointColumns` decoded straight from topic bytes (which ``steps`` are then added to); the step
+        aggregates become the cross-rank rows of ``points`` and their rollups."""
         tables: list[tuple[str, pa.Table]] = []
         points = point_blocks.points if isinstance(point_blocks, PointColumns) else sum(
             b.point_count() for b in point_blocks)
-        if point_blocks:
-            built = points_tables(point_blocks)
+        if point_blocks or steps:
+            columns = point_blocks if isinstance(point_blocks, PointColumns) else PointColumns()
+            if not isinstance(point_blocks, PointColumns):
+                for block in point_blocks:
+                    columns.add(block)
+            columns.segments.add_steps(steps)
+            built = points_tables(columns)
             tables += [(name, built[name]) for name in _POINT_TABLES]
-        if steps:
-            tables.append(("steps", steps_table(steps)))
-        if summaries:
-            tables.append(("summaries", summaries_table(summaries)))
         if entity_states:
             built = entities_tables(entity_states)
             tables += [("entities", built["entities"]), ("params", built["params"])]
-        stats = WriteStats(points=points, steps=len(steps), summaries=len(summaries), entity_states=len(entity_states))
+        stats = WriteStats(points=points, steps=len(steps), entity_states=len(entity_states))
         return Prepared([(name, table) for name, table in tables if table.num_rows], stats)
 
     def write_prepared(self, prepared: Prepared, *, dedup_key: str | None = None) -> WriteStats:

@@ -4,28 +4,36 @@ Shared semantics, also what the brute-force tests compute:
 
 - Only the newest ``generation`` of an (entity, metric) is visible (an overwrite hides everything before it).
 - ``points FINAL`` collapses replayed points and keeps the later value of a step logged twice.
+- ``points FINAL`` keeps the last write of a (rank, step): the highest ``version`` (write order, not clocks).
+- A series is read from one *source* rank when that is exact: its only rank, or, for a series of several ranks,
+  rank ``CROSS_RANK`` (the stream's per-step mean over the ranks, sinks/schema.py) when it is *pooled*: every rank's
+  series is clean, the cross-rank series is clean, and its step counts cover every rank point
+  (``covers`` = ``rows``), so each step's mean is over every rank that logged it, each exactly once. Otherwise the
+  ranks are scanned (``points FINAL``, mean per step), so results never depend on which path served them.
 - ``series_stats`` and ``series_blocks`` (written with every batch of points, sinks/rollup.py) answer compare
-  and long curves without scanning points, but only for series that provably hold no duplicate row: one rank,
-  and write segments that never share a step. A replay without deduplication token, a step logged twice, or several
-  ranks fall back to the scan, so results never depend on which path served them. (Mean and count are the
-  duplicate-sensitive ones; last/first/min/max would survive exact replays, but a re-logged step would not.)
-  A write that stored points but crashed before its statistics, then replayed without token, leaves two
-  identical copies in points and one in the statistics: still exact. Ties of min / max go to the smallest step.
+  and long curves from the source without scanning points, but only for a source that provably holds no
+  duplicate row (*clean*: write segments that never share a step). A replay without deduplication token or a
+  step logged twice falls back to the scan. (Mean and count are the duplicate-sensitive ones; last/first/min/max
+  would survive exact replays, but a re-logged step would not.) A write that stored points but crashed before
+  its statistics, then replayed without token, leaves two identical copies in points and one in the statistics:
+  still exact. Ties of min / max go to the smallest step.
 - curves buckets: ``query.curve_plan`` (block-aligned once a bucket spans 64 steps), the same on every path;
-  the scan of one-rank series without duplicates skips ``FINAL``.
+  the scan of a clean source skips ``FINAL``.
 - A series is read per step: the mean over ranks. ``single`` values: the latest by time wins (ties: higher step).
 - min / max / mean skip NaN (a NaN step is kept in ``last`` / ``first``); ±Inf count as values.
 - runs() metric summaries follow the same rules (stats where exact, else ``points FINAL``): ``count`` is the
   number of distinct steps, ``last`` / ``last_step`` the highest step, min / max over the per-step cross-rank
-  mean. The streams' ``summaries`` table is not read: it deduplicates by (producer_id, seq) only, so points
-  re-sent by another producer (a re-import, a replay from a new incarnation) count twice there.
+  mean.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from trackstream.sinks.schema import CROSS_RANK
+
 _SCOPE: Final = "project = {project:String} AND entity_type = {entity_type:String}"
+_X: Final = str(CROSS_RANK)
 
 # True when no (rank, step) of a series was inserted twice: its insert segments are pairwise disjoint.
 _DISJOINT: Final = "arrayAll((a, b) -> a.1 > b.2, arrayPopFront(arraySort(<SEG>)), arrayPopBack(arraySort(<SEG>)))"
@@ -39,37 +47,6 @@ def disjoint(segments: str) -> str:
     return _DISJOINT.replace("<SEG>", segments)
 
 
-# The newest generation of each selected (entity, metric), how many ranks wrote it and whether it is clean (no
-# duplicate rows in ``points``), from ``series_stats``.
-_NEWEST: Final = """
-    SELECT entity_id, metric, generation FROM (
-        SELECT entity_id, metric, generation, uniqExact(rank) AS ranks, anyLast(kind) AS kind,
-               <CLEAN> AS clean
-        FROM series_stats
-        WHERE <SCOPE> AND <SELECT>
-        GROUP BY entity_id, metric, generation
-        ORDER BY generation DESC
-        LIMIT 1 BY entity_id, metric
-    ) WHERE <RANKS> AND <KIND>
-"""
-
-# One row per (entity, metric, step): the value (cross-rank mean), the latest value by time (for single values)
-# and the kind. Series written by one rank are read straight from ``points`` (a step is one row there), with
-# ``FINAL`` only when the series holds duplicates; only several ranks need the per-step GROUP BY.
-_ONE_RANK: Final = """
-    SELECT entity_id, metric, step, value AS v, value AS lv, time AS t, kind
-    FROM points <FINAL>
-    WHERE <SCOPE> AND <SELECT> AND (entity_id, metric, generation) IN (<NEWEST>)
-"""
-_RANKS: Final = """
-    SELECT entity_id, metric, step, if(count() = 1, any(value), avg(value)) AS v, argMax(value, time) AS lv,
-           max(time) AS t, anyLast(kind) AS kind
-    FROM points FINAL
-    WHERE <SCOPE> AND <SELECT> AND (entity_id, metric, generation) IN (<NEWEST>)
-    GROUP BY entity_id, metric, step
-"""
-
-
 def fill(template: str, **parts: str) -> str:
     """Substitute ``<NAME>`` placeholders (braces are left alone: they are ClickHouse query parameters)."""
     for name, text in parts.items():
@@ -77,22 +54,76 @@ def fill(template: str, **parts: str) -> str:
     return template
 
 
-def newest(select: str, ranks: str = "1", kind: str = "1") -> str:
-    """SQL subquery of ``(entity_id, metric, generation)``: the newest generation per selected (entity, metric).
+# Per (entity, metric) the newest generation, from ``series_stats`` grouped per rank first: how many ranks wrote it
+# (``ranks``, the cross-rank rows aside), its kind, whether the cross-rank series is ``pooled`` (see the module
+# docstring), the source rank to read (``src``), whether that source is ``clean``, and the read ``mode``: clean
+# (the source without FINAL), dirty (the source with FINAL) or ranks (every rank with FINAL, mean per step).
+# ``<EXTRA>`` adds per-rank aggregates ``<name>_r``, picked from the source as ``<name>_s``.
+_VIEW: Final = f"""
+    SELECT entity_id, metric, generation, ranks, kind, pooled, src, clean,
+           multiIf(ranks > 1 AND NOT pooled, 'ranks', clean, 'clean', 'dirty') AS mode <OUTER>
+    FROM (
+        SELECT entity_id, metric, generation, countIf(rank != {_X}) AS ranks, anyIf(kind_r, rank != {_X}) AS kind,
+               ranks > 1 AND minIf(clean_r, rank != {_X}) AND maxIf(clean_r, rank = {_X})
+                   AND sumIf(covers_r, rank = {_X}) = sumIf(rows_r, rank != {_X}) AS pooled,
+               if(ranks > 1, {_X}, anyIf(rank, rank != {_X})) AS src,
+               if(ranks > 1, pooled, anyIf(clean_r, rank != {_X})) AS clean <PICKS>
+        FROM (
+            SELECT entity_id, metric, generation, rank, anyLast(kind) AS kind_r, sum(rows) AS rows_r,
+                   sum(covers) AS covers_r, {disjoint("groupArrayArray(segments)")} AS clean_r <INNER>
+            FROM series_stats
+            WHERE {_SCOPE} AND <SELECT>
+            GROUP BY entity_id, metric, generation, rank
+        )
+        GROUP BY entity_id, metric, generation
+        HAVING ranks > 0
+        ORDER BY generation DESC
+        LIMIT 1 BY entity_id, metric
+    )
+"""
 
-    Read from ``series_stats``; ``ranks`` and ``kind`` are conditions on its ``ranks``, ``kind`` and ``clean`` columns.
+
+def view(select: str, *, over_ranks: dict[str, str] | None = None, **extra: str) -> str:
+    """SQL subquery over ``series_stats``: per (entity, metric) matched by ``select``, the newest generation's
+    ``ranks``, ``kind``, ``pooled``, ``src``, ``clean`` and ``mode`` (see ``_VIEW``), plus ``<name>_s`` for each
+    ``name=aggregate`` of ``extra``: the aggregate over the source's rows (``series_stats`` columns), and ``name``
+    for each ``name: aggregate`` of ``over_ranks``, an aggregate of those ``<name>_r`` over every rank.
     """
-    return fill(_NEWEST, scope=_SCOPE, select=select, ranks=ranks, kind=kind,
-                clean=disjoint("groupArrayArray(segments)"))
+    inner = "".join(f", {expression} AS {name}_r" for name, expression in extra.items())
+    picks = "".join(f", if(ranks > 1, anyIf({name}_r, rank = {_X}), anyIf({name}_r, rank != {_X})) AS {name}_s"
+                    for name in extra)
+    picks += "".join(f", {expression} AS {name}" for name, expression in (over_ranks or {}).items())
+    outer = "".join(f", {name}_s" for name in extra) + "".join(f", {name}" for name in over_ranks or {})
+    return fill(_VIEW, select=select, inner=inner, picks=picks, outer=outer)
+
+
+# One row per (entity, metric, step): the value (mean over ranks), the latest value by time (for single values) and
+# the kind. A source is read straight from ``points`` (a step is one row there), with ``FINAL`` only when it is not
+# clean; only series read from their ranks need the per-step GROUP BY.
+_SOURCE: Final = """
+    SELECT entity_id, metric, step, value AS v, value AS lv, time AS t, kind
+    FROM points <FINAL>
+    WHERE <SCOPE> AND <SELECT> AND (entity_id, metric, generation, rank) IN (
+        SELECT entity_id, metric, generation, src FROM (<VIEW>) WHERE mode = '<MODE>' AND <KIND>)
+"""
+_RANKS: Final = f"""
+    SELECT entity_id, metric, step, if(count() = 1, any(value), avg(value)) AS v, argMax(value, time) AS lv,
+           max(time) AS t, anyLast(kind) AS kind
+    FROM points FINAL
+    WHERE <SCOPE> AND <SELECT> AND rank != {_X} AND (entity_id, metric, generation) IN (
+        SELECT entity_id, metric, generation FROM (<VIEW>) WHERE mode = 'ranks' AND <KIND>)
+    GROUP BY entity_id, metric, step
+"""
 
 
 def per_step(select: str, kind: str = "1") -> str:
-    """Per-step rows for the (entity, metric) pairs matched by ``select`` (a condition on bound parameters)."""
-    clean = fill(_ONE_RANK, scope=_SCOPE, select=select, final="", newest=newest(select, "ranks = 1 AND clean", kind))
-    dirty = fill(_ONE_RANK, scope=_SCOPE, select=select, final="FINAL",
-                 newest=newest(select, "ranks = 1 AND NOT clean", kind))
-    several = fill(_RANKS, scope=_SCOPE, select=select, newest=newest(select, "ranks > 1", kind))
-    return f"{clean}\n    UNION ALL\n{dirty}\n    UNION ALL\n{several}"
+    """Per-step rows for the (entity, metric) pairs matched by ``select`` (a condition on bound parameters);
+    ``kind`` is a condition on the series' ``kind``."""
+    series = view(select)
+    clean = fill(_SOURCE, scope=_SCOPE, select=select, final="", view=series, mode="clean", kind=kind)
+    dirty = fill(_SOURCE, scope=_SCOPE, select=select, final="FINAL", view=series, mode="dirty", kind=kind)
+    ranks = fill(_RANKS, scope=_SCOPE, select=select, view=series, kind=kind)
+    return f"{clean}\n    UNION ALL\n{dirty}\n    UNION ALL\n{ranks}"
 
 
 _NOT_NAN: Final = "NOT isNaN(v)"
@@ -119,50 +150,40 @@ def compare_sql(select: str, agg: str) -> str:
                 single=per_step(select, "kind = 'single'"))
 
 
-# compare from the statistics alone: per entity, the newest generation's merged statistics. ``exact`` says
-# whether they answer the query (one rank, and no duplicate rows or a single value); otherwise the caller scans.
-# Only the tuple aggregate the requested ``agg`` needs is computed (they are the expensive part).
+# compare from the statistics alone: per entity, the newest generation's merged statistics of its source.
+# ``exact`` says whether they answer the query (a clean source: a single value logged twice at one step is not, its
+# ``latest`` goes by clock where ``points FINAL`` goes by write order); otherwise the caller scans. Only the tuple
+# aggregate the requested ``agg`` needs is computed (they are the expensive part).
 STATS_AGGREGATES: Final = {
-    "last": ("max(last)", "pick.2", "pick.1"),
-    "first": ("min(first)", "pick.2", "pick.1"),
-    "min": ("min(low)", "if(finite > 0, pick.1, NULL)", "if(finite > 0, pick.2, NULL)"),
-    "max": ("max(high)", "if(finite > 0, pick.1, NULL)", "if(finite > 0, -pick.2, NULL)"),
-    "mean": ("0", "if(finite > 0, total / finite, nan)", "max_step"),
+    "last": ("max(last)", "pick_s.2", "pick_s.1"),
+    "first": ("min(first)", "pick_s.2", "pick_s.1"),
+    "min": ("min(low)", "if(finite_s > 0, pick_s.1, NULL)", "if(finite_s > 0, pick_s.2, NULL)"),
+    "max": ("max(high)", "if(finite_s > 0, pick_s.1, NULL)", "if(finite_s > 0, -pick_s.2, NULL)"),
+    "mean": ("0", "if(finite_s > 0, total_s / finite_s, nan)", "hi_s"),
 }
-_STATS: Final = f"""
-SELECT entity_id, ranks = 1 AND (single OR {disjoint("seg")}) AS exact,
-       if(single, latest.3, <VALUE>) AS value, if(single, latest.2, <STEP>) AS step
-FROM (
-    SELECT entity_id, generation, if(min(rank) = max(rank), 1, 2) AS ranks, anyLast(kind) = 'single' AS single,
-           groupArrayArray(segments) AS seg, sum(finite) AS finite, sum(total) AS total,
-           max(max_step) AS max_step, <PICK> AS pick, maxIf(latest, kind = 'single') AS latest
-    FROM series_stats
-    WHERE {_SCOPE} AND <SELECT>
-    GROUP BY entity_id, generation
-    ORDER BY generation DESC
-    LIMIT 1 BY entity_id
-)
+_STATS: Final = """
+SELECT entity_id, clean AS exact,
+       if(kind = 'single', latest_s.3, <VALUE>) AS value, if(kind = 'single', latest_s.2, <STEP>) AS step
+FROM (<VIEW>)
 """
 
 
 def stats_sql(select: str, agg: str) -> str:
     """Rows (entity_id, exact, value, step) from ``series_stats`` for the entities matched by ``select``."""
     pick, value, step = STATS_AGGREGATES[agg]
-    return fill(_STATS, select=select, pick=pick, value=value, step=step)
+    series = view(select, finite="sum(finite)", total="sum(total)", hi="max(max_step)", pick=pick,
+                  latest="maxIf(latest, kind = 'single')")
+    return fill(_STATS, view=series, value=value, step=step)
 
 
-# curves planning: per entity the newest generation's step range, kind, ranks and cleanliness.
-PLAN: Final = f"""
-SELECT entity_id, generation, lo, hi, kind = 'single', ranks, {disjoint("seg")} AS clean FROM (
-    SELECT entity_id, generation, min(min_step) AS lo, max(max_step) AS hi, uniqExact(rank) AS ranks,
-           anyLast(kind) AS kind, groupArrayArray(segments) AS seg
-    FROM series_stats
-    WHERE {_SCOPE} AND <SELECT>
-    GROUP BY entity_id, generation
-    ORDER BY generation DESC
-    LIMIT 1 BY entity_id
-)
-"""
+# curves planning: per entity the newest generation's step range (of the source, or of every rank when they are
+# scanned), its kind, ranks, whether the source is clean, and the source rank.
+PLAN: Final = fill("""
+SELECT entity_id, generation, if(mode = 'ranks', lo_all, lo_s), if(mode = 'ranks', hi_all, hi_s), kind = 'single',
+       ranks, clean, src
+FROM (<VIEW>)
+""", view=view("<SELECT>", lo="min(min_step)", hi="max(max_step)",
+               over_ranks={"lo_all": f"minIf(lo_r, rank != {_X})", "hi_all": f"maxIf(hi_r, rank != {_X})"}))
 
 # Per-entity bucket origin and width (steps), bound as arrays.
 _BOUNDS: Final = """
@@ -171,13 +192,15 @@ _BOUNDS: Final = """
                                     {widths:Array(Int64)})) AS t)
 """
 
-# Per-step rows of the planned entities, by how they were written: one rank without duplicates (no FINAL
-# needed), one rank with duplicates (FINAL), several ranks (FINAL, mean over ranks per step).
+# Per-step rows of the planned entities, by how they are read: a clean source (no FINAL needed), a source with
+# duplicates (FINAL), several ranks (FINAL, mean over ranks per step).
+_IN_SOURCE: Final = """(entity_id, rank) IN (SELECT t.1, t.2 FROM (
+        SELECT arrayJoin(arrayZip({ids:Array(String)}, {srcs:Array(UInt32)})) AS t))"""
 _ROWS: Final = {
-    "clean": "SELECT entity_id, generation, step, value AS v FROM points WHERE <WHERE>",
-    "dirty": "SELECT entity_id, generation, step, value AS v FROM points FINAL WHERE <WHERE>",
-    "ranks": """SELECT entity_id, generation, step, if(count() = 1, any(value), avg(value)) AS v FROM points FINAL
-        WHERE <WHERE> GROUP BY entity_id, generation, step""",
+    "clean": f"SELECT entity_id, generation, step, value AS v FROM points WHERE <WHERE> AND {_IN_SOURCE}",
+    "dirty": f"SELECT entity_id, generation, step, value AS v FROM points FINAL WHERE <WHERE> AND {_IN_SOURCE}",
+    "ranks": f"""SELECT entity_id, generation, step, if(count() = 1, any(value), avg(value)) AS v FROM points FINAL
+        WHERE <WHERE> AND rank != {_X} GROUP BY entity_id, generation, step""",
 }
 _ROWS_WHERE: Final = f"{_SCOPE} AND metric = {{metric:String}} AND entity_id IN {{ids:Array(String)}}"
 
@@ -198,8 +221,8 @@ def curves_sql(category: str) -> str:
     return fill(CURVES, rows=fill(_ROWS[category], where=_ROWS_WHERE), bounds=_BOUNDS)
 
 
-# curves from ``series_blocks``, whose rows go straight into buckets (``lo`` and ``width`` are in steps, whole
-# blocks: see ``query.curve_plan``); ``i`` finds an entity's bucket origin and width in the bound arrays.
+# curves from ``series_blocks`` of each entity's source, whose rows go straight into buckets (``lo`` and ``width``
+# are in steps, whole blocks: see ``query.curve_plan``); ``i`` finds an entity's bucket origin, width and source.
 CURVES_ROLLUP: Final = f"""
 SELECT entity_id, indexOf({{ids:Array(String)}}, entity_id) AS i,
        intDiv(block * {{block_steps:Int64}} - {{los:Array(Int64)}}[i], {{widths:Array(Int64)}}[i]) AS bucket,
@@ -208,6 +231,7 @@ SELECT entity_id, indexOf({{ids:Array(String)}}, entity_id) AS i,
        sum(total) / sum(finite) AS avg, argMax(last.2, last.1) AS last
 FROM series_blocks
 WHERE {_ROWS_WHERE} AND level = {{level:UInt8}} AND generation = {{generations:Array(UInt32)}}[i]
+  AND rank = {{srcs:Array(UInt32)}}[i]
 GROUP BY entity_id, i, bucket
 ORDER BY entity_id, bucket
 """
@@ -239,25 +263,19 @@ WHERE {_SCOPE} <SELECT>
 ORDER BY entity_id, key
 """
 
-# runs(): per (entity, metric) summary (kind, count, last, last_step, min, max) of the newest generation, from
-# ``series_stats`` where exact (the same rule as compare: one rank, and a single value or disjoint segments, so
-# ``rows`` counts distinct steps), else ``exact`` = 0 and the caller scans (``SUMMARY_SCAN``). A single value
-# summarises as count 1 with last = min = max = the latest value by time.
-SUMMARY_STATS: Final = f"""
-SELECT entity_id, metric, generation, kind_, ranks = 1 AND (single OR {disjoint("seg")}) AS exact,
-       if(single, 1, rows_) AS count_, if(single, latest_.3, last_.2), if(single, latest_.2, last_.1),
-       if(single, latest_.3, if(finite_ > 0, low_.1, nan)), if(single, latest_.3, if(finite_ > 0, high_.1, nan))
-FROM (
-    SELECT entity_id, metric, generation, if(min(rank) = max(rank), 1, 2) AS ranks, anyLast(kind) AS kind_,
-           kind_ = 'single' AS single, groupArrayArray(segments) AS seg, sum(rows) AS rows_, sum(finite) AS finite_,
-           max(last) AS last_, min(low) AS low_, max(high) AS high_, maxIf(latest, kind = 'single') AS latest_
-    FROM series_stats
-    WHERE {_SCOPE} <SELECT>
-    GROUP BY entity_id, metric, generation
-    ORDER BY generation DESC
-    LIMIT 1 BY entity_id, metric
-)
-"""
+# runs(): per (entity, metric) summary (kind, count, last, last_step, min, max) of the newest generation, from the
+# source's ``series_stats`` where exact (the same rule as compare, so ``rows`` counts distinct steps), else
+# ``exact`` = 0 and the caller scans (``SUMMARY_SCAN``). A single value summarises as count 1 with last = min =
+# max = the latest value by time.
+SUMMARY_STATS: Final = fill("""
+SELECT entity_id, metric, generation, kind, clean AS exact,
+       if(kind = 'single', 1, rows_s), if(kind = 'single', latest_s.3, last_s.2),
+       if(kind = 'single', latest_s.2, last_s.1),
+       if(kind = 'single', latest_s.3, if(finite_s > 0, low_s.1, nan)),
+       if(kind = 'single', latest_s.3, if(finite_s > 0, high_s.1, nan))
+FROM (<VIEW>)
+""", view=view("1 <SELECT>", rows="sum(rows)", finite="sum(finite)", last="max(last)", low="min(low)",
+               high="max(high)", latest="maxIf(latest, kind = 'single')"))
 
 # The same summaries by scanning ``points FINAL`` for the (entity, metric, generation) triples bound as parallel
 # arrays: per step the cross-rank mean (``v``) and the latest value by time (``lv``, for single values); then
@@ -270,7 +288,7 @@ FROM (
     SELECT entity_id, metric, step, if(count() = 1, any(value), avg(value)) AS v, argMax(value, time) AS lv,
            max(time) AS t
     FROM points FINAL
-    WHERE {_SCOPE} AND entity_id IN {{scan_ids:Array(String)}}
+    WHERE {_SCOPE} AND rank != {_X} AND entity_id IN {{scan_ids:Array(String)}}
       AND (entity_id, metric, generation) IN (
           SELECT k.1, k.2, k.3 FROM (SELECT arrayJoin(arrayZip({{scan_ids:Array(String)}},
               {{scan_metrics:Array(String)}}, {{scan_generations:Array(UInt32)}})) AS k))

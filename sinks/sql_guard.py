@@ -12,7 +12,7 @@ that holds no user text. Then the statement runs with ``readonly = 1`` whatever 
 Allowed:
 
 - ``SELECT`` / ``WITH`` (also ``UNION``, ``INTERSECT``, ``EXCEPT``, subqueries, CTEs, joins) over this store's
-  tables (``points``, ``series_stats``, ``series_blocks``, ``steps``, ``summaries``, ``entities``, ``params``,
+  tables (``points``, ``series_stats``, ``series_blocks``, ``entities``, ``params``,
   ``ingested``, ``sink_chunks``): unqualified names, or qualified by the store's own database;
 - the system tables in :data:`SYSTEM_TABLES` and the ``information_schema`` views in :data:`INFORMATION_SCHEMA`;
 - scalar and aggregate functions, except :data:`DENIED_FUNCTIONS` and names starting with :data:`DENIED_PREFIXES`;

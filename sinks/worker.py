@@ -75,7 +75,7 @@ class WorkerStats:
 
 
 class SinkWorker:
-    """One sink process: consumes ``<prefix>.points/.steps/.summaries/.entities`` and writes through a Sink;
+    """One sink process: consumes ``<prefix>.points/.steps/.entities`` and writes through a Sink;
     dead letters go to ``<prefix>.sink.dlq`` (:attr:`dlq_topic`)."""
 
     def __init__(
@@ -100,7 +100,7 @@ class SinkWorker:
         self.consumer_options = consumer_options or {}
         self.stats = WorkerStats()
         self.watch = BrokerWatch(kafka.bootstrap)
-        self._kinds = dict(zip(self.topics.processed(), ("points", "steps", "summaries", "entities"), strict=True))
+        self._kinds = dict(zip(self.topics.processed(), ("points", "steps", "entities"), strict=True))
         self._held: dict[Any, Held] = {}
         self._inflight: tuple[Chunk, asyncio.Future[None]] | None = None
         self._sealed: Chunk | None = None  # prepared, waiting for the write in flight

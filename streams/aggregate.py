@@ -1,9 +1,11 @@
-"""Running summaries and cross-rank step aggregation over metric columns.
+"""Cross-rank step aggregation over metric columns: the per-step mean over the ranks of a distributed run.
 
-Per-point work stays in builtins (``min``/``max``/``sum``/``zip`` over lists): a summary update is a handful of
-C-level passes over an envelope's columns. Cross-rank aggregation needs one dict operation per point, and
-only for entities with ``world_size > 1``: with one rank the step aggregate would equal the point, so none is
-emitted (readers take the points of rank 0 directly).
+Its output (``<prefix>.steps``) is what the sink stores as the cross-rank rows of a series, which reads use
+instead of scanning every rank (docs/storage.md). Steps wait for their ranks as columns
+(:mod:`~trackstream.streams.step_columns`): a rank's batch is a few list operations, not one dict operation per
+point, and a completed run of steps is aggregated by C-level passes over its columns. Only entities with
+``world_size > 1`` are aggregated: with one rank the step aggregate would equal the point, so none is emitted
+(readers take the points of rank 0 directly).
 
 NaN is data: it counts in ``count`` and in a step's ``count``, makes a step ``mean`` NaN, and is ignored by
 ``min``/``max`` (which stay NaN while no other value was seen).
@@ -12,101 +14,25 @@ NaN is data: it counts in ``count`` and in a step's ``count``, makes a step ``me
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
-
-import orjson
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import repeat
+from typing import Any, Final
 
 from trackstream.schemas.envelope import EntityRef
-from trackstream.schemas.floats import bits_to_float, exact_float, inexact_float, join_nonfinite
-from trackstream.schemas.processed import MetricSummary, StepAggregate
+from trackstream.schemas.floats import bits_to_float, inexact_float, join_nonfinite
+from trackstream.schemas.processed import StepAggregate
+from trackstream.streams.step_columns import Emitted, EmittedSteps, Piece, StepAcc, StepColumns
+
+__all__ = ["COLUMNS", "EMITTED", "FIRST_SEEN", "TIME", "VALUES", "Emitted", "EmittedSteps", "StepAcc", "StepTracker",
+           "StepView", "aggregate_steps", "step_mean"]
 
 NAN = math.nan
 
 
-@dataclass(slots=True)
-class Summary:
-    """Running summary of one (entity, metric, generation)."""
-
-    kind: str
-    generation: int
-    count: int = 0
-    last: float = NAN
-    last_step: int = 0
-    last_time_ns: int = -1
-    min: float = NAN
-    min_step: int = 0
-    max: float = NAN
-    max_step: int = 0
-    first_time_ns: int = 0
-    version: int = 0
-
-    def update(self, steps: list[int], times_ns: list[int], values: list[float]) -> None:
-        """Fold one column batch in; ``last`` is the point with the highest (step, time), later wins ties."""
-        n = len(values)
-        if n == 0:
-            return
-        top = max(steps)
-        if steps[-1] == top and steps.count(top) == 1:
-            index = n - 1
-        else:
-            _step, _time, index = max(zip(steps, times_ns, range(n), strict=True))
-        if self.count == 0 or (steps[index], times_ns[index]) >= (self.last_step, self.last_time_ns):
-            self.last, self.last_step, self.last_time_ns = values[index], steps[index], times_ns[index]
-        self._update_extremes(steps, values)
-        first = min(times_ns)
-        if self.count == 0 or first < self.first_time_ns:
-            self.first_time_ns = first
-        self.count += n
-
-    def _update_extremes(self, steps: list[int], values: list[float]) -> None:
-        if math.isnan(sum(values)):
-            present = [v for v in values if v == v]  # noqa: PLR0124 - NaN is the one value unequal to itself
-            if not present:
-                return
-        else:
-            present = values
-        low, high = min(present), max(present)
-        if not self.min <= low:  # also true while self.min is NaN
-            self.min, self.min_step = low, steps[values.index(low)]
-        if not self.max >= high:
-            self.max, self.max_step = high, steps[values.index(high)]
-
-    def record(self, entity: EntityRef, metric: str) -> MetricSummary:
-        """The summary as the processed-topic record of (``entity``, ``metric``, generation).
-
-        ``last_time_ns`` is clamped to 0 while no point was folded in (it starts at -1).
-        """
-        return MetricSummary(
-            entity=entity, metric=metric, generation=self.generation, kind=self.kind, count=self.count,
-            last=self.last, last_step=self.last_step, min=self.min, min_step=self.min_step, max=self.max,
-            max_step=self.max_step, first_time_ns=self.first_time_ns, last_time_ns=max(self.last_time_ns, 0),
-            version=self.version,
-        )
-
-    def to_wire(self) -> list[Any]:
-        """The summary as a JSON-ready list of 12 in field order (``kind`` ... ``version``).
-
-        Floats go through :func:`~trackstream.schemas.floats.exact_float`: non-finite ones as ``{"$f64": bits}``.
-        """
-        return [self.kind, self.generation, self.count, exact_float(self.last), self.last_step,
-                self.last_time_ns, exact_float(self.min), self.min_step, exact_float(self.max), self.max_step,
-                self.first_time_ns, self.version]
-
-    @classmethod
-    def from_wire(cls, wire: list[Any]) -> Summary:
-        """Rebuild a summary from :meth:`to_wire`'s 12-element list (``{"$f64": bits}`` back to floats)."""
-        kind, gen, count, last, last_step, last_time, low, low_step, high, high_step, first, version = wire
-        return cls(kind=kind, generation=gen, count=count, last=_state_float(last), last_step=last_step,
-                   last_time_ns=last_time, min=_state_float(low), min_step=low_step,
-                   max=_state_float(high), max_step=high_step, first_time_ns=first, version=version)
-
-
-# A pending step is a plain list ``[first_seen_ns, time_ns, emitted, {rank: value}]``, not an object: there is
-# one per (metric, step) of a multi-rank run, and a list is cheap to build and serializes in one orjson call.
+# One step as ``[first_seen_ns, time_ns, emitted, {rank: value}]``: how the tracker held steps before columns (and
+# checkpoints of state versions 1 to 3 hold them), and how :attr:`StepTracker.pending` and ``late`` still show them.
 FIRST_SEEN, TIME, EMITTED, VALUES = 0, 1, 2, 3
-StepAcc = list[Any]
-Emitted = list[tuple[int, StepAcc]]
+COLUMNS: Final = "columns"  # the last element of a tracker's wire list since steps are held as columns
 
 
 def step_mean(values: list[float]) -> float:
@@ -124,144 +50,152 @@ def step_mean(values: list[float]) -> float:
 
 def aggregate_steps(emit: Emitted, entity: EntityRef, metric: str, *, generation: int, world_size: int,
                     into: list[StepAggregate]) -> None:
-    """Append the aggregate of every emitted step: mean, min/max ignoring NaN, count, latest point time."""
-    fsum, append = math.fsum, into.append
-    for step, acc in emit:
-        values = list(acc[VALUES].values())
-        count = len(values)
+    """Append the aggregate of every emitted step: mean, min/max ignoring NaN, count, latest point time.
+
+    Steps are emitted as columns (:data:`~trackstream.streams.step_columns.EmittedSteps`): the sums, minima, maxima
+    and times of a run of steps are C-level passes over the rows of its rank columns. A run where a step holds NaN
+    (or fsum fails, or sums of opposite infinities meet) goes step by step (:func:`_rows_stats`).
+    """
+    fsum = math.fsum
+    for steps, columns, times in emit:
+        count = len(columns)
+        rows = list(zip(*columns, strict=True))
         try:
-            total = fsum(values)
+            totals: list[float] | None = list(map(fsum, rows))
+        except (ValueError, OverflowError):
+            totals = None
+        if totals is not None and not math.isnan(sum(totals)):  # no NaN among the values: min/max see them all
+            means = [total / count for total in totals]
+            lows, highs = list(map(min, rows)), list(map(max, rows))
+        else:
+            means, lows, highs = _rows_stats(rows)
+        latest = times[0] if len(times) == 1 else list(map(max, *times))
+        into.extend(map(StepAggregate, repeat(entity), repeat(metric), repeat(generation), steps, means, lows, highs,
+                        repeat(count), repeat(world_size), latest))
+
+
+def _rows_stats(rows: list[tuple[float, ...]]) -> tuple[list[float], list[float], list[float]]:
+    """Mean (:func:`step_mean`), min and max of each row of values, one by one; min/max ignore NaN."""
+    means: list[float] = []
+    lows: list[float] = []
+    highs: list[float] = []
+    for row in rows:
+        try:
+            total = math.fsum(row)
         except (ValueError, OverflowError):
             total = NAN
         if total == total:  # noqa: PLR0124 - no NaN among the values: min/max see them all
-            append(StepAggregate(entity, metric, generation, step, total / count, min(values), max(values),
-                                 count, world_size, acc[TIME]))
+            means.append(total / len(row))
+            lows.append(min(row))
+            highs.append(max(row))
             continue
-        present = [v for v in values if v == v]  # noqa: PLR0124
-        append(StepAggregate(entity, metric, generation, step, step_mean(values),
-                             min(present) if present else NAN, max(present) if present else NAN, count,
-                             world_size, acc[TIME]))
+        present = [v for v in row if v == v]  # noqa: PLR0124
+        means.append(step_mean(list(row)))
+        lows.append(min(present) if present else NAN)
+        highs.append(max(present) if present else NAN)
+    return means, lows, highs
 
 
-@dataclass(slots=True)
-class StepTracker:
-    """Cross-rank accumulators of one (entity, metric, generation).
+class StepTracker(StepColumns):
+    """Cross-rank accumulators of one (entity, metric, generation): :class:`StepColumns` and its checkpoint format.
 
     ``pending`` holds steps not yet emitted, in arrival order (so timeouts scan from the front and stop
     early); ``late`` holds steps emitted on timeout with fewer than ``world_size`` ranks, kept for
-    ``retention`` so that a late rank re-emits the step with a higher count. Both map step to a
-    :data:`StepAcc` list.
+    ``retention`` so that a late rank re-emits the step with a higher count. Both show as mappings of step to
+    a :data:`StepAcc` list, and the constructor takes such mappings (steps held the way they were before columns).
     """
 
-    generation: int
-    pending: dict[int, StepAcc]
-    late: dict[int, StepAcc]
+    __slots__ = ("generation",)
 
-    def add(self, rank: int, steps: list[int], times_ns: list[int], values: list[float], *, world_size: int,
-            now_ns: int, emit: Emitted) -> None:
-        """Record one rank's points; steps that became complete (or grew after a timeout) go to ``emit``."""
-        if self.late:
-            self._add_with_late(rank, steps, times_ns, values, world_size=world_size, now_ns=now_ns, emit=emit)
-            return
-        pending = self.pending
-        if not pending and _contiguous(steps):  # the first rank of a flush: every step is new
-            pending.update(zip(steps, [[now_ns, time_ns, 0, {rank: value}]
-                                       for time_ns, value in zip(times_ns, values, strict=True)], strict=True))
-            return
-        get, append = pending.get, emit.append
-        for step, time_ns, value in zip(steps, times_ns, values, strict=True):
-            acc = get(step)
-            if acc is None:
-                pending[step] = [now_ns, time_ns, 0, {rank: value}]
-                continue
-            ranks = acc[VALUES]
-            ranks[rank] = value
-            if time_ns > acc[TIME]:  # noqa: PLR1730 - a comparison is cheaper than a max() call per point
-                acc[TIME] = time_ns
-            if len(ranks) >= world_size:
-                del pending[step]
-                append((step, acc))
+    def __init__(self, generation: int, pending: Mapping[int, StepAcc] | None = None,
+                 late: Mapping[int, StepAcc] | None = None) -> None:
+        super().__init__()
+        self.generation = generation
+        if pending:
+            self.load_accs(pending, late=False)
+        if late:
+            self.load_accs(late, late=True)
 
-    def _add_with_late(self, rank: int, steps: list[int], times_ns: list[int], values: list[float], *,
-                       world_size: int, now_ns: int, emit: Emitted) -> None:
-        pending, late = self.pending, self.late
-        for step, time_ns, value in zip(steps, times_ns, values, strict=True):
-            acc = pending.get(step)
-            if acc is None:
-                acc = late.get(step)
-                if acc is None:
-                    pending[step] = [now_ns, time_ns, 0, {rank: value}]
-                    continue
-                ranks = acc[VALUES]
-                ranks[rank] = value
-                if len(ranks) > acc[EMITTED]:
-                    acc[EMITTED] = len(ranks)
-                    emit.append((step, acc))
-                    if len(ranks) >= world_size:
-                        del late[step]
-                continue
-            ranks = acc[VALUES]
-            ranks[rank] = value
-            if time_ns > acc[TIME]:  # noqa: PLR1730 - a comparison is cheaper than a max() call per point
-                acc[TIME] = time_ns
-            if len(ranks) >= world_size:
-                del pending[step]
-                emit.append((step, acc))
+    @property
+    def pending(self) -> StepView:
+        """Steps not emitted yet, in arrival order (so that timeouts scan from the front)."""
+        return StepView(self._pending, self._index, late=False)
 
-    def expire(self, now_ns: int, timeout_ns: int, retention_ns: int, emit: Emitted) -> bool:
-        """Emit steps that waited ``timeout_ns``; forget late ones after ``retention_ns``. True if changed."""
-        changed = False
-        late, pending = self.late, self.pending
-        for step in list(late):
-            if late[step][FIRST_SEEN] + retention_ns > now_ns:
-                break
-            del late[step]
-            changed = True
-        for step in list(pending):
-            acc = pending[step]
-            if acc[FIRST_SEEN] + timeout_ns > now_ns:
-                break
-            del pending[step]
-            acc[EMITTED] = len(acc[VALUES])
-            late[step] = acc
-            emit.append((step, acc))
-            changed = True
-        return changed
+    @property
+    def late(self) -> StepView:
+        """Steps emitted on timeout with fewer than ``world_size`` ranks, kept for late ranks until the retention."""
+        return StepView(self._late, self._index, late=True)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StepTracker):
+            return NotImplemented
+        return (self.generation, self.pending, self.late) == (other.generation, other.pending, other.late)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
+
+    def __repr__(self) -> str:
+        return f"StepTracker(generation={self.generation}, pending={dict(self.pending)}, late={dict(self.late)})"
 
     def to_wire(self) -> list[Any]:
-        """``[generation, pending, late]``; each map is ``{step: [first_seen_ns, time_ns, emitted, {rank: value}]}``.
+        """``[generation, pending, late, "columns"]``: pending and late as lists of pieces in arrival order, each
+        ``[first_seen_ns, emitted, ranks, steps, time columns, value columns]`` (a value column per rank, in rank
+        order; a step's time is the maximum of its time columns).
 
-        The maps are orjson fragments; non-finite values are written as ``{"$f64": bits}``.
+        The columns are orjson fragments; non-finite values are written as ``{"$f64": bits}``.
         """
-        return [self.generation, _accs_to_wire(self.pending), _accs_to_wire(self.late)]
+        return [self.generation, self.pieces_to_wire(late=False), self.pieces_to_wire(late=True), COLUMNS]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> StepTracker:
-        """Rebuild a tracker from :meth:`to_wire`'s ``[generation, pending, late]``; version-1 state loads too."""
+        """Rebuild a tracker from :meth:`to_wire`'s list; the ``[generation, pending, late]`` of state versions 1 to 3
+        (one accumulator per step: a list per step in version 1, a map of step to accumulator since) loads too."""
+        if len(wire) == 4:
+            generation, pending, late, layout = wire
+            if layout != COLUMNS:
+                raise ValueError(f"unknown step tracker layout {layout!r}")
+            tracker = cls(generation)
+            tracker.load_pieces(map(_piece_from_wire, pending), late=False)
+            tracker.load_pieces(map(_piece_from_wire, late), late=True)
+            return tracker
         generation, pending, late = wire
         if isinstance(pending, list):  # state version 1: one list per step
-            return cls(generation=generation, pending=dict(_acc_from_v1(w) for w in pending),
-                       late=dict(_acc_from_v1(w) for w in late))
-        return cls(generation=generation, pending=_accs_from_wire(pending), late=_accs_from_wire(late))
+            return cls(generation, dict(_acc_from_v1(w) for w in pending), dict(_acc_from_v1(w) for w in late))
+        return cls(generation, _accs_from_wire(pending), _accs_from_wire(late))
 
 
-def _contiguous(steps: list[int]) -> bool:
-    """True when ``steps`` is ``first, first + 1, ..., last`` (so no step repeats)."""
-    return not steps or (steps[-1] - steps[0] == len(steps) - 1 and steps == list(range(steps[0], steps[-1] + 1)))
+class StepView(Mapping[int, StepAcc]):
+    """Pending (or late) steps as ``{step: [first_seen_ns, time_ns, emitted, {rank: value}]}`` in arrival order.
 
-
-def _accs_to_wire(accs: dict[int, StepAcc]) -> orjson.Fragment:
-    """``{step: [first_seen, time, emitted, {rank: value}]}`` as JSON, in one orjson call when all finite.
-
-    orjson writes non-finite floats as ``null``, and nothing else in the structure can be null: when
-    ``null`` shows up, the values are written again with non-finite ones as ``{"$f64": bits}``.
+    Built on access, for inspection and tests; only ``bool()`` is cheap.
     """
-    blob = orjson.dumps(accs, option=orjson.OPT_NON_STR_KEYS)
-    if b"null" in blob:
-        exact = {step: [a[FIRST_SEEN], a[TIME], a[EMITTED], {rank: exact_float(v) for rank, v in a[VALUES].items()}]
-                 for step, a in accs.items()}
-        blob = orjson.dumps(exact, option=orjson.OPT_NON_STR_KEYS)
-    return orjson.Fragment(blob)
+
+    __slots__ = ("_index", "_late", "_pieces")
+
+    def __init__(self, pieces: Iterable[Piece], index: Mapping[int, Piece], *, late: bool) -> None:
+        self._pieces, self._index, self._late = pieces, index, late
+
+    def __getitem__(self, step: int) -> StepAcc:
+        piece = self._index.get(step)
+        if piece is None or piece.late != self._late:
+            raise KeyError(step)
+        return piece.acc(piece.position(step))
+
+    def __iter__(self) -> Iterator[int]:
+        for piece in self._pieces:
+            yield from piece.window()
+
+    def __len__(self) -> int:
+        return sum(piece.stop - piece.start for piece in self._pieces)
+
+    def __bool__(self) -> bool:
+        return next(iter(self._pieces), None) is not None
+
+
+def _piece_from_wire(wire: list[Any]) -> list[Any]:
+    """A piece as :meth:`StepTracker.to_wire` wrote it, its value columns read back into floats."""
+    first_seen, emitted, ranks, steps, times, values = wire
+    return [first_seen, emitted, ranks, steps, times,
+            [[v if isinstance(v, float) else _state_float(v) for v in column] for column in values]]
 
 
 def _accs_from_wire(wire: dict[str, Any]) -> dict[int, StepAcc]:

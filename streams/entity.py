@@ -1,7 +1,8 @@
 """Everything the processor keeps for one entity (run or model): the unit of state, partitioned by entity key.
 
 An :class:`EntityCtx` holds the lifecycle (status, params, tags, times, producers), the dedup tracks per
-producer, the overwrite generation and running summary per metric, and the pending cross-rank steps. It
+producer (in the order first seen: their incarnations), the overwrite generation per metric, and the pending
+cross-rank steps. It
 serializes to plain JSON-able lists/dicts (:meth:`to_wire`) and bytes (:meth:`to_bytes`), so a checkpoint
 is "the bytes of every changed entity", and a rebalance moves entities by key.
 """
@@ -18,13 +19,15 @@ from trackstream.schemas.envelope import EntityRef, Envelope, Event
 from trackstream.schemas.limits import NESTING_MAX, nesting_depth
 from trackstream.schemas.processed import EntityState
 from trackstream.streams import liveness
-from trackstream.streams.aggregate import StepTracker, Summary
+from trackstream.streams.aggregate import StepTracker
 from trackstream.streams.dedup import ProducerTrack
 
 log = logging.getLogger(__name__)
 
-# 2: pending steps as {step: [...]}; 3: dedup tracks carry digests, "conflicting_resends" (1 and 2 still load)
-STATE_VERSION: Final = 3
+# 2: pending steps as {step: [...]}; 3: dedup tracks carry digests, "conflicting_resends"; 4: no running summaries,
+# step trackers as column pieces (streams/step_columns.py). 1 to 3 still load (their summaries are ignored); code
+# before 4 cannot read 4.
+STATE_VERSION: Final = 4
 TERMINAL_RANK: Final = {"completed": 1, "killed": 2, "failed": 3}
 INITIAL_STATUS: Final = {"run": "running", "model": "active"}
 
@@ -38,11 +41,12 @@ class EntityCtx:
     world_size: int = 1
     tracks: dict[str, ProducerTrack] = field(default_factory=dict)
     generations: dict[str, int] = field(default_factory=dict)
-    summaries: dict[str, Summary] = field(default_factory=dict)
     steps: dict[str, StepTracker] = field(default_factory=dict)
     conflicting_resends: int = 0
     # producer id -> when this processor last saw it (processor clock; not checkpointed: see streams.liveness)
     seen_at: dict[str, int] = field(default_factory=dict)
+    # producer id -> incarnation, derived from the order of ``tracks`` (never pruned, kept in order by the state)
+    _incarnations: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def new(cls, envelope: Envelope, partition: int) -> EntityCtx:
@@ -90,8 +94,8 @@ class EntityCtx:
         """Points missing from holes in ``entity_seq``, summed over this entity's producers (see :mod:`.dedup`)."""
         return sum(track.lost_points() for track in self.tracks.values())
 
-    def apply_event(self, event: Event, producer_id: str = "") -> set[str]:
-        """Apply one lifecycle event sent by ``producer_id``; returns the metrics whose generation it bumped.
+    def apply_event(self, event: Event, producer_id: str = "") -> None:
+        """Apply one lifecycle event sent by ``producer_id`` (an ``overwrite`` starts the metric's next generation).
 
         A run's status follows from its ranks (:mod:`.liveness`); a model's from its events.
         """
@@ -111,7 +115,7 @@ class EntityCtx:
             status = data.get("status", "completed")
             if per_rank:
                 liveness.finished(state, producer_id, status, event.time_ns)
-                return set()
+                return
             if TERMINAL_RANK.get(status, 0) >= TERMINAL_RANK.get(state.status, 0):
                 state.status = status
             state.ended_ns = max(state.ended_ns, event.time_ns)
@@ -122,18 +126,16 @@ class EntityCtx:
         elif event.type == "overwrite":
             metric = data["metric"]
             self.generations[metric] = self.generations.get(metric, 0) + 1
-            return {metric}
-        return set()
 
-    def summary_for(self, metric: str, kind: str) -> Summary:
-        """The running summary of the metric's current generation (a fresh one after an overwrite)."""
-        generation = self.generations.get(metric, 0)
-        summary = self.summaries.get(metric)
-        if summary is None or summary.generation != generation:
-            version = 0 if summary is None else summary.version
-            summary = self.summaries[metric] = Summary(kind=kind, generation=generation, version=version)
-        summary.kind = kind
-        return summary
+    def incarnation(self, producer_id: str) -> int:
+        """The producer's place among this entity's producers in the order the processor first saw them (0 for the
+        first): the write order of its points across incarnations, whatever the hosts' clocks
+        (:func:`~trackstream.schemas.processed.point_version`). Raises KeyError for a producer never seen."""
+        found = self._incarnations.get(producer_id)
+        if found is None:
+            self._incarnations = {pid: index for index, pid in enumerate(self.tracks)}
+            found = self._incarnations[producer_id]
+        return found
 
     def steps_for(self, metric: str) -> StepTracker:
         """The cross-rank step tracker of the metric's current generation (a fresh, empty one after an overwrite)."""
@@ -144,9 +146,10 @@ class EntityCtx:
         return tracker
 
     def to_wire(self) -> dict[str, Any]:
-        """The whole state as a JSON-ready dict with ``"v": STATE_VERSION`` (3): lifecycle fields, ``tracks``,
-        ``generations``, ``summaries`` and ``steps`` (only trackers with pending or late steps) keyed by metric, and
-        ``conflicting_resends`` (envelopes dead-lettered as conflicting re-sends of an accepted ``seq``).
+        """The whole state as a JSON-ready dict with ``"v": STATE_VERSION`` (4): lifecycle fields, ``tracks`` (in
+        the order the producers were first seen), ``generations`` and ``steps`` (only trackers with pending or late
+        steps) keyed by metric, and ``conflicting_resends`` (envelopes dead-lettered as conflicting re-sends of an
+        accepted ``seq``).
         """
         state = self.state
         return {
@@ -159,14 +162,14 @@ class EntityCtx:
             "lost_points": state.lost_points, "version": state.version,
             "tracks": {pid: track.to_wire() for pid, track in self.tracks.items()},
             "generations": self.generations,
-            "summaries": {metric: s.to_wire() for metric, s in self.summaries.items()},
             "steps": {metric: t.to_wire() for metric, t in self.steps.items() if t.pending or t.late},
             "conflicting_resends": self.conflicting_resends,
         }
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> EntityCtx:
-        """Rebuild the state from :meth:`to_wire`'s dict; version-1 step trackers still load.
+        """Rebuild the state from :meth:`to_wire`'s dict; version-1 step trackers still load, and the running
+        summaries of states before version 4 are ignored.
 
         A missing key raises KeyError; ``v`` is not checked.
         """
@@ -181,7 +184,6 @@ class EntityCtx:
             state=state, partition=wire["partition"], world_size=wire["world_size"],
             tracks={pid: ProducerTrack.from_wire(t) for pid, t in wire["tracks"].items()},
             generations=dict(wire["generations"]),
-            summaries={metric: Summary.from_wire(s) for metric, s in wire["summaries"].items()},
             steps={metric: StepTracker.from_wire(t) for metric, t in wire["steps"].items()},
             conflicting_resends=wire.get("conflicting_resends", 0),
         )

@@ -29,7 +29,7 @@ from typing import Final
 from trackstream.schemas.envelope import MAX_ENVELOPE_BYTES, EntityRef
 from trackstream.schemas.processed import EntityState, PointBlock
 from trackstream.schemas.validation import Rejection, Validated, validate
-from trackstream.streams.aggregate import Emitted, Summary, aggregate_steps
+from trackstream.streams.aggregate import Emitted, aggregate_steps
 from trackstream.streams.dedup import digest
 from trackstream.streams.entity import EntityCtx
 from trackstream.streams.liveness import DEFAULT_HEARTBEAT_TIMEOUT_MS
@@ -153,31 +153,27 @@ class Processor:
             out.dlq.append(DlqRecord(bad.reason, bad.detail, source, raw, key=key or entity_key,
                                      metric=bad.metric, count=bad.count, points=bad.raw,
                                      raw_max=0 if shared else None))
-        bumped: set[str] = set()
         for event in env.events:
-            bumped |= ctx.apply_event(event, env.producer_id)
+            ctx.apply_event(event, env.producer_id)
             changed = changed or event.type not in ("overwrite", "heartbeat")  # a heartbeat changes only liveness
         lost = ctx.lost_points()
         if lost != ctx.state.lost_points:
             ctx.state.lost_points, changed = lost, True
-        self._points(ctx, entity_key, validated, bumped, now_ns=now_ns, out=out)
+        self._points(ctx, entity_key, validated, now_ns=now_ns, out=out)
         if changed:
             out.entity_states.append(self._bump(ctx))
         return out
 
-    def _points(self, ctx: EntityCtx, entity_key: bytes, validated: Validated, bumped: set[str], *,
-                now_ns: int | None, out: Output) -> None:
+    def _points(self, ctx: EntityCtx, entity_key: bytes, validated: Validated, *, now_ns: int | None,
+                out: Output) -> None:
         env = validated.envelope
         entity = env.entity
-        touched: dict[str, Summary] = {}
         generations = []
         cross_rank = ctx.world_size > 1
         now = time.time_ns() if now_ns is None else now_ns
         for batch in env.metrics:
             name = batch.name
             generations.append(ctx.generations.get(name, 0))
-            summary = touched[name] = ctx.summary_for(name, batch.kind)
-            summary.update(batch.steps, batch.times_ns, batch.values)
             if cross_rank and batch.kind == "series":
                 tracker = ctx.steps_for(name)
                 emit: Emitted = []
@@ -186,15 +182,10 @@ class Processor:
                 self._with_steps.add(entity_key)
                 aggregate_steps(emit, entity, name, generation=tracker.generation, world_size=ctx.world_size,
                                 into=out.step_aggregates)
-        for name in bumped - touched.keys():
-            previous = ctx.summaries.get(name)
-            touched[name] = ctx.summary_for(name, previous.kind if previous else "series")
-        for name, summary in touched.items():
-            summary.version += 1
-            out.summaries.append(summary.record(entity, name))
         if env.metrics:
             out.point_blocks.append(PointBlock(entity=entity, rank=env.rank, producer_id=env.producer_id,
-                                               seq=env.seq, metrics=env.metrics, generations=generations))
+                                               seq=env.seq, metrics=env.metrics, generations=generations,
+                                               incarnation=ctx.incarnation(env.producer_id)))
 
     @staticmethod
     def _bump(ctx: EntityCtx) -> EntityState:

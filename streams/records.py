@@ -24,7 +24,6 @@ from trackstream.schemas.limits import RECORD_BYTES_MAX
 from trackstream.schemas.processed import (
     PROCESSED_VERSION,
     EntityState,
-    MetricSummary,
     PointBlock,
     StepAggregate,
     encode_records,
@@ -34,7 +33,7 @@ from trackstream.streams.dlq import DLQ_VERSION, DlqRecord, SourcePosition, deco
 from trackstream.streams.split import record_values, split_point_block
 
 __all__ = ["DLQ_VERSION", "DlqRecord", "OutMessage", "Output", "SourcePosition", "StreamsError", "decode_dlq",
-           "encode_dlq", "encode_step_aggregates", "encode_summaries", "output_messages"]
+           "encode_dlq", "encode_step_aggregates", "output_messages"]
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +44,10 @@ class StreamsError(TrackstreamError):
 
 @dataclass(slots=True)
 class Output:
-    """Records produced by one call; summaries and entity states are the changed ones only."""
+    """Records produced by one call; entity states are the changed ones only."""
 
     point_blocks: list[PointBlock] = field(default_factory=list)
     step_aggregates: list[StepAggregate] = field(default_factory=list)
-    summaries: list[MetricSummary] = field(default_factory=list)
     entity_states: list[EntityState] = field(default_factory=list)
     dlq: list[DlqRecord] = field(default_factory=list)
     duplicates: int = 0
@@ -59,7 +57,6 @@ class Output:
         """Append ``other``'s records to this output (in order) and add its duplicate and conflict counts."""
         self.point_blocks.extend(other.point_blocks)
         self.step_aggregates.extend(other.step_aggregates)
-        self.summaries.extend(other.summaries)
         self.entity_states.extend(other.entity_states)
         self.dlq.extend(other.dlq)
         self.duplicates += other.duplicates
@@ -67,7 +64,7 @@ class Output:
 
     def is_empty(self) -> bool:
         """True when there is no record of any kind to send (duplicates alone do not count)."""
-        return not (self.point_blocks or self.step_aggregates or self.summaries or self.entity_states
+        return not (self.point_blocks or self.step_aggregates or self.entity_states
                     or self.dlq)
 
     def point_count(self) -> int:
@@ -110,17 +107,6 @@ def encode_step_aggregates(records: list[StepAggregate]) -> bytes:
     return orjson.dumps({"v": PROCESSED_VERSION, "records": wire})
 
 
-def encode_summaries(records: list[MetricSummary]) -> bytes:
-    """Byte for byte :func:`trackstream.schemas.processed.encode_records` for summaries, without ``asdict``."""
-    wire = [{
-        "entity": [r.entity.project, r.entity.type, r.entity.id], "metric": r.metric, "generation": r.generation,
-        "kind": r.kind, "count": r.count, "last": exact_float(r.last), "last_step": r.last_step,
-        "min": exact_float(r.min), "min_step": r.min_step, "max": exact_float(r.max), "max_step": r.max_step,
-        "first_time_ns": r.first_time_ns, "last_time_ns": r.last_time_ns, "version": r.version,
-    } for r in records]
-    return orjson.dumps({"v": PROCESSED_VERSION, "records": wire})
-
-
 def _entity_keys(records: list[Any]) -> list[bytes]:
     keys = []
     entity: EntityRef | None = None
@@ -160,8 +146,8 @@ def _latest(records: list[Any], idents: list[tuple[Any, ...]]) -> dict[bytes, li
 def output_messages(output: Output, topics: Topics, *, limit: int = RECORD_BYTES_MAX) -> list[OutMessage]:
     """Messages for an output: per point block, per (kind, entity) for records, per DLQ record; never raises.
 
-    Of several summaries (entity states, step aggregates) with the same identity only the last one is sent:
-    it supersedes the others, so a batch of envelopes costs one summary per metric, not one per envelope. A value
+    Of several entity states (or step aggregates) with the same identity only the last one is sent: it
+    supersedes the others, so a batch of envelopes costs one state per entity, not one per envelope. A value
     larger than ``limit`` bytes is split into several messages (a single record that is larger alone excepted); a
     record that cannot be encoded at all becomes a DLQ record (``internal_error``) instead.
     """
@@ -173,13 +159,10 @@ def output_messages(output: Output, topics: Topics, *, limit: int = RECORD_BYTES
             messages.extend(OutMessage(topics.points, key, blob) for _, blob in split_point_block(block, limit=limit))
         except Exception as exc:
             dead.append(_unencodable(topics.points, block, exc, count=_points_of(block)))
-    steps, summaries, states = output.step_aggregates, output.summaries, output.entity_states
+    steps, states = output.step_aggregates, output.entity_states
     grouped: tuple[tuple[str, dict[bytes, list[Any]], Callable[[Any], bytes]], ...] = (
         (topics.steps, _latest(steps, [(key, r.metric, r.generation, r.step) for key, r in
                                        zip(_entity_keys(steps), steps, strict=True)]), encode_step_aggregates),
-        (topics.summaries, _latest(summaries, [(key, r.metric, r.generation) for key, r in
-                                               zip(_entity_keys(summaries), summaries, strict=True)]),
-         encode_summaries),
         (topics.entities, _latest(states, [(key,) for key in _entity_keys(states)]), encode_records),
     )
     for topic, groups, encode in grouped:

@@ -4,7 +4,7 @@ A processed-topic message holds a list of records of one kind (or one point bloc
 its own (``trackstream.sinks.batch``, ``trackstream.schemas.processed``), so a list split over several messages of the
 same format is read as if it came in one:
 
-- step aggregates, summaries and entity states: the list is cut into shorter lists;
+- step aggregates and entity states: the list is cut into shorter lists;
 - a point block: its metric groups are spread over several blocks with the same entity, rank, producer and seq, and
   a group too large on its own is cut into consecutive slices of its columns (same name, kind and generation). The
   sinks key points by (entity, metric, generation, rank, step), so a point lands once whichever block carries it.

@@ -43,7 +43,7 @@ CONFIGURED_SECURED_KAFKA = os.environ.pop("TRACKSTREAM_TEST_KAFKA_SECURED", None
 for _variable in [v for v in os.environ if v.startswith(("TRACKSTREAM_KAFKA_SECURITY_", "TRACKSTREAM_KAFKA_SASL_",
                                                          "TRACKSTREAM_KAFKA_SSL_"))]:
     del os.environ[_variable]
-PROCESSED_SUFFIXES = ("metrics", "metrics.dlq", "points", "steps", "summaries", "entities")
+PROCESSED_SUFFIXES = ("metrics", "metrics.dlq", "points", "steps", "entities")
 
 
 def service_unavailable(reason: str) -> NoReturn:

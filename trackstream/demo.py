@@ -5,6 +5,12 @@ Embedded by default: producers write to the spool and ``trackstream local`` (run
 into a chDB store with the same processing and sink code as the Kafka deployment. With Kafka configured, the
 demo starts a stream worker and a sink worker instead. At the end it prints the comparison grouped by
 hyperparameters, writes a PNG of the loss curves and reports throughput and emit-to-queryable latency.
+
+Latency is measured twice, by a probe run that logs a point every 50 ms and times until a query sees it:
+
+- saturated: while the sweep logs as fast as it can (the ingest throughput is measured in this phase);
+- paced: then a second sweep of as many processes logs at a fixed rate, by default half the saturated ingest
+  rate, for ``--paced-seconds``: the latency of a pipeline that keeps up with its load.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import contextlib
 import itertools
 import logging
 import os
-import statistics
+import select
 import subprocess
 import sys
 import threading
@@ -31,6 +37,7 @@ import orjson
 from trackstream import _query
 from trackstream.demo_worker import metric_names
 from trackstream.schemas.errors import TrackstreamError
+from trackstream.schemas.limits import WORLD_SIZE_MAX
 from trackstream.schemas.settings import KafkaSettings, StoreSettings
 from trackstream.schemas.topics import Topics
 from trackstream.sinks.errors import IngestTimeout
@@ -51,6 +58,31 @@ def sweep_configs(count: int) -> list[dict[str, Any]]:
 
 
 @dataclass
+class PacedReport:
+    """The paced phase: ``target_points_per_s`` asked for, ``points`` logged in ``seconds``, latency samples (ms)
+    of the probes emitted meanwhile, and ``drain_seconds`` from the end of logging until every point was
+    queryable."""
+
+    sweep: str = ""
+    target_points_per_s: float = 0.0
+    points: int = 0
+    seconds: float = 0.0
+    drain_seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready figures: ``target_points_per_s``, ``points_per_s`` achieved, latency p50/p99 in ms."""
+        return {
+            "target_points_per_s": round(self.target_points_per_s),
+            "points": self.points,
+            "seconds": round(self.seconds, 3),
+            "points_per_s": round(self.points / self.seconds) if self.seconds > 0 else None,
+            "drain_seconds": round(self.drain_seconds, 3),
+            **_latency_figures(self.latencies_ms),
+        }
+
+
+@dataclass
 class DemoReport:
     """The figures the demo prints (and writes as JSON with ``--json``)."""
 
@@ -60,25 +92,42 @@ class DemoReport:
     ingest_seconds: float = 0.0
     first_seen_seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    paced: PacedReport | None = None
+
+    def ingest_points_per_s(self) -> float | None:
+        """Points / (s until all were queryable - s until the first was); None before both are known."""
+        if self.ingest_seconds > self.first_seen_seconds:
+            return self.points / (self.ingest_seconds - self.first_seen_seconds)
+        return None
 
     def as_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready figures: times in s (3 decimals), ``ingest_points_per_s``, latency p50/p99 in ms.
+        """The report as JSON-ready figures: times in s (3 decimals), ``ingest_points_per_s``, latency p50/p99 in ms
+        of the saturated phase, and ``paced`` (see :meth:`PacedReport.as_dict`) when that phase ran.
 
         Throughput is points / (s until all were queryable - s until the first was); percentiles are nearest-rank.
         Figures that cannot be computed (no latency samples, no ingest interval) are None.
         """
-        latencies = sorted(self.latencies_ms)
-        return {
+        rate = self.ingest_points_per_s()
+        figures = {
             "points": self.points,
             "processes": self.processes,
             "log_seconds": round(self.log_seconds, 3),
             "end_to_end_seconds": round(self.ingest_seconds, 3),
-            "ingest_points_per_s": (round(self.points / (self.ingest_seconds - self.first_seen_seconds))
-                                    if self.ingest_seconds > self.first_seen_seconds else None),
-            "latency_p50_ms": round(_percentile(latencies, 50), 1) if latencies else None,
-            "latency_p99_ms": round(_percentile(latencies, 99), 1) if latencies else None,
-            "latency_samples": len(latencies),
+            "ingest_points_per_s": round(rate) if rate is not None else None,
+            **_latency_figures(self.latencies_ms),
         }
+        if self.paced is not None:
+            figures["paced"] = self.paced.as_dict()
+        return figures
+
+
+def _latency_figures(samples: list[float]) -> dict[str, Any]:
+    latencies = sorted(samples)
+    return {
+        "latency_p50_ms": round(_percentile(latencies, 50), 1) if latencies else None,
+        "latency_p99_ms": round(_percentile(latencies, 99), 1) if latencies else None,
+        "latency_samples": len(latencies),
+    }
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -87,38 +136,55 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 
 def _count_points(project: str, sweep: str) -> int:
-    """Points of the sweep's runs that a query can see."""
+    """Points the ranks of the sweep's runs logged that a query can see (not the cross-rank rows the stream adds)."""
     rows = _query.sql("SELECT count() FROM points FINAL WHERE project = {project:String} AND entity_type = 'run' "
-                      "AND startsWith(entity_id, {sweep:String})", {"project": project, "sweep": f"{sweep}-"})
+                      "AND startsWith(entity_id, {sweep:String}) AND rank < {ranks:UInt32}",
+                      {"project": project, "sweep": f"{sweep}-", "ranks": WORLD_SIZE_MAX})
     return int(rows[0][0])
 
 
-@contextlib.contextmanager
-def _embedded_pipeline(spool_dir: Path, data_dir: Path) -> Iterator[None]:
-    """``trackstream local`` in a thread of this process: owns the store and serves queries."""
+def _runner_main() -> None:
+    """The embedded runner process of the demo: ``trackstream local`` with the demo's settings.
+
+    Run as ``python -c "from trackstream.demo import _runner_main; _runner_main()" SPOOL DATA POLL_MS``; stops on
+    SIGTERM. Its log goes to stderr (the demo sends it to ``local.log``).
+    """
     from trackstream.local import run_local
 
-    stop, ready = threading.Event(), threading.Event()
-    failure: list[BaseException] = []
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spool_dir, data_dir, poll_ms = sys.argv[1:4]
+    run_local(spool_dir=Path(spool_dir), data_dir=Path(data_dir), poll_interval_ms=int(poll_ms),
+              step_timeout_ms=2_000)
 
-    def target() -> None:
-        try:
-            run_local(spool_dir=spool_dir, data_dir=data_dir, stop=stop, on_ready=lambda _: ready.set(),
-                      poll_interval_ms=50, step_timeout_ms=2_000)
-        except BaseException as exc:
-            failure.append(exc)
-            ready.set()
 
-    thread = threading.Thread(target=target, name="trackstream-local", daemon=True)
-    thread.start()
-    ready.wait(120)
-    if failure:
-        raise failure[0]
+@contextlib.contextmanager
+def _embedded_pipeline(spool_dir: Path, data_dir: Path, logs: Path, *, poll_interval_ms: int = 50,
+                       timeout_s: float = 120.0) -> Iterator[None]:
+    """``trackstream local`` as a process of its own, as a user runs it: it owns the store and serves queries,
+    and the demo's own threads (the latency probe, the progress bar) do not share its interpreter.
+
+    Its output goes to ``logs/local.log``. Raises :class:`TrackstreamError` naming that log when it exits, or does
+    not serve the store within ``timeout_s``.
+    """
+    from trackstream.api.owner import read_owner
+
+    command = [sys.executable, "-c", "from trackstream.demo import _runner_main; _runner_main()", str(spool_dir),
+               str(data_dir), str(poll_interval_ms)]
+    with open(logs / "local.log", "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
+        deadline = time.monotonic() + timeout_s
+        while read_owner(data_dir) is None:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise TrackstreamError(f"the embedded runner did not come up; see {logs}/local.log")
+            time.sleep(0.1)
         yield
     finally:
-        stop.set()
-        thread.join(60)
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 @contextlib.contextmanager
@@ -185,54 +251,162 @@ def _topics_exist(kafka: KafkaSettings) -> bool:
     return asyncio.run(check())
 
 
-def _probe_latency(project: str, stop: threading.Event, report: DemoReport, *, interval_s: float = 0.05) -> None:
-    """Emit-to-queryable latency under load: a thread logs a probe point every ``interval_s`` through the SDK
-    (as a training process does, flusher linger included); this loop times until a query sees each one."""
-    import trackstream as ts
+class LatencyProbe:
+    """Emit-to-queryable latency under load: a thread logs a probe point every ``interval_s`` through the SDK (as
+    a training process does, flusher linger included) and another times until a query sees each one, querying
+    every ``query_interval_s`` (so a latency is measured up to that much late).
 
-    probe = ts.start_run(project, name="latency-probe", run_id=f"probe-{uuid.uuid4().hex[:8]}",
-                         rank=0, world_size=1, tags={"probe": "true"})
-    emitted: dict[int, float] = {}
+    Every sample is kept with the time its point was emitted; :meth:`samples` picks those of one phase.
+    """
 
-    def emit() -> None:
+    def __init__(self, project: str, *, interval_s: float = 0.05, query_interval_s: float = 0.05) -> None:
+        self.project = project
+        self.interval_s = interval_s
+        self.query_interval_s = query_interval_s
+        self._stop = threading.Event()
+        self._samples: list[tuple[float, float]] = []  # (emitted, monotonic; latency, ms)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Open the probe run and start emitting and querying."""
+        import trackstream as ts
+
+        self._run = ts.start_run(self.project, name="latency-probe", run_id=f"probe-{uuid.uuid4().hex[:8]}",
+                                 rank=0, world_size=1, tags={"probe": "true"})
+        self._emitted: dict[int, float] = {}
+        for target, name in ((self._emit, "latency-probe"), (self._query, "latency-probe-query")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _emit(self) -> None:
         step = 0
-        while not stop.wait(interval_s):
-            emitted[step] = time.monotonic()
-            probe.log_metric("probe", float(step), step=step)
+        while not self._stop.wait(self.interval_s):
+            self._emitted[step] = time.monotonic()
+            self._run.log_metric("probe", float(step), step=step)
             step += 1
 
-    emitter = threading.Thread(target=emit, name="latency-probe", daemon=True)
-    emitter.start()
-    seen_up_to = -1
-    query = ("SELECT step FROM points WHERE project = {p:String} AND entity_id = {id:String} "
-             "AND step > {after:Int64}")
-    try:
-        while not stop.is_set():
-            rows = _query.sql(query, {"p": project, "id": probe.id, "after": seen_up_to})
+    def _query(self) -> None:
+        seen_up_to = -1
+        query = ("SELECT step FROM points WHERE project = {p:String} AND entity_id = {id:String} "
+                 "AND step > {after:Int64}")
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                rows = _query.sql(query, {"p": self.project, "id": self._run.id, "after": seen_up_to})
+            except TrackstreamError as exc:  # e.g. the owner busy at start-up: the probe only measures
+                log.debug("latency probe query failed: %s", exc)
+                rows = []
             seen_at = time.monotonic()
             for (step,) in rows:
-                if step in emitted:
-                    report.latencies_ms.append((seen_at - emitted.pop(step)) * 1000)
+                emitted = self._emitted.pop(step, None)
+                if emitted is not None:
+                    self._samples.append((emitted, (seen_at - emitted) * 1000))
                 seen_up_to = max(seen_up_to, step)
-            time.sleep(0.01)
-    finally:
-        emitter.join(5)
-        probe.finish()
+            # a query at most every query_interval_s: a closer watch would load the store it measures
+            self._stop.wait(max(0.0, began + self.query_interval_s - time.monotonic()))
+
+    def samples(self, start: float, end: float) -> list[float]:
+        """Latencies (ms) of the probe points emitted between the monotonic times ``start`` and ``end``."""
+        return [latency for emitted, latency in list(self._samples) if start <= emitted < end]
+
+    def stop(self) -> None:
+        """Stop both threads and finish the probe run."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        if self._threads:
+            self._run.finish()
 
 
-def _launch_workers(args: argparse.Namespace, configs: list[dict[str, Any]], sweep: str,
-                    env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+def _launch_workers(args: argparse.Namespace, configs: list[dict[str, Any]], sweep: str, env: dict[str, str], *,
+                    steps: int | None = None, rate: float | None = None) -> list[subprocess.Popen[bytes]]:
+    """One process per (configuration, rank); with ``rate`` (points/s per process) paced, talking over pipes."""
     processes = []
+    pipe = subprocess.PIPE if rate else None
     for index, params in enumerate(configs):
         for rank in range(args.ranks):
             spec = {"project": args.project, "name": f"lr={params['lr']:g} bs={params['batch_size']}",
-                    "params": params, "steps": args.steps, "metrics": args.metrics, "sweep": sweep,
-                    "seed": args.seed + index}
+                    "params": params, "steps": steps or args.steps, "metrics": args.metrics, "sweep": sweep,
+                    "seed": args.seed + index, **({"rate": rate} if rate else {})}
             worker_env = {**env, "RANK": str(rank), "WORLD_SIZE": str(args.ranks),
                           "TRACKSTREAM_RUN_ID": f"{sweep}-c{index}"}
             processes.append(subprocess.Popen([sys.executable, "-m", "trackstream.demo_worker",
-                                               orjson.dumps(spec).decode()], env=worker_env))
+                                               orjson.dumps(spec).decode()], env=worker_env, stdin=pipe,
+                                              stdout=pipe))
     return processes
+
+
+def _read_line(process: subprocess.Popen[bytes], deadline: float) -> str:
+    """The next line a paced worker prints, waiting until the monotonic ``deadline``; TrackstreamError if it exits
+    first or says nothing by then."""
+    assert process.stdout is not None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TrackstreamError(f"a paced training process ({process.pid}) did not answer in time")
+        readable, _, _ = select.select([process.stdout], [], [], min(remaining, 1.0))
+        if readable:
+            line = process.stdout.readline()
+            if not line:
+                raise TrackstreamError(f"a paced training process ({process.pid}) exited with "
+                                       f"{process.wait(30)}; see its output above")
+            return line.decode().strip()
+
+
+def _paced_phase(args: argparse.Namespace, configs: list[dict[str, Any]], env: dict[str, str], *, rate: float,
+                 probe: LatencyProbe) -> PacedReport:
+    """A second sweep, as many processes as the first, logging ``rate`` points/s in all for ``--paced-seconds``;
+    the probe's latency is kept for the points it emitted meanwhile. Returns once every point is queryable."""
+    count = len(configs) * args.ranks
+    metrics = len(metric_names(max(1, args.metrics)))
+    paced = PacedReport(sweep=f"paced-{uuid.uuid4().hex[:6]}", target_points_per_s=rate)
+    steps = max(1, round(rate / count / metrics * args.paced_seconds))  # shapes the curves only
+    log.info("paced phase: %d processes logging %.0f points/s in all for %.0f s (sweep %s)", count, rate,
+             args.paced_seconds, paced.sweep)
+    processes = _launch_workers(args, configs, paced.sweep, env, steps=steps, rate=rate / count)
+    try:
+        deadline = time.monotonic() + 120
+        for process in processes:  # every run open: start all at once, not while interpreters still start up
+            if (line := _read_line(process, deadline)) != "ready":
+                raise TrackstreamError(f"a paced training process said {line!r} instead of ready")
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write(b"go\n")
+            process.stdin.flush()
+        started = time.monotonic()
+        end = started + args.paced_seconds
+        while (now := time.monotonic()) < end:
+            if any(process.poll() is not None for process in processes):
+                raise TrackstreamError("a paced training process exited early; see its output above")
+            time.sleep(min(0.1, end - now))
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.close()
+        stopped = time.monotonic()
+        paced.seconds = stopped - started
+        deadline = stopped + 120
+        for process in processes:
+            if not (line := _read_line(process, deadline)).startswith("logged "):
+                raise TrackstreamError(f"a paced training process said {line!r} instead of its count")
+            paced.points += int(line.split()[1])
+            if process.wait(max(1.0, deadline - time.monotonic())) != 0:
+                raise TrackstreamError("a paced training process failed; see its output above")
+        timeout_s = max(120.0, paced.points / 2000)
+        while (seen := _count_points(args.project, paced.sweep)) < paced.points:
+            if time.monotonic() > stopped + timeout_s:
+                raise IngestTimeout(f"only {seen} of {paced.points} paced points queryable after {timeout_s:.0f} s")
+            time.sleep(0.1)
+        paced.drain_seconds = time.monotonic() - stopped
+        paced.latencies_ms = probe.samples(started, stopped)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None:
+                    pipe.close()
+    return paced
 
 
 def _all_finished(project: str, sweep: str, runs: int) -> bool:
@@ -332,10 +506,9 @@ def run_demo(args: argparse.Namespace) -> int:
     pipeline = (kafka_workers(KafkaSettings.resolve(bootstrap=bootstrap, topic_prefix=prefix), data_dir, logs,
                               store=StoreSettings.resolve(url=clickhouse_url or ""))
                 if bootstrap
-                else _embedded_pipeline(spool_dir, data_dir))
+                else _embedded_pipeline(spool_dir, data_dir, logs))
     with pipeline:
-        stop_probe = threading.Event()
-        probe = threading.Thread(target=_probe_latency, args=(args.project, stop_probe, report), daemon=True)
+        probe = LatencyProbe(args.project)
         probe.start()
         started = time.monotonic()
         processes = _launch_workers(args, configs, sweep, env)
@@ -343,14 +516,18 @@ def run_demo(args: argparse.Namespace) -> int:
             _watch(processes, project=args.project, sweep=sweep, expected=expected, runs=len(configs), report=report,
                    started=started,
                    timeout_s=max(600.0, expected / 2000))
+            report.latencies_ms = probe.samples(started, started + report.ingest_seconds)
+            results = _results(args, sweep, configs)
+            results["model"] = _register_best(args.project, results["best_run"], sweep)
+            if args.paced_seconds > 0:
+                rate = args.paced_rate or (report.ingest_points_per_s() or expected / report.ingest_seconds) / 2
+                report.paced = _paced_phase(args, configs, env, rate=rate, probe=probe)
+                results["paced_sweep"] = report.paced.sweep
         finally:
-            stop_probe.set()
-            probe.join(30)
+            probe.stop()
             for process in processes:
                 if process.poll() is None:
                     process.kill()
-        results = _results(args, sweep, configs)
-        results["model"] = _register_best(args.project, results["best_run"], sweep)
     figures = report.as_dict()
     _print_figures(figures, results, args.plot)
     if args.json:
@@ -362,12 +539,19 @@ def run_demo(args: argparse.Namespace) -> int:
 def _print_figures(figures: dict[str, Any], results: dict[str, Any], plot: Path) -> None:
     from trackstream import render
 
-    rows = [{"figure": key, "value": value} for key, value in figures.items()]
+    rows = [{"figure": key, "value": value} for key, value in figures.items() if key != "paced"]
     rows.append({"figure": "best run (min loss)", "value": f"{results['best_run']} ({results['best_min_loss']:.4f})"})
     rows.append({"figure": "registered model", "value": results["model"]["model"]})
     rows.append({"figure": "loss curves", "value": str(plot.resolve())})
     render.print_table(rows, title="demo figures")
-    if figures.get("latency_samples"):
-        log.info("emit-to-queryable latency: p50 %.1f ms, p99 %.1f ms over %d probes (stdev %.1f ms)",
-                 figures["latency_p50_ms"], figures["latency_p99_ms"], figures["latency_samples"],
-                 statistics.pstdev([figures["latency_p50_ms"], figures["latency_p99_ms"]]))
+    phases = [("saturated", figures.get("ingest_points_per_s"), figures)]
+    if "paced" in figures:
+        paced = figures["paced"]
+        phases.append((f"paced ({paced['target_points_per_s']} points/s asked)", paced["points_per_s"], paced))
+    render.print_table([{"phase": name, "points/s": rate, "p50 ms": found["latency_p50_ms"],
+                         "p99 ms": found["latency_p99_ms"], "probes": found["latency_samples"]}
+                        for name, rate, found in phases], title="emit-to-queryable latency")
+    for name, rate, found in phases:
+        if found.get("latency_samples"):
+            log.info("emit-to-queryable latency, %s at %s points/s: p50 %.1f ms, p99 %.1f ms over %d probes", name,
+                     rate, found["latency_p50_ms"], found["latency_p99_ms"], found["latency_samples"])

@@ -2,6 +2,11 @@
 
 Run as ``python -m trackstream.demo_worker '<json spec>'``; rank, world size and run id come from the
 environment exactly as under torchrun (``RANK``, ``WORLD_SIZE``, ``TRACKSTREAM_RUN_ID``).
+
+Two modes. Saturated (the default): log ``steps`` steps as fast as the process can. Paced (spec key ``rate``,
+points per second): print ``ready`` on stdout once the run is open, wait for a line on stdin, then log at
+``rate`` until stdin is closed, and print ``logged <points>`` last. The demo starts every paced process at once
+this way, so the latency it measures is that of steady logging, not of 24 interpreters starting up.
 """
 
 from __future__ import annotations
@@ -10,12 +15,15 @@ import math
 import random
 import struct
 import sys
+import threading
+import time
 from typing import Any
 
 import orjson
 
 import trackstream as ts
 
+PACE_TICK_S = 0.05
 METRIC_NAMES = ("loss", "accuracy", "grad_norm", "learning_rate", "throughput", "val_proxy")
 
 
@@ -54,20 +62,60 @@ def simulated_point(name: str, step: int, steps: int, params: dict[str, Any], no
 def main(argv: list[str] | None = None) -> int:
     """Run one simulated rank from the JSON spec in ``argv[0]`` (default ``sys.argv[1]``); returns 0.
 
-    Spec keys: project, name, params, sweep, steps, metrics, seed. Logs every metric at every step, then
-    ``test_accuracy`` as a single value.
+    Spec keys: project, name, params, sweep, steps, metrics, seed; ``rate`` (points/s) for the paced mode.
+    Saturated, it logs every metric at every step, then ``test_accuracy`` as a single value.
     """
     spec = orjson.loads((argv or sys.argv[1:])[0])
     params, steps = spec["params"], int(spec["steps"])
     names = metric_names(int(spec["metrics"]))
+    logged: int | None = None
     with ts.start_run(spec["project"], name=spec["name"], params=params, tags={"sweep": spec["sweep"]}) as run:
         noise = random.Random(int(spec["seed"]) * 1000 + run.rank)
-        for step in range(steps):
-            run.log_metrics({name: simulated_point(name, step, steps, params, noise) for name in names}, step=step)
-        final = simulated_point("accuracy", steps, steps, params, noise)
-        run.log_metric("test_accuracy", final, single_value=True)
-        run.flush()
+        if spec.get("rate"):
+            logged = _log_paced(run, names, rate=float(spec["rate"]), steps=steps, params=params, noise=noise)
+            run.flush()
+        else:
+            for step in range(steps):
+                run.log_metrics({name: simulated_point(name, step, steps, params, noise) for name in names},
+                                step=step)
+            final = simulated_point("accuracy", steps, steps, params, noise)
+            run.log_metric("test_accuracy", final, single_value=True)
+            run.flush()
+    if logged is not None:  # after the run is finished and flushed
+        _say(f"logged {logged}")
     return 0
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _log_paced(run: Any, names: list[str], *, rate: float, steps: int, params: dict[str, Any],
+               noise: random.Random) -> int:
+    """Say ``ready``, wait for the go line on stdin, then log ``rate`` points/s (whole steps, on schedule) until
+    stdin closes; returns the points logged. ``steps`` only shapes the simulated curves."""
+    _say("ready")
+    if not sys.stdin.readline():  # closed before the start: log nothing
+        return 0
+    stop = threading.Event()
+
+    def wait_for_eof() -> None:
+        while sys.stdin.readline():
+            pass
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, name="demo-stop", daemon=True).start()
+    steps_per_s = rate / len(names)
+    started, step = time.monotonic(), 0
+    while not stop.is_set():
+        due = int((time.monotonic() - started) * steps_per_s) + 1
+        while step < due:
+            run.log_metrics({name: simulated_point(name, step, steps, params, noise) for name in names}, step=step)
+            step += 1
+        # pace: until the next step is due, at least 10 ms (a fast rate logs in bursts of steps, not per wake-up)
+        stop.wait(max(PACE_TICK_S, started + step / steps_per_s - time.monotonic()))
+    return step * len(names)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import orjson
 from trackstream.producers.journal import recover_journals
 from trackstream.producers.spool import START, Damage, Frame, SpoolPosition, SpoolReader, list_spools
 from trackstream.producers.spool_scan import segment_name
-from trackstream.schemas.processed import EntityState, MetricSummary, PointBlock, StepAggregate
+from trackstream.schemas.processed import EntityState, PointBlock, StepAggregate
 from trackstream.schemas.settings import StoreSettings
 from trackstream.store import owning_store, spool_dir_from
 
@@ -73,7 +73,6 @@ _Entry = tuple[str, Frame | Damage, bool]
 class _Batch:
     point_blocks: list[PointBlock] = field(default_factory=list)
     steps: list[StepAggregate] = field(default_factory=list)
-    summaries: dict[tuple[bytes, str, int], MetricSummary] = field(default_factory=dict)
     entity_states: dict[bytes, EntityState] = field(default_factory=dict)
     dlq: list[dict[str, Any]] = field(default_factory=list)
     entries: list[_Entry] = field(default_factory=list)  # what the batch was made of, to retry one by one
@@ -86,15 +85,13 @@ class _Batch:
         self.point_blocks.extend(out.point_blocks)
         self.points += sum(block.point_count() for block in out.point_blocks)
         self.steps.extend(out.step_aggregates)
-        for summary in out.summaries:  # only the newest summary of a metric matters
-            self.summaries[(summary.entity.key(), summary.metric, summary.generation)] = summary
         for state in out.entity_states:
             self.entity_states[state.entity.key()] = state
         self.dlq.extend({**record.to_wire(), "spool": spool()} if spool else record.to_wire() for record in out.dlq)
         self.duplicates += out.duplicates
 
     def empty(self) -> bool:
-        return not (self.point_blocks or self.steps or self.summaries or self.entity_states or self.dlq)
+        return not (self.point_blocks or self.steps or self.entity_states or self.dlq)
 
 
 class _Unwritable(Exception):
@@ -174,8 +171,7 @@ class LocalIngest:
             return
         try:
             dirty = self.processor.take_dirty()  # only entities changed since the last save
-            prepared = self.sink.prepare(batch.point_blocks, batch.steps, list(batch.summaries.values()),
-                                         list(batch.entity_states.values()))
+            prepared = self.sink.prepare(batch.point_blocks, batch.steps, list(batch.entity_states.values()))
         except Exception as exc:
             raise _Unwritable("encode", exc) from exc
         lines = b"".join(_dlq_line(record) for record in batch.dlq)

@@ -36,7 +36,7 @@ with atheris.instrument_imports(include=["trackstream"]):
     from trackstream.streams.records import SourcePosition, output_messages
 
 TOPICS = Topics("fuzz")
-KINDS = {TOPICS.points: "points", TOPICS.steps: "steps", TOPICS.summaries: "summaries", TOPICS.entities: "entities"}
+KINDS = {TOPICS.points: "points", TOPICS.steps: "steps", TOPICS.entities: "entities"}
 PROCESSOR = Processor(step_timeout_ms=1)
 ADVERSARIAL: list[Any] = [
     0, -1, 1, 2**31, 2**32, 2**32 + 1, 2**62, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 2**64 - 1,

@@ -6,6 +6,7 @@ of another store happens in a subprocess through the CLI (`trackstream sql --jso
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ import pytest
 
 from trackstream.demo import sweep_configs
 from trackstream.demo_worker import metric_names, simulated_point
+from trackstream.sinks.schema import CROSS_RANK
 
 CLI = [sys.executable, "-m", "trackstream.cli"]
 
@@ -59,7 +61,8 @@ def test_demo_stores_exactly_the_generated_points(tmp_path: Path) -> None:
     configs, ranks, steps, metrics = 3, 2, 60, 3
     result = subprocess.run(
         [*CLI, "demo", "--configs", str(configs), "--ranks", str(ranks), "--steps", str(steps), "--metrics",
-         str(metrics), "--data-dir", str(data), "--spool-dir", str(spool), "--plot", str(plot), "--json", str(report)],
+         str(metrics), "--data-dir", str(data), "--spool-dir", str(spool), "--plot", str(plot), "--json", str(report),
+         "--paced-seconds", "2", "--paced-rate", "3000"],
         env=env, capture_output=True, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stderr.decode()[-4000:]
@@ -69,8 +72,12 @@ def test_demo_stores_exactly_the_generated_points(tmp_path: Path) -> None:
     rows = _sql(env, "SELECT entity_id, metric, rank, step, value FROM points FINAL WHERE project = 'demo' "
                      "AND startsWith(entity_id, {sweep:String}) AND kind = 'series'", sweep=f"{sweep}-")
     stored: dict[tuple[str, str, int], dict[int, float]] = defaultdict(dict)
+    cross: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)  # the per-step means over the ranks
     for entity_id, metric, rank, step, value in rows:
-        stored[(entity_id, metric, rank)][step] = value
+        if rank == CROSS_RANK:
+            cross[(entity_id, metric)][step] = value
+        else:
+            stored[(entity_id, metric, rank)][step] = value
     expected_series = 0
     for index, params in enumerate(sweep_configs(configs)):
         for rank in range(ranks):
@@ -83,7 +90,11 @@ def test_demo_stores_exactly_the_generated_points(tmp_path: Path) -> None:
                 assert stored[(f"{sweep}-c{index}", name, rank)] == points
                 expected_series += 1
     assert len(stored) == expected_series
-    assert len(rows) == configs * ranks * steps * metrics
+    assert len(rows) == configs * (ranks + 1) * steps * metrics
+    assert len(cross) == configs * metrics
+    for (entity_id, metric), means in cross.items():
+        assert means == {s: math.fsum(stored[(entity_id, metric, r)][s] for r in range(ranks)) / ranks
+                         for s in range(steps)}
 
     by_run = {row["id"]: row for row in summary["by_run"]}
     assert len(by_run) == configs
@@ -94,6 +105,16 @@ def test_demo_stores_exactly_the_generated_points(tmp_path: Path) -> None:
     assert {row["lr"] for row in summary["grouped"]} == {c["lr"] for c in sweep_configs(configs)}
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["figures"]["points"] == configs * ranks * (steps * metrics + 1)
+
+    # The paced phase: a second sweep of as many processes, every point it says it logged stored once.
+    paced = summary["figures"]["paced"]
+    assert paced["points"] > 0
+    assert paced["target_points_per_s"] == 3000
+    assert {"latency_p50_ms", "latency_p99_ms", "latency_samples"} <= paced.keys()
+    counts = _sql(env, "SELECT count(), uniqExact(entity_id, metric, rank, step), uniqExact(entity_id, rank) "
+                       "FROM points WHERE startsWith(entity_id, {sweep:String}) AND kind = 'series' "
+                       "AND rank != {cross:UInt32}", sweep=f"{summary['paced_sweep']}-", cross=CROSS_RANK)
+    assert counts == [[paced["points"], paced["points"], configs * ranks]]
 
 
 def _start_local(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

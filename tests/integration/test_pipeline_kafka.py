@@ -26,18 +26,27 @@ def test_sweep_through_kafka_workers_lands_every_point_once(kafka_bootstrap: str
     result = subprocess.run(
         [*CLI, "demo", "--bootstrap", kafka_bootstrap, "--configs", str(configs), "--ranks", str(ranks),
          "--steps", str(steps), "--metrics", str(metrics), "--data-dir", str(data), "--plot",
-         str(tmp_path / "loss.png"), "--json", str(report)],
+         str(tmp_path / "loss.png"), "--json", str(report), "--paced-seconds", "2", "--paced-rate", "3000"],
         env=env, capture_output=True, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     summary = orjson.loads(report.read_bytes())
     assert summary["figures"]["points"] == configs * ranks * (steps * metrics + 1)
     # The workers are gone: this read opens the store directly (after the runner-less catch-up, a no-op).
-    query = [*CLI, "sql", "--json", "SELECT count(), uniqExact(entity_id, metric, rank, step) FROM points "
-             "WHERE startsWith(entity_id, {sweep:String})", "--param", f"sweep={summary['sweep']}-"]
+    query = [*CLI, "sql", "--json", "SELECT rank = 4294967295 AS cross_rank, count(), "
+             "uniqExact(entity_id, metric, rank, step) FROM points WHERE startsWith(entity_id, {sweep:String}) "
+             "GROUP BY cross_rank ORDER BY cross_rank", "--param", f"sweep={summary['sweep']}-"]
     counts = orjson.loads(subprocess.run(query, env=env, capture_output=True, timeout=300, check=True).stdout)
     expected = configs * ranks * (steps * metrics + 1)
-    assert counts == [[expected, expected]]
+    means = configs * steps * metrics  # the cross-rank rows: one mean over the ranks per (run, series, step)
+    assert counts == [[False, expected, expected], [True, means, means]]
+    paced = summary["figures"]["paced"]  # the paced phase's sweep: every point it logged, once
+    query = [*CLI, "sql", "--json", "SELECT count(), uniqExact(entity_id, metric, rank, step) FROM points "
+             "WHERE startsWith(entity_id, {sweep:String}) AND rank < 16777216",  # not the cross-rank rows
+             "--param", f"sweep={summary['paced_sweep']}-"]
+    counts = orjson.loads(subprocess.run(query, env=env, capture_output=True, timeout=300, check=True).stdout)
+    assert paced["points"] > 0
+    assert counts == [[paced["points"], paced["points"]]]
     runs = {row["id"]: row for row in summary["by_run"]}
     assert len(runs) == configs
     assert all(row["params"] for row in runs.values())

@@ -77,10 +77,10 @@ def test_every_point_crosses_the_secured_pipeline(
     reader = _query.reader(StoreSettings(data_dir=str(data)))
     expected = ranks * steps * 2
 
-    def stored() -> bool:
-        rows = reader.sql("SELECT count(), uniqExact(metric, rank, step) FROM points FINAL "
-                          "WHERE project = {p:String}", {"p": project})
-        return list(rows[0]) == [expected, expected]
+    def stored() -> bool:  # the ranks' points, and the cross-rank means (rank 2**32 - 1): one per (metric, step)
+        rows = reader.sql("SELECT countIf(rank != 4294967295), uniqExactIf(metric, rank, step, rank != 4294967295), "
+                          "countIf(rank = 4294967295) FROM points FINAL WHERE project = {p:String}", {"p": project})
+        return list(rows[0]) == [expected, expected, steps * 2]
 
     _wait_for(stored, f"{expected} points in the store", timeout_s=120)
     rows = reader.compare(project, "loss", agg="min")

@@ -66,7 +66,7 @@ def test_curves_rollup_path_agrees_with_scan(world: World, backend: Backend) -> 
             levels.add(level)
             sql = q.curves_sql("dirty")  # FINAL scan of points: the reference
             rows = backend.query(sql, params | {"ids": [entity], "generations": [0], "los": [origin],
-                                                "widths": [width]})[1]
+                                                "widths": [width], "srcs": [0]})[1]
             scanned = [{"step_from": r[2], "step_to": r[3], "min": r[4], "max": r[5], "avg": r[6], "last": r[7]}
                        for r in rows]
             _assert_same(fast[entity], scanned)

@@ -27,7 +27,6 @@ import pytest
 from trackstream.schemas.envelope import EntityRef, MetricBatch
 from trackstream.schemas.processed import (
     EntityState,
-    MetricSummary,
     PointBlock,
     StepAggregate,
     encode_point_block,
@@ -37,6 +36,7 @@ from trackstream.schemas.settings import KafkaSettings
 from trackstream.schemas.topics import Topics
 from trackstream.sinks.dlq import decode_dead_letter, sink_dlq_topic
 from trackstream.sinks.errors import StoreUnavailable
+from trackstream.sinks.schema import CROSS_RANK
 
 pytestmark = pytest.mark.kafka
 
@@ -55,10 +55,6 @@ def _block(i: int, points: int = 50) -> PointBlock:
 
 def _step(i: int, world_size: int = 2) -> StepAggregate:
     return StepAggregate(_entity(0), "loss", 0, i, 1.0, 0.5, 1.5, 2, world_size, T0 + i)
-
-
-def _summary(i: int) -> MetricSummary:
-    return MetricSummary(_entity(i), "loss", 0, "series", 3, 1.0, 2, 0.5, 1, 2.0, 0, T0, T0 + 2, 1)
 
 
 def _state(i: int, **changes: Any) -> EntityState:
@@ -87,8 +83,7 @@ def _poisoned(topics: Topics) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
         *[(topics.points, encode_point_block(_block(i))) for i in range(4)],
         (topics.steps, orjson.dumps(huge_step)),
         (topics.steps, encode_records([_step(1), _step(2)])),
-        (topics.summaries, encode_records([_summary(0)])[:-7]),
-        (topics.summaries, encode_records([_summary(1), _summary(2)])),
+        (topics.steps, encode_records([_step(3)])[:-7]),
         (topics.entities, orjson.dumps(bad_state)),
         (topics.entities, orjson.dumps(mixed)),
         (topics.entities, encode_records([_state(2)])),
@@ -97,11 +92,12 @@ def _poisoned(topics: Topics) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
         # (topic, offset) -> reason, for every dead letter
         "letters": {(topics.points, 0): "malformed", (topics.points, 1): "malformed",
                     (topics.points, 2): "unstorable_value", (topics.steps, 0): "unstorable_value",
-                    (topics.summaries, 0): "malformed", (topics.entities, 0): "unstorable_value",
+                    (topics.steps, 2): "malformed", (topics.entities, 0): "unstorable_value",
                     (topics.entities, 1): "unstorable_value"},
-        "stored": {"points": 4 * 50, "ingested": 4, "steps": 2, "summaries": 2, "entities": 2},
+        # step aggregates are stored as the cross-rank rows of points (:func:`_count`)
+        "stored": {"points": 4 * 50, "ingested": 4, "steps": 2, "entities": 2},
         # per topic, sent = stored + dead-lettered, in records (a message dead-lettered whole counts its records)
-        "sent": {"points": 7, "steps": 3, "summaries": 3, "entities": 4},
+        "sent": {"points": 7, "steps": 4, "entities": 4},
     }
     return messages, expected
 
@@ -174,8 +170,12 @@ def _worker(bootstrap: str, prefix: str, chdb_store: Path) -> Any:
                       limits=BatchLimits(max_rows=100_000, linger_ms=100), max_backoff_s=0.2)
 
 
+# what each stored count reads: the ranks' points and the cross-rank step aggregates share the points table
+_STORED_SQL = {"points": f"points FINAL WHERE rank != {CROSS_RANK}", "steps": f"points FINAL WHERE rank = {CROSS_RANK}"}
+
+
 def _count(worker: Any, table: str) -> int:
-    (count,), = worker.sink.backend.query(f"SELECT count() FROM {table} FINAL")[1]
+    (count,), = worker.sink.backend.query(f"SELECT count() FROM {_STORED_SQL.get(table, table + ' FINAL')}")[1]
     return int(count)
 
 
@@ -220,7 +220,7 @@ def test_poison_is_dead_lettered_and_the_good_records_after_it_land(
     rank = next(x for x in letters if x["source"] == {"topic": topics.points, "partition": 0, "offset": 2})
     assert rank["detail"].startswith("Unstorable: rank:")
     assert rank["points"] == 50
-    steps = next(x for x in letters if x["source"]["topic"] == topics.steps)
+    steps = next(x for x in letters if x["source"] == {"topic": topics.steps, "partition": 0, "offset": 0})
     assert steps["problems"][0]["detail"].startswith("world_size:")
     mixed = next(x for x in letters if x["source"] == {"topic": topics.entities, "partition": 0, "offset": 1})
     assert (mixed["records"], mixed["rejected"]) == ([1], 1)
@@ -230,8 +230,7 @@ def test_poison_is_dead_lettered_and_the_good_records_after_it_land(
     for letter in letters:
         kind = letter["source"]["topic"].rsplit(".", 1)[1]
         dead[kind] += 1 if letter["records"] is None else len(letter["records"])
-    stored_records = {"points": stored["ingested"], "steps": stored["steps"], "summaries": stored["summaries"],
-                      "entities": stored["entities"]}
+    stored_records = {"points": stored["ingested"], "steps": stored["steps"], "entities": stored["entities"]}
     assert {kind: stored_records[kind] + dead[kind] for kind in dead} == expected["sent"]
 
 

@@ -15,13 +15,11 @@ from hypothesis import strategies as st
 from trackstream.schemas import EntityRef, MetricBatch, bits_to_float, float_to_bits
 from trackstream.schemas.processed import (
     EntityState,
-    MetricSummary,
     PointBlock,
     StepAggregate,
     decode_entity_states,
     decode_point_block,
     decode_step_aggregates,
-    decode_summaries,
     encode_point_block,
     encode_records,
 )
@@ -52,11 +50,18 @@ def test_point_block_round_trip() -> None:
         entity=RUN, rank=3, producer_id="p", seq=9,
         metrics=[MetricBatch("loss", "series", [0, 1, 2, 3, 4, 5, 6], [10] * 7, ODD_FLOATS),
                  MetricBatch("acc", "single", [2**63 - 1], [-(2**63)], [0.5])],
-        generations=[0, 4],
+        generations=[0, 4], incarnation=2,
     )
     decoded = decode_point_block(encode_point_block(block))
     assert exact(decoded) == exact(block)
     assert decoded.point_count() == 8
+
+
+def test_point_block_without_incarnation_decodes_as_first() -> None:
+    wire = orjson.loads(encode_point_block(PointBlock(RUN, 0, "p", 1, [MetricBatch("m", "series", [0], [0], [1.0])],
+                                                      [0], incarnation=5)))
+    del wire["incarnation"]
+    assert decode_point_block(orjson.dumps(wire)).incarnation == 0
 
 
 @pytest.mark.parametrize(("mean", "low", "high"), [(1.5, -2.0, 3.0), (math.nan, -math.inf, math.inf),
@@ -67,16 +72,6 @@ def test_step_aggregate_round_trip(mean: float, low: float, high: float) -> None
     decoded = decode_step_aggregates(encode_records(records))
     assert exact(decoded) == exact(records)
     assert all(type(r.mean) is float for r in decoded)
-
-
-def test_metric_summary_round_trip() -> None:
-    records = [
-        MetricSummary(RUN, "loss", 1, "series", 10, math.nan, 9, -math.inf, 3, math.inf, 4, 0, 99, 7),
-        MetricSummary(MODEL, "acc", 0, "single", 1, 0.75, 0, 0.75, 0, 0.75, 0, 5, 5, 1),
-    ]
-    decoded = decode_summaries(encode_records(records))
-    assert exact(decoded) == exact(records)
-    assert [r.entity for r in decoded] == [RUN, MODEL]
 
 
 def test_entity_state_round_trip_with_nested_params() -> None:

@@ -21,7 +21,6 @@ from trackstream.schemas.envelope import EntityRef, MetricBatch
 from trackstream.schemas.limits import RECORD_BYTES_MAX, WORLD_SIZE_MAX
 from trackstream.schemas.processed import (
     EntityState,
-    MetricSummary,
     PointBlock,
     StepAggregate,
     encode_point_block,
@@ -63,13 +62,6 @@ def _step(**changes: Any) -> dict[str, Any]:
     return wire | changes
 
 
-def _summary(**changes: Any) -> dict[str, Any]:
-    wire = {"entity": ["p", "run", "r1"], "metric": "loss", "generation": 0, "kind": "series", "count": 3,
-            "last": 1.0, "last_step": 2, "min": 0.5, "min_step": 1, "max": 2.0, "max_step": 0, "first_time_ns": T0,
-            "last_time_ns": T0 + 2, "version": 3}
-    return wire | changes
-
-
 def _state(**changes: Any) -> dict[str, Any]:
     wire = {"entity": ["p", "run", "r1"], "name": "r1", "status": "running", "params": {"lr": 0.1},
             "tags": {"t": "v"}, "started_ns": T0, "ended_ns": 0,
@@ -103,8 +95,8 @@ def test_check_int_bounds_types_and_reasons() -> None:
     ("steps", _step(), _step(world_size=WORLD_SIZE_MAX + 1), "world_size"),
     ("steps", _step(), _step(count=2**32), "count"),
     ("steps", _step(), _step(generation=-1), "generation"),
-    ("summaries", _summary(), _summary(last_step=2**63), "last_step"),
-    ("summaries", _summary(), _summary(version=-1), "version"),
+    ("steps", _step(), _step(step=2**63), "step"),
+    ("entities", _state(), _state(version=-1), "version"),
     ("entities", _state(), _state(lost_points=-5), "lost_points"),
     ("entities", _state(), _state(started_ns=2**63), "started_ns"),
     ("entities", _state(), _state(producers=[{"producer_id": "a", "rank": 2**32, "world_size": 2**62}]),
@@ -117,8 +109,7 @@ def test_an_unstorable_record_is_rejected_alone(kind: str, good: dict[str, Any],
     assert len(decoded.records) == 2
     assert [(index, reason) for index, reason, _ in decoded.rejected] == [(1, "unstorable_value")]
     assert decoded.rejected[0][2].startswith(f"{field}:")
-    Sink.prepare(**{{"steps": "steps", "summaries": "summaries", "entities": "entity_states"}[kind]:
-                    decoded.records})  # what was kept builds
+    Sink.prepare(**{{"steps": "steps", "entities": "entity_states"}[kind]: decoded.records})  # what was kept builds
 
 
 def test_integers_past_64_bits_and_bad_shapes_are_rejected() -> None:
@@ -136,30 +127,28 @@ def test_integers_past_64_bits_and_bad_shapes_are_rejected() -> None:
 def test_values_at_every_limit_are_kept_and_build() -> None:
     steps = [_step(generation=2**32 - 1, step=-(2**63), count=2**32 - 1, world_size=WORLD_SIZE_MAX, time_ns=0),
              _step(step=2**63 - 1, time_ns=2**63 - 1, mean={"$f64": 0x7FF8000000000001})]
-    summaries = [_summary(count=2**64 - 1, version=2**64 - 1, last_step=2**63 - 1, min_step=-(2**63))]
     states = [_state(lost_points=2**64 - 1, version=2**64 - 1, ended_ns=-(2**63),
                      producers=[{"producer_id": "a", "rank": WORLD_SIZE_MAX - 1, "world_size": WORLD_SIZE_MAX}],
                      params={"deep": orjson.loads("[" * 31 + "]" * 31), "big": 2**64 - 1, "neg": -(2**63)})]
     decoded = {kind: decode_records(kind, _message(*records))
-               for kind, records in [("steps", steps), ("summaries", summaries), ("entities", states)]}
+               for kind, records in [("steps", steps), ("entities", states)]}
     assert all(not d.rejected for d in decoded.values())
-    prepared = Sink.prepare(steps=decoded["steps"].records, summaries=decoded["summaries"].records,
-                            entity_states=decoded["entities"].records)
+    prepared = Sink.prepare(steps=decoded["steps"].records, entity_states=decoded["entities"].records)
     assert prepared.stats.steps == 2
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["steps", "summaries", "entities"]), st.data())
+@given(st.sampled_from(["steps", "entities"]), st.data())
 def test_whatever_decodes_builds(kind: str, data: st.DataObject) -> None:
     """The property the worker rests on: a record the checks keep never fails to build."""
     edge = st.sampled_from([0, -1, 1, 2**24, 2**31, 2**32 - 1, 2**32, 2**62, 2**63 - 1, 2**63, -(2**63),
                             -(2**63) - 1, 2**64 - 1, 0.5, True, None, "x", [], {}])
-    wire = {"steps": _step, "summaries": _summary, "entities": _state}[kind]()
+    wire = {"steps": _step, "entities": _state}[kind]()
     for name in data.draw(st.lists(st.sampled_from(sorted(wire)), max_size=3)):
         wire[name] = data.draw(edge)
     raw = json.dumps({"v": 1, "records": [wire]}).encode()  # orjson would refuse integers past 64 bits
     decoded = decode_records(kind, raw)
-    arg = {"steps": "steps", "summaries": "summaries", "entities": "entity_states"}[kind]
+    arg = {"steps": "steps", "entities": "entity_states"}[kind]
     Sink.prepare(**{arg: decoded.records})
     assert len(decoded.records) + len(decoded.rejected) == 1
 
@@ -184,6 +173,7 @@ def test_a_point_block_past_a_column_is_rejected_and_adds_nothing() -> None:
     good = orjson.loads(encode_point_block(_block()))
     cases = [({"rank": 2**32}, "rank", Unstorable), ({"rank": WORLD_SIZE_MAX}, "rank", Unstorable),
              ({"seq": -1}, "seq", Unstorable), ({"generations": [2**32]}, "generations[0]", Unstorable),
+             ({"incarnation": 2**32}, "incarnation", Unstorable), ({"incarnation": -1}, "incarnation", Unstorable),
              ({"rank": "0"}, "rank", Rejected), ({"entity": ["p", "run"]}, "entity", Rejected)]
     for change, field, kind in cases:
         with pytest.raises(kind) as raised:
@@ -267,7 +257,7 @@ def _held(kind: str) -> Held:
 def test_a_record_that_fails_to_build_is_dead_lettered_and_the_rest_written() -> None:
     held = _held("steps")
     good = StepAggregate(E, "loss", 0, 1, 1.0, 1.0, 1.0, 1, 1, T0)
-    bad = StepAggregate(E, "loss", 0, 2, 1.0, 1.0, 1.0, 1, "many", T0)  # type: ignore[arg-type]  # past the checks
+    bad = StepAggregate(E, "loss", 0, 2, 1.0, 1.0, 1.0, "many", 2, T0)  # type: ignore[arg-type]  # past the checks
     held.batcher.add(Message(10, [good, good], b"m10"), rows=2)
     held.batcher.add(Message(11, [bad, good], b"m11", indices=[0, 3]), rows=2)
     held.batcher.add(Message(12, [], b"m12", stored=False), rows=0)
@@ -482,9 +472,8 @@ def test_an_encoded_dead_letter_is_plain_json() -> None:
 
 def test_records_of_every_kind_round_trip_through_the_checked_decoder() -> None:
     steps = [StepAggregate(E, "loss", 1, 2, float("nan"), -0.0, float("inf"), 2, 2, T0)]
-    summaries = [MetricSummary(E, "loss", 0, "series", 1, 1.0, 1, 1.0, 1, 1.0, 1, T0, T0, 4)]
     states = [EntityState(E, "n", "running", {"a": {"$f64": 1}}, {"t": "v"}, T0, 0, [], 0, 2)]
-    for kind, records in [("steps", steps), ("summaries", summaries), ("entities", states)]:
+    for kind, records in [("steps", steps), ("entities", states)]:
         decoded = decode_records(kind, encode_records(records))  # type: ignore[arg-type]
         assert not decoded.rejected
         assert repr(decoded.records) == repr(records)
@@ -497,4 +486,4 @@ def test_records_in_hand_are_checked_as_on_the_wire() -> None:
     assert record_problem(StepAggregate(E, "m", 0, 1, 1.0, 1.0, 1.0, 1, 2**62, T0))[0] == "unstorable_value"  # type: ignore[index]
     assert record_problem(EntityState(E, "n", "running", producers=[{"rank": 2**32, "world_size": 2**62}])) == (
         "unstorable_value", "producers[0]: world_size=4611686018427387904 is outside 1..16777216")
-    assert record_problem(MetricSummary(E, "m", 0, "series", 1, math.nan, 1, 1.0, 1, 1.0, 1, T0, T0, 1)) is None
+    assert record_problem(StepAggregate(E, "m", 0, 1, math.nan, math.nan, math.nan, 1, 2, T0)) is None

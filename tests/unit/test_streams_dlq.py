@@ -73,7 +73,7 @@ def test_rejected_envelope_goes_to_dlq(reason: str, raw: bytes) -> None:
     assert (record.source, record.raw, record.key, record.metric) == (SOURCE, raw, b"key", None)
     assert record.detail
     assert not (out.point_blocks)
-    assert not (out.summaries)
+    assert not (out.step_aggregates)
     assert not (out.entity_states)
     assert processor.entity_keys() == []
 

@@ -17,7 +17,6 @@ import pytest
 from trackstream.schemas import EntityRef, float_to_bits
 from trackstream.schemas.processed import (
     EntityState,
-    MetricSummary,
     StepAggregate,
     decode_step_aggregates,
     encode_records,
@@ -26,7 +25,7 @@ from trackstream.schemas.topics import Topics
 from trackstream.streams import Output, Processor, SourcePosition, output_messages
 from trackstream.streams.aggregate import VALUES, StepTracker, aggregate_steps, step_mean
 from trackstream.streams.entity import EntityCtx
-from trackstream.streams.records import encode_step_aggregates, encode_summaries
+from trackstream.streams.records import encode_step_aggregates
 
 RUN = EntityRef("p", "run", "fast")
 SPECIALS = (math.nan, math.inf, -math.inf, 0.0, -0.0, 5e-324, 1.5)
@@ -193,7 +192,6 @@ def ref_latest(records: list[Any], *identity: str) -> dict[bytes, list[Any]]:
 def ref_messages(out: Output, topics: Topics) -> list[tuple[str, bytes | None, bytes]]:
     messages = []
     for topic, groups in ((topics.steps, ref_latest(out.step_aggregates, "metric", "generation", "step")),
-                          (topics.summaries, ref_latest(out.summaries, "metric", "generation")),
                           (topics.entities, ref_latest(out.entity_states))):
         messages += [(topic, key, encode_records(group)) for key, group in groups.items()]
     return messages
@@ -207,8 +205,6 @@ def random_output(rng: random.Random) -> Output:
         floats = [rng.choice(SPECIALS) if rng.random() < 0.3 else rng.uniform(-1e6, 1e6) for _ in range(3)]
         out.step_aggregates.append(StepAggregate(entity, rng.choice("ab"), rng.randint(0, 1), rng.randint(0, 5),
                                                  *floats, rng.randint(1, 4), 4, rng.randint(0, 99)))
-        out.summaries.append(MetricSummary(entity, rng.choice("ab"), rng.randint(0, 1), "series", rng.randint(0, 9),
-                                           floats[0], 1, floats[1], 2, floats[2], 3, 4, 5, rng.randint(0, 9)))
         if rng.random() < 0.3:
             out.entity_states.append(EntityState(entity, "n", "running", params={"x": [1, {"y": None}]},
                                                  version=rng.randint(0, 9)))
@@ -225,7 +221,7 @@ def test_output_messages_equal_the_generic_encoding(seed: int) -> None:
 
 def test_fast_encoders_round_trip_exactly() -> None:
     out = random_output(random.Random(99))
-    assert encode_summaries(out.summaries) == encode_records(out.summaries)
+    assert encode_step_aggregates(out.step_aggregates) == encode_records(out.step_aggregates)
     decoded = decode_step_aggregates(encode_step_aggregates(out.step_aggregates))
     assert exact(decoded) == exact(out.step_aggregates)
 

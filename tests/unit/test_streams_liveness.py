@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
@@ -95,3 +96,48 @@ def test_heartbeats_emit_no_entity_record_but_keep_the_rank_alive() -> None:
     assert out.entity_states == []  # nothing a reader sees changed
     assert processor.tick(now_ns=100 * S).entity_states == []  # 50 s after the heartbeat: alive
     assert [s.status for s in processor.tick(now_ns=111 * S).entity_states] == ["crashed"]
+
+
+def _rank_history(rank: int, ending: str) -> list[bytes]:
+    """One rank's envelopes in its own order: run_started, 50 steps, then its ending (none for a SIGKILLed rank)."""
+    producer = f"rank-{rank}"
+    started = Event("run_started", S, {"name": "n", "params": {}, "tags": {}})
+    history = [envelope(producer, 0, rank, sent_s=1, events=[started], world_size=4)]
+    history += [envelope(producer, seq, rank, sent_s=1 + seq, world_size=4) for seq in range(1, 51)]
+    if ending != "sigkill":
+        history.append(envelope(producer, 51, rank, sent_s=60, world_size=4,
+                                events=[Event("run_finished", 60 * S, {"status": ending})]))
+    return history
+
+
+@pytest.mark.parametrize(("endings", "expected"), [
+    (("completed", "completed", "completed", "completed"), "completed"),
+    (("completed", "completed", "completed", "sigkill"), "crashed"),
+    (("completed", "failed", "completed", "sigkill"), "failed"),
+    (("completed", "killed", "completed", "completed"), "killed"),
+])
+def test_the_status_of_four_ranks_is_one_answer_for_every_arrival_order(endings: tuple[str, ...],
+                                                                         expected: str) -> None:
+    """Each rank's envelopes keep their own order (one producer, one partition); ranks interleave at random. A late
+    ``run_started`` must not re-open the run, and finished ranks must not hide a dead one."""
+    rng = random.Random(13)
+    histories = [_rank_history(rank, ending) for rank, ending in enumerate(endings)]
+    answers = set()
+    for trial in range(60):
+        queues = [list(history) for history in histories]
+        if trial % 3 == 0:  # whole ranks one after another, in a random order of ranks
+            rng.shuffle(queues)
+            order = [raw for queue in queues for raw in queue]
+        else:
+            order = []
+            while any(queues):
+                queue = rng.choice([q for q in queues if q])
+                order.append(queue.pop(0))
+        processor = Processor(heartbeat_timeout_ms=30_000)
+        status = feed(processor, order, now_s=100)
+        if "sigkill" not in endings:
+            answers.add(status)
+            continue
+        assert status == "running"  # the killed rank is not known dead yet
+        answers.add(processor.tick(now_ns=131 * S).entity_states[-1].status)
+    assert answers == {expected}

@@ -2,7 +2,7 @@
 
 - dead letters: raw payloads cut to fit, with their size and SHA-256; a record that cannot be encoded falls back to a
   minimal one; a rejected group too deep to encode is left out of its record;
-- outputs: a point block, summaries or entity states too large for one message are split into several, which the
+- outputs: a point block, step aggregates or entity states too large for one message are split into several, which the
   sinks' decoders read unchanged and which hold exactly the original records;
 - conflicting re-sends of a (producer_id, seq) are dead-lettered and counted once; identical ones stay silent;
 - delivery: a failed message is sent again until acknowledged, without losing the others of its batch; a message the
@@ -26,11 +26,11 @@ from trackstream.schemas import EntityRef, Envelope, Event, MetricBatch, encode,
 from trackstream.schemas.limits import RECORD_BYTES_MAX
 from trackstream.schemas.processed import (
     EntityState,
-    MetricSummary,
     PointBlock,
+    StepAggregate,
     decode_entity_states,
     decode_point_block,
-    decode_summaries,
+    decode_step_aggregates,
 )
 from trackstream.schemas.topics import Topics
 from trackstream.schemas.validation import Validated
@@ -165,7 +165,7 @@ def test_the_sink_names_a_deeply_nested_version_without_recursing() -> None:
     from trackstream.sinks.checks import UnsupportedVersion, decode_records
 
     with pytest.raises(UnsupportedVersion, match=r"v=\[\[\["):
-        decode_records("summaries", b'{"records": [], "v": ' + b"[" * 1_000 + b"]" * 1_000 + b"}")
+        decode_records("entities", b'{"records": [], "v": ' + b"[" * 1_000 + b"]" * 1_000 + b"}")
 
 
 def test_later_groups_of_a_large_envelope_carry_its_hash_not_another_copy() -> None:
@@ -225,20 +225,19 @@ def test_a_block_under_the_limit_stays_one_message() -> None:
     assert [b for b, _ in split_point_block(block)] == [block]
 
 
-def summary(metric: str, version: int = 1) -> MetricSummary:
-    return MetricSummary(entity=RUN, metric=metric, generation=0, kind="series", count=3, last=1.5, last_step=2,
-                         min=float("nan"), min_step=0, max=float("inf"), max_step=1, first_time_ns=1, last_time_ns=9,
-                         version=version)
+def step_aggregate(metric: str, step: int = 2) -> StepAggregate:
+    return StepAggregate(entity=RUN, metric=metric, generation=0, step=step, mean=1.5, min=float("nan"),
+                         max=float("inf"), count=3, world_size=4, time_ns=9)
 
 
-def test_many_summaries_split_into_messages_the_sink_decodes() -> None:
-    from trackstream.streams.records import encode_summaries
+def test_many_step_aggregates_split_into_messages_the_sink_decodes() -> None:
+    from trackstream.streams.records import encode_step_aggregates
 
-    records = [summary(f"metric/{i:06d}") for i in range(20_000)]
-    values = record_values(records, encode_summaries)
+    records = [step_aggregate(f"metric/{i:06d}") for i in range(20_000)]
+    values = record_values(records, encode_step_aggregates)
     assert len(values) > 1
     assert all(len(value) <= RECORD_BYTES_MAX for value in values)
-    decoded = [r for value in values for r in decode_summaries(value)]
+    decoded = [r for value in values for r in decode_step_aggregates(value)]
     assert [r.metric for r in decoded] == [r.metric for r in records]
 
 
@@ -249,15 +248,12 @@ def test_the_processor_output_of_50000_groups_splits_under_the_limit() -> None:
                         events=[Event("run_started", 1, {"name": "n", "params": {"lr": 0.1}, "tags": {}})])
     raw = encode(envelope)
     out = Processor().process_validated(Validated(envelope=envelope), raw=raw, source=SOURCE)
-    assert len(out.summaries) == 50_000
     messages = output_messages(out, TOPICS)
     assert all(len(m.value) <= RECORD_BYTES_MAX for m in messages)
     by_topic: dict[str, list[bytes]] = {}
     for message in messages:
         by_topic.setdefault(message.topic, []).append(message.value)
-    assert len(by_topic[TOPICS.summaries]) > 1
     assert len(by_topic[TOPICS.points]) > 1
-    assert sum(len(decode_summaries(v)) for v in by_topic[TOPICS.summaries]) == 50_000
     assert sum(decode_point_block(v).point_count() for v in by_topic[TOPICS.points]) == 50_000
     assert [s.name for v in by_topic[TOPICS.entities] for s in [decode_entity_states(v)[0]]] == ["n"]
 

@@ -1,4 +1,4 @@
-"""Processor on synthetic envelopes: exact counts and values, summaries vs numpy, cross-rank steps, lifecycle."""
+"""Processor on synthetic envelopes: exact counts and values, write order, cross-rank steps, lifecycle."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trackstream.schemas import EntityRef, Envelope, Event, MetricBatch, encode, float_to_bits
-from trackstream.schemas.processed import MetricSummary
+from trackstream.schemas.processed import point_version
 from trackstream.streams import Output, Processor, SourcePosition
 from trackstream.streams.synthetic import RunSpec, run_envelopes
 
@@ -37,62 +37,51 @@ def series(name: str, steps: list[int], values: list[float], t0: int = 0) -> Met
     return MetricBatch(name=name, kind="series", steps=steps, times_ns=[t0 + s for s in steps], values=values)
 
 
-def last_summaries(out: Output) -> dict[tuple[str, int], MetricSummary]:
-    latest: dict[tuple[str, int], MetricSummary] = {}
-    for summary in out.summaries:
-        latest[(summary.metric, summary.generation)] = summary
-    return latest
-
-
 def bits(values: list[float]) -> list[int]:
     return [float_to_bits(v) for v in values]
 
 
-def test_summaries_equal_numpy_on_raw_points() -> None:
+def test_points_pass_through_exactly_out_of_order_and_special() -> None:
     rng = random.Random(7)
     specials = [math.nan, math.inf, -math.inf, -0.0, 5e-324]
-    envelopes, raw_steps, raw_values = [], [], []
+    envelopes = []
     order = list(range(600))
     rng.shuffle(order)  # steps arrive out of order across envelopes
     for seq in range(6):
         steps = order[seq * 100:(seq + 1) * 100]
         values = [rng.choice(specials) if rng.random() < 0.05 else rng.gauss(0, 10) for _ in steps]
         envelopes.append(env(seq, [series("loss", steps, values, t0=10_000 * seq)]))
-        raw_steps += steps
-        raw_values += values
     out = feed(Processor(), envelopes)
-    summary = last_summaries(out)[("loss", 0)]
-    array = np.array(raw_values)
-    assert summary.count == len(raw_values) == 600
-    assert summary.min == np.nanmin(array)
-    assert summary.max == np.nanmax(array)
-    assert raw_values[raw_steps.index(summary.min_step)] == summary.min
-    assert raw_values[raw_steps.index(summary.max_step)] == summary.max
-    top = max(raw_steps)
-    assert summary.last_step == top
-    assert float_to_bits(summary.last) == float_to_bits(raw_values[raw_steps.index(top)])
-    assert summary.first_time_ns == min(10_000 * (i // 100) + s for i, s in enumerate(raw_steps))
-    assert summary.last_time_ns == 10_000 * (raw_steps.index(top) // 100) + top
-    assert summary.version == 6
     assert out.point_count() == 600
+    assert [b.seq for b in out.point_blocks] == list(range(6))
     sent = [v for e in envelopes for v in e.metrics[0].values]
     assert bits([v for b in out.point_blocks for v in b.metrics[0].values]) == bits(sent)
+    assert [b.metrics[0].steps for b in out.point_blocks] == [e.metrics[0].steps for e in envelopes]
+    assert [b.metrics[0].times_ns for b in out.point_blocks] == [e.metrics[0].times_ns for e in envelopes]
 
 
-def test_last_ties_on_step_go_to_the_later_time() -> None:
-    batch = MetricBatch("m", "series", steps=[3, 3, 1], times_ns=[50, 70, 90], values=[1.0, 2.0, 3.0])
-    out = feed(Processor(), [env(0, [batch]), env(1, [MetricBatch("m", "series", [3], [60], [9.0])])])
-    summary = last_summaries(out)[("m", 0)]
-    assert (summary.last, summary.last_step) == (2.0, 3)
-
-
-def test_all_nan_metric_has_nan_extremes_and_counts() -> None:
+def test_all_nan_metric_passes_through() -> None:
     out = feed(Processor(), [env(0, [series("m", [0, 1], [math.nan, math.nan])])])
-    summary = last_summaries(out)[("m", 0)]
-    assert summary.count == 2
-    assert math.isnan(summary.min)
-    assert math.isnan(summary.max)
-    assert math.isnan(summary.last)
+    assert out.point_count() == 2
+    assert all(math.isnan(v) for v in out.point_blocks[0].metrics[0].values)
+
+
+def test_producers_get_incarnations_in_the_order_first_seen() -> None:
+    """A producer seen later (a resumed run, a restarted rank) writes with a larger point version whatever its seq."""
+    processor = Processor()
+    out = feed(processor, [env(5, [series("m", [0], [1.0])], producer="first"),
+                           env(0, [series("m", [0], [2.0])], producer="second"),
+                           env(6, [series("m", [1], [3.0])], producer="first"),
+                           env(1, [series("m", [0], [4.0])], producer="second")])
+    assert [(b.producer_id, b.incarnation) for b in out.point_blocks] == [
+        ("first", 0), ("second", 1), ("first", 0), ("second", 1)]
+    versions = [point_version(b.incarnation, b.seq) for b in out.point_blocks]
+    assert versions[0] < versions[2] < versions[1] < versions[3]  # "second" orders after "first", whatever the seqs
+    restored = Processor()
+    restored.restore(processor.snapshot())
+    again = feed(restored, [env(7, [series("m", [2], [5.0])], producer="first"),
+                            env(0, [series("m", [2], [6.0])], producer="third")])
+    assert [b.incarnation for b in again.point_blocks] == [0, 2]  # the order survives a checkpoint
 
 
 def test_cross_rank_means_exact_and_emitted_when_all_ranks_reported() -> None:
@@ -175,18 +164,18 @@ def test_model_entity_starts_active() -> None:
     assert out.point_blocks[0].entity == model
 
 
-def test_overwrite_bumps_generation_and_resets_summary() -> None:
+def test_overwrite_bumps_generation() -> None:
     processor = Processor()
-    feed(processor, [env(0, [series("m", [0, 1, 2], [5.0, 6.0, 7.0]), series("k", [0], [1.0])])])
+    first = feed(processor, [env(0, [series("m", [0, 1, 2], [5.0, 6.0, 7.0]), series("k", [0], [1.0])])])
+    assert first.point_blocks[0].generations == [0, 0]
     overwrite = Event("overwrite", 10, {"metric": "m"})
     out = feed(processor, [env(1, [series("m", [0], [1.0])], events=[overwrite])])
     assert out.point_blocks[0].generations == [1]
-    summary = last_summaries(out)[("m", 1)]
-    assert (summary.count, summary.last, summary.min, summary.max) == (1, 1.0, 1.0, 1.0)
-    assert summary.version == 2  # versions keep growing across generations
     empty = feed(processor, [env(2, [], events=[Event("overwrite", 20, {"metric": "k"})])])
-    assert [(s.metric, s.generation, s.count) for s in empty.summaries] == [("k", 1, 0)]
     assert empty.entity_states == []
+    assert empty.point_blocks == []
+    later = feed(processor, [env(3, [series("k", [1], [2.0]), series("m", [1], [2.0])])])
+    assert later.point_blocks[0].generations == [1, 1]
 
 
 def test_resent_seqs_add_nothing() -> None:

@@ -12,7 +12,6 @@ from trackstream.schemas.processed import (
     decode_entity_states,
     decode_point_block,
     decode_step_aggregates,
-    decode_summaries,
 )
 from trackstream.schemas.topics import Topics
 from trackstream.schemas.validation import Validated
@@ -78,9 +77,6 @@ def test_nonfinite_state_survives_serialization() -> None:
     copy.restore(processor.snapshot())
     ctx = copy.entity(run)
     assert ctx is not None
-    summary = ctx.summaries["m"]
-    assert summary.max == math.inf
-    assert summary.last != summary.last
     pending = ctx.steps["m"].pending
     assert pending[0][VALUES] == {0: math.inf}
     assert math.isnan(pending[1][VALUES][0])
@@ -101,8 +97,10 @@ def test_dirty_entities_and_partition_moves() -> None:
     out = feed(owner, list(run_envelopes(b, finish=False))[:2], partition=1)
     assert out.duplicates == 1
     assert len(out.point_blocks) == 1
-    assert out.summaries[0].count == 2 * b.steps_per_envelope
-    assert out.summaries[0].version == 2
+    assert out.point_blocks[0].seq == 1  # the checkpoint's dedup track: only the second envelope is new
+    loaded = owner.entity(b.entity)
+    assert loaded is not None
+    assert loaded.tracks.keys() == orjson.loads(dirty[b.entity.key()])["tracks"].keys()
 
 
 def test_output_messages_are_keyed_by_entity_and_decode() -> None:
@@ -115,7 +113,7 @@ def test_output_messages_are_keyed_by_entity_and_decode() -> None:
         by_topic.setdefault(m.topic, []).append(m.value)
     assert sum(decode_point_block(v).point_count() for v in by_topic["x.points"]) == 2 * 10 * 4
     assert len([s for v in by_topic["x.steps"] for s in decode_step_aggregates(v)]) == 10 * 4
-    assert decode_summaries(by_topic["x.summaries"][-1])[0].count == 20
+    assert set(by_topic) == {"x.points", "x.steps", "x.entities"}
     assert decode_entity_states(by_topic["x.entities"][-1])[0].status == "completed"
 
 
@@ -184,14 +182,23 @@ def test_fast_step_encoder_matches_the_generic_one() -> None:
     assert encode_step_aggregates(records) == encode_records(records)
 
 
-def test_summaries_checkpointed_before_the_one_float_codec_still_load() -> None:
-    from trackstream.schemas import float_to_bits
-    from trackstream.streams.aggregate import Summary
+def test_states_checkpointed_with_running_summaries_still_load() -> None:
+    """States before version 4 carry a running summary per metric: they load, and the summaries are dropped."""
+    from trackstream.streams.entity import STATE_VERSION, EntityCtx
 
+    processor = Processor()
+    feed(processor, list(run_envelopes(RunSpec(run_id="old", world_size=2, steps=10, steps_per_envelope=5),
+                                       finish=False))[:3])
+    ((key, blob),) = processor.snapshot().items()
+    current = orjson.loads(blob)
+    assert current["v"] == STATE_VERSION == 4
+    assert "summaries" not in current
     nan_bits, inf_bits = 0x7FF8000000000001, 0xFFF0000000000000
-    legacy = ["series", 0, 3, [nan_bits], 2, 30, [inf_bits], 1, 2.5, 0, 10, 4]  # non-finite as [bits]
-    summary = Summary.from_wire(legacy)
-    assert float_to_bits(summary.last) == nan_bits
-    assert summary.min == float("-inf")
-    assert summary.max == 2.5
-    assert Summary.from_wire(summary.to_wire()).to_wire() == summary.to_wire()
+    legacy = current | {"v": 3, "summaries": {
+        "loss": ["series", 0, 3, {"$f64": nan_bits}, 2, 30, {"$f64": inf_bits}, 1, 2.5, 0, 10, 4],
+        "acc": ["series", 0, 3, [nan_bits], 2, 30, [inf_bits], 1, 2.5, 0, 10, 4]}}  # before the one float codec
+    ctx = EntityCtx.from_bytes(orjson.dumps(legacy))
+    assert orjson.loads(ctx.to_bytes()) == current
+    restored = Processor()
+    restored.restore({key: orjson.dumps(legacy)})
+    assert restored.snapshot() == processor.snapshot()
