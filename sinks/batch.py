@@ -36,11 +36,17 @@ NS_PER_MS = 1_000_000
 
 @dataclass(frozen=True, slots=True)
 class BatchLimits:
-    """Flush when any bound is reached: rows, approximate bytes, or age of the oldest item."""
+    """Flush when any bound is reached: rows, approximate bytes, or age of the oldest item (``linger_ms``).
+
+    ``idle_linger_ms``: for a writer that is idle, the age at which a batch is worth writing anyway (the sink worker
+    writes a chunk that old as soon as nothing is in flight, so latency stays low below saturation and batches
+    grow only while the writer is busy).
+    """
 
     max_rows: int = 500_000
     max_bytes: int = 64 * 1024 * 1024
     linger_ms: float = 1000.0
+    idle_linger_ms: float = 100.0
 
 
 @dataclass(slots=True)
@@ -67,6 +73,10 @@ class Batcher(Generic[T]):
     def full(self) -> bool:
         """True when the rows or the approximate bytes reached ``limits.max_rows`` / ``limits.max_bytes``."""
         return self.rows >= self.limits.max_rows or self.nbytes >= self.limits.max_bytes
+
+    def age_ms(self) -> float:
+        """Age of the oldest item in ms (0 when empty)."""
+        return 0.0 if self.started is None else (self.clock() - self.started) * 1000.0
 
     def due(self) -> bool:
         """True when the batch holds items and is :meth:`full` or its oldest item is ``limits.linger_ms`` (ms) old."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -31,12 +30,6 @@ _NAN: Final = math.nan
 
 def _num(value: Any) -> float:
     return _NAN if value is None else float(value)
-
-
-def _iso(ns: int) -> str | None:
-    if not ns:
-        return None
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 class QueryService:
@@ -72,10 +65,9 @@ class QueryService:
         return [
             {
                 "id": entity_id, "name": name, "status": status, "tags": dict(zip(keys, values, strict=True)),
-                "started_at": _iso(started), "ended_at": _iso(ended), "lost_points": lost,
-                "ranks": _ranks(producers),
+                "started_at": started, "ended_at": ended, "lost_points": lost, "ranks": ranks,
             }
-            for entity_id, name, status, keys, values, started, ended, lost, producers in rows
+            for entity_id, name, status, keys, values, started, ended, lost, ranks in rows
         ]
 
     def _names(self, scope: dict[str, Any], ids: Sequence[str] | None) -> dict[str, str]:
@@ -327,17 +319,3 @@ def _grouped(rows: Iterable[dict[str, Any]], by: list[str]) -> list[dict[str, An
             "min": min(finite) if finite else _NAN, "max": max(finite) if finite else _NAN,
         })
     return result
-
-
-def _ranks(producers: str | None) -> list[dict[str, Any]]:
-    """The per-producer entries of an entity record (JSON text) as the ``ranks`` of :meth:`QueryService.runs`."""
-    try:
-        entries = orjson.loads(producers or "[]")
-    except orjson.JSONDecodeError:
-        return []
-    return [
-        {"rank": item.get("rank"), "status": item.get("status"), "host": item.get("host"),
-         "producer_id": item.get("producer_id"),
-         "last_seen_at": _iso(item["last_seen_ns"]) if item.get("last_seen_ns") else None}
-        for item in entries if isinstance(item, dict)
-    ]

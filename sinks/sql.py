@@ -47,6 +47,12 @@ def disjoint(segments: str) -> str:
     return _DISJOINT.replace("<SEG>", segments)
 
 
+def tagged_disjoint(segments: str) -> str:
+    """SQL condition over ``(rank, first_step, last_step)`` tuples: within each rank no two segments overlap."""
+    return ("arrayAll((a, b) -> a.1 != b.1 OR a.2 > b.3, arrayPopFront(arraySort(<SEG>)), "
+            "arrayPopBack(arraySort(<SEG>)))").replace("<SEG>", segments)
+
+
 def fill(template: str, **parts: str) -> str:
     """Substitute ``<NAME>`` placeholders (braces are left alone: they are ClickHouse query parameters)."""
     for name, text in parts.items():
@@ -54,27 +60,28 @@ def fill(template: str, **parts: str) -> str:
     return template
 
 
-# Per (entity, metric) the newest generation, from ``series_stats`` grouped per rank first: how many ranks wrote it
+# Per (entity, metric) the newest generation, from ``series_stats`` in one aggregation: how many ranks wrote it
 # (``ranks``, the cross-rank rows aside), its kind, whether the cross-rank series is ``pooled`` (see the module
 # docstring), the source rank to read (``src``), whether that source is ``clean``, and the read ``mode``: clean
 # (the source without FINAL), dirty (the source with FINAL) or ranks (every rank with FINAL, mean per step).
-# ``<EXTRA>`` adds per-rank aggregates ``<name>_r``, picked from the source as ``<name>_s``.
+# Every rank's cleanliness is one check over the segments tagged with their rank (a step may repeat across
+# ranks, not within one), so no per-rank grouping is needed: a multi-rank series costs about what a single-rank
+# one does. ``<PICKS>`` adds aggregates of the source's rows as ``<name>_s`` (see :func:`view`).
 _VIEW: Final = f"""
-    SELECT entity_id, metric, generation, ranks, kind, pooled, src, clean,
+    SELECT entity_id, metric, generation, ranks, kind_ AS kind, pooled, src, clean,
            multiIf(ranks > 1 AND NOT pooled, 'ranks', clean, 'clean', 'dirty') AS mode <OUTER>
     FROM (
-        SELECT entity_id, metric, generation, countIf(rank != {_X}) AS ranks, anyIf(kind_r, rank != {_X}) AS kind,
-               ranks > 1 AND minIf(clean_r, rank != {_X}) AND maxIf(clean_r, rank = {_X})
-                   AND sumIf(covers_r, rank = {_X}) = sumIf(rows_r, rank != {_X}) AS pooled,
+        SELECT entity_id, metric, generation, uniqExactIf(rank, rank != {_X}) AS ranks,
+               anyLastIf(kind, rank != {_X}) AS kind_,
+               {tagged_disjoint(f"groupArrayArrayIf(arrayMap(s -> (rank, s.1, s.2), segments), rank != {_X})")}
+                   AS ranks_clean,
+               ranks > 1 AND ranks_clean AND countIf(rank = {_X}) > 0
+                   AND {disjoint(f"groupArrayArrayIf(segments, rank = {_X})")}
+                   AND sumIf(covers, rank = {_X}) = sumIf(rows, rank != {_X}) AS pooled,
                if(ranks > 1, {_X}, anyIf(rank, rank != {_X})) AS src,
-               if(ranks > 1, pooled, anyIf(clean_r, rank != {_X})) AS clean <PICKS>
-        FROM (
-            SELECT entity_id, metric, generation, rank, anyLast(kind) AS kind_r, sum(rows) AS rows_r,
-                   sum(covers) AS covers_r, {disjoint("groupArrayArray(segments)")} AS clean_r <INNER>
-            FROM series_stats
-            WHERE {_SCOPE} AND <SELECT>
-            GROUP BY entity_id, metric, generation, rank
-        )
+               if(ranks > 1, pooled, ranks_clean) AS clean <PICKS>
+        FROM series_stats
+        WHERE {_SCOPE} AND <SELECT>
         GROUP BY entity_id, metric, generation
         HAVING ranks > 0
         ORDER BY generation DESC
@@ -82,19 +89,27 @@ _VIEW: Final = f"""
     )
 """
 
+# An aggregate of ``series_stats`` rows: (function, column) or (function, column, condition), e.g. ("sum", "rows").
+Aggregate = tuple[str, str] | tuple[str, str, str]
 
-def view(select: str, *, over_ranks: dict[str, str] | None = None, **extra: str) -> str:
+
+def _aggregate_if(aggregate: Aggregate, condition: str) -> str:
+    function, column, *also = aggregate
+    return f"{function}If({column}, {' AND '.join([condition, *also])})"
+
+
+def view(select: str, *, over_ranks: dict[str, Aggregate] | None = None, **extra: Aggregate) -> str:
     """SQL subquery over ``series_stats``: per (entity, metric) matched by ``select``, the newest generation's
     ``ranks``, ``kind``, ``pooled``, ``src``, ``clean`` and ``mode`` (see ``_VIEW``), plus ``<name>_s`` for each
-    ``name=aggregate`` of ``extra``: the aggregate over the source's rows (``series_stats`` columns), and ``name``
-    for each ``name: aggregate`` of ``over_ranks``, an aggregate of those ``<name>_r`` over every rank.
+    ``name=aggregate`` of ``extra``: the aggregate over the source's rows, and ``name`` for each ``name: aggregate``
+    of ``over_ranks``: the aggregate over every rank's rows (the cross-rank rows aside).
     """
-    inner = "".join(f", {expression} AS {name}_r" for name, expression in extra.items())
-    picks = "".join(f", if(ranks > 1, anyIf({name}_r, rank = {_X}), anyIf({name}_r, rank != {_X})) AS {name}_s"
-                    for name in extra)
-    picks += "".join(f", {expression} AS {name}" for name, expression in (over_ranks or {}).items())
+    picks = "".join(f", if(ranks > 1, {_aggregate_if(aggregate, f'rank = {_X}')}, "
+                    f"{_aggregate_if(aggregate, f'rank != {_X}')}) AS {name}_s" for name, aggregate in extra.items())
+    picks += "".join(f", {_aggregate_if(aggregate, f'rank != {_X}')} AS {name}"
+                     for name, aggregate in (over_ranks or {}).items())
     outer = "".join(f", {name}_s" for name in extra) + "".join(f", {name}" for name in over_ranks or {})
-    return fill(_VIEW, select=select, inner=inner, picks=picks, outer=outer)
+    return fill(_VIEW, select=select, picks=picks, outer=outer)
 
 
 # One row per (entity, metric, step): the value (mean over ranks), the latest value by time (for single values) and
@@ -154,12 +169,12 @@ def compare_sql(select: str, agg: str) -> str:
 # ``exact`` says whether they answer the query (a clean source: a single value logged twice at one step is not, its
 # ``latest`` goes by clock where ``points FINAL`` goes by write order); otherwise the caller scans. Only the tuple
 # aggregate the requested ``agg`` needs is computed (they are the expensive part).
-STATS_AGGREGATES: Final = {
-    "last": ("max(last)", "pick_s.2", "pick_s.1"),
-    "first": ("min(first)", "pick_s.2", "pick_s.1"),
-    "min": ("min(low)", "if(finite_s > 0, pick_s.1, NULL)", "if(finite_s > 0, pick_s.2, NULL)"),
-    "max": ("max(high)", "if(finite_s > 0, pick_s.1, NULL)", "if(finite_s > 0, -pick_s.2, NULL)"),
-    "mean": ("0", "if(finite_s > 0, total_s / finite_s, nan)", "hi_s"),
+STATS_AGGREGATES: Final[dict[str, tuple[Aggregate, str, str]]] = {
+    "last": (("max", "last"), "pick_s.2", "pick_s.1"),
+    "first": (("min", "first"), "pick_s.2", "pick_s.1"),
+    "min": (("min", "low"), "if(finite_s > 0, pick_s.1, NULL)", "if(finite_s > 0, pick_s.2, NULL)"),
+    "max": (("max", "high"), "if(finite_s > 0, pick_s.1, NULL)", "if(finite_s > 0, -pick_s.2, NULL)"),
+    "mean": (("any", "0"), "if(finite_s > 0, total_s / finite_s, nan)", "hi_s"),
 }
 _STATS: Final = """
 SELECT entity_id, clean AS exact,
@@ -171,8 +186,8 @@ FROM (<VIEW>)
 def stats_sql(select: str, agg: str) -> str:
     """Rows (entity_id, exact, value, step) from ``series_stats`` for the entities matched by ``select``."""
     pick, value, step = STATS_AGGREGATES[agg]
-    series = view(select, finite="sum(finite)", total="sum(total)", hi="max(max_step)", pick=pick,
-                  latest="maxIf(latest, kind = 'single')")
+    series = view(select, finite=("sum", "finite"), total=("sum", "total"), hi=("max", "max_step"), pick=pick,
+                  latest=("max", "latest", "kind = 'single'"))
     return fill(_STATS, view=series, value=value, step=step)
 
 
@@ -182,8 +197,8 @@ PLAN: Final = fill("""
 SELECT entity_id, generation, if(mode = 'ranks', lo_all, lo_s), if(mode = 'ranks', hi_all, hi_s), kind = 'single',
        ranks, clean, src
 FROM (<VIEW>)
-""", view=view("<SELECT>", lo="min(min_step)", hi="max(max_step)",
-               over_ranks={"lo_all": f"minIf(lo_r, rank != {_X})", "hi_all": f"maxIf(hi_r, rank != {_X})"}))
+""", view=view("<SELECT>", lo=("min", "min_step"), hi=("max", "max_step"),
+               over_ranks={"lo_all": ("min", "min_step"), "hi_all": ("max", "max_step")}))
 
 # Per-entity bucket origin and width (steps), bound as arrays.
 _BOUNDS: Final = """
@@ -244,9 +259,19 @@ FROM (<PER_STEP>)
 GROUP BY metric
 """
 
+# ISO 8601 UTC text of a nanosecond Unix timestamp (microseconds, ``Z``), NULL for 0.
+_ISO: Final = ("if(<NS> > 0, formatDateTime(fromUnixTimestamp64Micro(intDiv(<NS>, 1000), 'UTC'), "
+               "'%Y-%m-%dT%H:%i:%S.%fZ', 'UTC'), NULL)")
+_RANK: Final = ("Tuple(rank Nullable(Int64), status Nullable(String), host Nullable(String), "
+                "producer_id Nullable(String), last_seen_<AT>)")
+
+# runs(): the entities, their producers (``ranks``) parsed from the record's JSON and formatted here, in one pass
+# of the engine (a run of 8 ranks costs little more than a run of one).
 RUNS: Final = f"""
-SELECT entity_id, name, status, mapKeys(tags) AS tag_keys, mapValues(tags) AS tag_values, started_ns, ended_ns,
-       lost_points, producers
+SELECT entity_id, name, status, mapKeys(tags) AS tag_keys, mapValues(tags) AS tag_values,
+       {fill(_ISO, ns="started_ns")} AS started_at, {fill(_ISO, ns="ended_ns")} AS ended_at, lost_points,
+       arrayMap(p -> CAST((p.1, p.2, p.3, p.4, {fill(_ISO, ns="p.5")}), '{fill(_RANK, at="at Nullable(String)")}'),
+                JSONExtract(producers, 'Array({fill(_RANK, at="ns Int64")})')) AS ranks
 FROM entities FINAL
 WHERE {_SCOPE} <SELECT>
 ORDER BY started_ns, entity_id
@@ -274,8 +299,8 @@ SELECT entity_id, metric, generation, kind, clean AS exact,
        if(kind = 'single', latest_s.3, if(finite_s > 0, low_s.1, nan)),
        if(kind = 'single', latest_s.3, if(finite_s > 0, high_s.1, nan))
 FROM (<VIEW>)
-""", view=view("1 <SELECT>", rows="sum(rows)", finite="sum(finite)", last="max(last)", low="min(low)",
-               high="max(high)", latest="maxIf(latest, kind = 'single')"))
+""", view=view("1 <SELECT>", rows=("sum", "rows"), finite=("sum", "finite"), last=("max", "last"),
+               low=("min", "low"), high=("max", "high"), latest=("max", "latest", "kind = 'single'")))
 
 # The same summaries by scanning ``points FINAL`` for the (entity, metric, generation) triples bound as parallel
 # arrays: per step the cross-rank mean (``v``) and the latest value by time (``lv``, for single values); then

@@ -11,9 +11,9 @@ Steps 1-2 run in a thread (chDB releases the GIL while it inserts) while the eve
 messages and decodes them straight into the columns of the chunk being filled (no per-point Python objects);
 a sealed chunk's tables are built in a thread too, while the previous chunk is being inserted. At most one
 chunk is in flight and one waits for it (memory stays bounded by the batchers plus two chunks); commits follow
-the writes in order. While the writer is idle, a chunk is cut as soon as it holds a quarter of ``max_rows``,
-so writing starts early and chunks grow to ``max_rows`` only while the writer is busy (replays still cut at
-the recorded boundaries).
+the writes in order. While the writer is idle, the oldest chunk is cut as soon as it holds a quarter of
+``max_rows`` or is ``idle_linger_ms`` old, so a point waits about that long below saturation, and chunks grow
+(up to ``max_rows`` or ``linger_ms``) only while the writer is busy (replays still cut at the recorded boundaries).
 
 A crash after 2 replays the chunk from the committed offset; on assignment the worker reads the recorded
 boundaries and cuts the replay at the same offsets, so the replayed inserts carry the same tokens and ClickHouse
@@ -146,9 +146,11 @@ class SinkWorker:
                     await self._drain(stop)
                 for tp in [tp for tp, held in self._held.items() if held.batcher.due()]:
                     await self._flush(tp, stop)
-                for tp in [tp for tp, held in self._held.items() if not held.plans and self._idle(held)][:1]:
-                    await self._flush(tp, stop)
-                timeout_ms = min(self.poll_ms, _INFLIGHT_POLL_MS) if self._inflight else self.poll_ms
+                ready = [(held.batcher.started or 0.0, tp) for tp, held in self._held.items()
+                         if not held.plans and self._idle(held)]
+                if ready:
+                    await self._flush(min(ready, key=lambda item: item[0])[1], stop)
+                timeout_ms = min(self.poll_ms, _INFLIGHT_POLL_MS) if self._inflight else self._poll_timeout_ms()
                 fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.limits.max_rows)
                 for tp, messages in fetched.items():
                     await self._take(tp, messages, stop)
@@ -221,9 +223,19 @@ class SinkWorker:
         self._inflight = (chunk, asyncio.ensure_future(asyncio.to_thread(self._write, chunk)))
 
     def _idle(self, held: Held) -> bool:
-        """Nothing is being written and this chunk is worth an insert (a quarter of ``max_rows``): start on it
-        rather than wait for it to fill, so writing starts early and chunks grow only while the writer is busy."""
-        return self._inflight is None and held.batcher.rows >= self.limits.max_rows // 4
+        """Nothing is being written and this chunk is worth an insert (a quarter of ``max_rows``, or
+        ``idle_linger_ms`` old): start on it rather than wait for it to fill, so writing starts early and chunks
+        grow only while the writer is busy."""
+        batcher = held.batcher
+        return self._inflight is None and batcher.rows > 0 and (
+            batcher.rows >= self.limits.max_rows // 4 or batcher.age_ms() >= self.limits.idle_linger_ms)
+
+    def _poll_timeout_ms(self) -> int:
+        """The poll's timeout while idle: no longer than until the oldest held chunk is ``idle_linger_ms`` old."""
+        ages = [held.batcher.age_ms() for held in self._held.values() if held.batcher.items]
+        if not ages:
+            return self.poll_ms
+        return max(1, min(self.poll_ms, int(self.limits.idle_linger_ms - max(ages)) + 1))
 
     async def _drain(self, stop: asyncio.Event, *, final: bool = False) -> None:
         """Wait for the chunk in flight; retry it with backoff until ClickHouse acknowledged it; wait for its dead

@@ -50,7 +50,8 @@ STATE_VERSION: Final = 1
 @dataclass
 class PassStats:
     """What one ingest pass did: ``dead_letters`` counts every record appended to ``dlq.jsonl``, ``damaged`` the
-    damaged spool ranges (and torn tails of dead producers) among them."""
+    damaged spool ranges (and torn tails of dead producers) among them; ``insert_s`` and ``state_s`` the seconds
+    spent inserting into the store and saving the state (fsync included)."""
 
     envelopes: int = 0
     points: int = 0
@@ -58,6 +59,8 @@ class PassStats:
     dead_letters: int = 0
     writes: int = 0
     damaged: int = 0
+    insert_s: float = 0.0
+    state_s: float = 0.0
 
     def add(self, other: PassStats) -> None:
         """Add ``other``'s counts to this one."""
@@ -175,10 +178,12 @@ class LocalIngest:
         except Exception as exc:
             raise _Unwritable("encode", exc) from exc
         lines = b"".join(_dlq_line(record) for record in batch.dlq)
+        began = time.perf_counter()
         try:
             self.sink.write_prepared(prepared)
         except Exception as exc:
             raise _Unwritable("insert", exc) from exc
+        inserted = time.perf_counter()
         if lines:
             with open(self.data_dir / DLQ_FILE, "ab") as handle:
                 handle.write(lines)
@@ -187,7 +192,8 @@ class LocalIngest:
         self._save_state(blobs)
         self._entity_blobs, self._saved_positions = blobs, dict(self.positions)
         stats.add(PassStats(envelopes=batch.envelopes, points=batch.points, duplicates=batch.duplicates,
-                            dead_letters=len(batch.dlq), writes=1, damaged=batch.damaged))
+                            dead_letters=len(batch.dlq), writes=1, damaged=batch.damaged,
+                            insert_s=inserted - began, state_s=time.perf_counter() - inserted))
 
     def _take(self, batch: _Batch, producer_id: str, entry: Frame | Damage, *, torn: bool = False,
               now_ns: int | None) -> None:
@@ -412,11 +418,14 @@ def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, po
             on_ready(url)
         try:
             while not stop.is_set():
+                began = time.perf_counter()
                 stats = ingest.ingest_pass()
                 totals.add(stats)
                 if stats.envelopes:
-                    log.info("ingested %d envelopes, %d points (%d duplicates dropped, %d dead letters)",
-                             stats.envelopes, stats.points, stats.duplicates, stats.dead_letters)
+                    log.info("ingested %d envelopes, %d points (%d duplicates dropped, %d dead letters) in %.0f ms "
+                             "(insert %.0f ms, state %.0f ms)", stats.envelopes, stats.points, stats.duplicates,
+                             stats.dead_letters, (time.perf_counter() - began) * 1000, stats.insert_s * 1000,
+                             stats.state_s * 1000)
                 stop.wait(poll_interval_ms / 1000)
         finally:
             server.stop()
