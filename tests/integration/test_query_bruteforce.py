@@ -183,6 +183,25 @@ def test_compare_grouped_by_params(world: World, backend: Backend) -> None:
         assert row["max"] == values.max()
 
 
+def assert_buckets(got: list[dict[str, float]], steps: np.ndarray, values: np.ndarray, points: int,
+                   context: object) -> None:
+    """``got`` (curves buckets of one entity) are the brute-force buckets of its per-step ``values`` at ``steps``."""
+    origin, width, _level = curve_plan(int(steps[0]), int(steps[-1]), points, clean=True)
+    buckets = (steps - origin) // width
+    expected = []
+    for b in np.unique(buckets):
+        s, v = steps[buckets == b], values[buckets == b]
+        ok = v[~np.isnan(v)]
+        expected.append((int(s[0]), int(s[-1]), float(ok.min()) if ok.size else math.nan,
+                         float(ok.max()) if ok.size else math.nan, float(ok.mean()) if ok.size else math.nan,
+                         float(v[-1])))
+    found = [(b["step_from"], b["step_to"], b["min"], b["max"], b["avg"], b["last"]) for b in got]
+    assert len(found) == len(expected), (context, points)
+    for g, e in zip(found, expected, strict=True):
+        assert g[:2] == e[:2], (context, points, g, e)
+        assert all(close(x, y) for x, y in zip(g[2:], e[2:], strict=True)), (context, points, g, e)
+
+
 @pytest.mark.parametrize("points", [1, 2, 3, 5, 7, 64, 1000])
 def test_curves_match_brute_force(world: World, backend: Backend, points: int) -> None:
     result = QueryService(backend=backend).curves(PROJECT, list(ENTITIES), "loss", points=points)
@@ -192,20 +211,8 @@ def test_curves_match_brute_force(world: World, backend: Backend, points: int) -
         if width >= BLOCK_STEPS[1]:
             assert origin % BLOCK_STEPS[1] == 0
             assert width % BLOCK_STEPS[1] == 0
-        buckets = (steps - origin) // width
-        expected = []
-        for b in np.unique(buckets):
-            s, v = steps[buckets == b], values[buckets == b]
-            ok = v[~np.isnan(v)]
-            expected.append((int(s[0]), int(s[-1]), float(ok.min()) if ok.size else math.nan,
-                             float(ok.max()) if ok.size else math.nan, float(ok.mean()) if ok.size else math.nan,
-                             float(v[-1])))
-        got = [(b["step_from"], b["step_to"], b["min"], b["max"], b["avg"], b["last"]) for b in result[entity]]
-        assert len(got) <= points
-        assert len(got) == len(expected), entity
-        for g, e in zip(got, expected, strict=True):
-            assert g[:2] == e[:2], (entity, g, e)
-            assert all(close(x, y) for x, y in zip(g[2:], e[2:], strict=True)), (entity, g, e)
+        assert len(result[entity]) <= points
+        assert_buckets(result[entity], steps, values, points, entity)
         finite = values[~np.isnan(values)]
         if finite.size:  # extremes are never sampled away
             assert min(b["min"] for b in result[entity]) == finite.min()

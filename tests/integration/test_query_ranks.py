@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from test_query_bruteforce import backend, close
+from test_query_bruteforce import assert_buckets, backend, close
 
 from trackstream.schemas import EntityRef, Envelope, Event, MetricBatch, encode
 from trackstream.schemas.processed import EntityState, point_version
 from trackstream.sinks import sql as q
 from trackstream.sinks.backend import Backend
 from trackstream.sinks.errors import QueryError
-from trackstream.sinks.query import AGGREGATES, QueryService, curve_plan
+from trackstream.sinks.query import AGGREGATES, QueryService
 from trackstream.sinks.schema import CROSS_RANK, POINTS, migrate
 from trackstream.sinks.sink import Sink
 from trackstream.streams import Output, Processor, SourcePosition
@@ -239,20 +239,7 @@ def test_curves_equal_the_oracle_on_every_path(fleet: Fleet, backend: Backend) -
 def _check_curves(fleet: Fleet, result: dict[str, list[dict[str, float]]], points: int) -> None:
     for run in RUNS:
         steps, values = per_step(fleet, run)
-        origin, width, _level = curve_plan(int(steps[0]), int(steps[-1]), points, clean=True)
-        buckets = (steps - origin) // width
-        expected = []
-        for bucket in np.unique(buckets):
-            s, v = steps[buckets == bucket], values[buckets == bucket]
-            ok = v[~np.isnan(v)]
-            expected.append((int(s[0]), int(s[-1]), float(ok.min()) if ok.size else math.nan,
-                             float(ok.max()) if ok.size else math.nan, float(ok.mean()) if ok.size else math.nan,
-                             float(v[-1])))
-        got = [(b["step_from"], b["step_to"], b["min"], b["max"], b["avg"], b["last"]) for b in result[run]]
-        assert len(got) == len(expected), (run, points)
-        for g, e in zip(got, expected, strict=True):
-            assert g[:2] == e[:2], (run, points, g, e)
-            assert all(close(x, y) for x, y in zip(g[2:], e[2:], strict=True)), (run, points, g, e)
+        assert_buckets(result[run], steps, values, points, run)
 
 
 def test_the_sdk_read_back_equals_the_oracle(fleet: Fleet, backend: Backend) -> None:

@@ -7,6 +7,7 @@ bit (a signed zero, a NaN payload or a differently rounded mean would fail) and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -16,11 +17,12 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_streams_fastpath import RefAcc, RefTracker, ref_aggregate
 
 from trackstream.schemas import EntityRef, float_to_bits
 from trackstream.schemas.floats import exact_float
 from trackstream.schemas.processed import StepAggregate
-from trackstream.streams.aggregate import COLUMNS, StepTracker, aggregate_steps, step_mean
+from trackstream.streams.aggregate import COLUMNS, StepTracker, aggregate_steps
 
 RUN = EntityRef("p", "run", "columns")
 SPECIALS = (math.nan, -math.nan, math.inf, -math.inf, 0.0, -0.0, 5e-324, 1.7e308, -1.7e308, 1.5)
@@ -30,72 +32,28 @@ TIMEOUT, RETENTION = 1_000, 3_000
 # --- reference ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RefStep:
-    first_seen: int
-    time_ns: int
-    values: dict[int, float]
-    emitted: int = 0
+class Reference(RefTracker):
+    """test_streams_fastpath's plain tracker, with this module's timeouts, emitting aggregates."""
 
-
-@dataclass
-class Reference:
-    pending: dict[int, RefStep] = field(default_factory=dict)
-    late: dict[int, RefStep] = field(default_factory=dict)
-
-    def add(self, rank: int, steps: list[int], times: list[int], values: list[float], *, world_size: int,
-            now_ns: int) -> list[StepAggregate]:
-        emitted = []
-        for step, time_ns, value in zip(steps, times, values, strict=True):
-            if step in self.pending:
-                acc = self.pending[step]
-                acc.values[rank] = value
-                acc.time_ns = max(acc.time_ns, time_ns)
-                if len(acc.values) >= world_size:
-                    del self.pending[step]
-                    emitted.append((step, acc))
-            elif step in self.late:
-                acc = self.late[step]
-                acc.values[rank] = value
-                if len(acc.values) > acc.emitted:
-                    acc.emitted = len(acc.values)
-                    emitted.append((step, acc))
-                    if len(acc.values) >= world_size:
-                        del self.late[step]
-            else:
-                self.pending[step] = RefStep(now_ns, time_ns, {rank: value})
+    def add(self, rank: int, steps: list[int], times: list[int], values: list[float], *,  # type: ignore[override]
+            world_size: int, now_ns: int) -> list[StepAggregate]:
+        emitted = super().add(rank, steps, times, values, world_size=world_size, now_ns=now_ns)
         return [aggregate(step, acc, world_size) for step, acc in emitted]  # read after the whole batch
 
-    def expire(self, now_ns: int, world_size: int) -> list[StepAggregate]:
-        for step in list(self.late):
-            if self.late[step].first_seen + RETENTION > now_ns:
-                break
-            del self.late[step]
-        emitted = []
-        for step in list(self.pending):
-            acc = self.pending[step]
-            if acc.first_seen + TIMEOUT > now_ns:
-                break
-            del self.pending[step]
-            acc.emitted = len(acc.values)
-            self.late[step] = acc
-            emitted.append((step, acc))
-        return [aggregate(step, acc, world_size) for step, acc in emitted]
+    def expire(self, now_ns: int, world_size: int) -> list[StepAggregate]:  # type: ignore[override]
+        return [aggregate(step, acc, world_size) for step, acc in super().expire(now_ns, TIMEOUT, RETENTION)]
 
     def legacy_wire(self) -> list[Any]:
         """The checkpoint as state versions 2 and 3 wrote it: ``{step: [first, time, emitted, {rank: value}]}``."""
-        def part(accs: dict[int, RefStep]) -> dict[str, Any]:
-            return {str(step): [acc.first_seen, acc.time_ns, acc.emitted,
+        def part(accs: dict[int, RefAcc]) -> dict[str, Any]:
+            return {str(step): [acc.first_seen_ns, acc.time_ns, acc.emitted,
                                 {str(rank): exact_float(v) for rank, v in acc.values.items()}]
                     for step, acc in accs.items()}
         return [0, part(self.pending), part(self.late)]
 
 
-def aggregate(step: int, acc: RefStep, world_size: int) -> StepAggregate:
-    values = list(acc.values.values())
-    present = [v for v in values if not math.isnan(v)]
-    return StepAggregate(RUN, "m", 0, step, step_mean(values), min(present) if present else math.nan,
-                         max(present) if present else math.nan, len(values), world_size, acc.time_ns)
+def aggregate(step: int, acc: RefAcc, world_size: int) -> StepAggregate:
+    return dataclasses.replace(ref_aggregate(step, acc, world_size), entity=RUN)
 
 
 # --- the two side by side ----------------------------------------------------------------------------------------
@@ -112,7 +70,7 @@ def held(tracker: StepTracker) -> list[list[Any]]:
 
 
 def ref_held(reference: Reference) -> list[list[Any]]:
-    return [[(step, a.first_seen, a.time_ns, a.emitted, [(rank, float_to_bits(v)) for rank, v in a.values.items()])
+    return [[(step, a.first_seen_ns, a.time_ns, a.emitted, [(rank, float_to_bits(v)) for rank, v in a.values.items()])
              for step, a in part.items()] for part in (reference.pending, reference.late)]
 
 
