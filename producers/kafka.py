@@ -19,32 +19,19 @@ from typing import Any
 
 from trackstream.producers.config import ProducerConfig
 from trackstream.producers.errors import ProducerError
-from trackstream.schemas.kafka_clients import FLUSHER_THREAD, quiet_aiokafka, stop_producer_quietly
+from trackstream.schemas.kafka_clients import FLUSHER_THREAD, pick_compression, quiet_aiokafka, stop_producer_quietly
 from trackstream.schemas.settings import diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FLUSHER_THREAD", "KafkaTransport", "TransportError", "pick_compression"]
+__all__ = ["FLUSHER_THREAD", "KafkaTransport", "TransportError"]
 
 
 class TransportError(ProducerError):
     """Kafka did not acknowledge a batch (unreachable, timed out, or refused)."""
 
     retriable = True
-
-
-def pick_compression(requested: str) -> str | None:
-    """zstd, else lz4 when aiokafka can use them (cramjam installed); no compression otherwise.
-
-    gzip is only used when asked for: aiokafka compresses it at level 9, which costs more CPU in the
-    training process than it saves on a data-centre network.
-    """
-    from aiokafka.codec import has_lz4, has_zstd
-
-    if requested == "auto":
-        return "zstd" if has_zstd() else ("lz4" if has_lz4() else None)
-    return None if requested == "none" else requested
 
 
 class KafkaTransport:

@@ -22,7 +22,7 @@ import orjson
 
 from trackstream.schemas.envelope import EntityRef
 from trackstream.schemas.processed import EntityState, PointBlock, StepAggregate, point_version
-from trackstream.sinks.checks import check_point_block, float64_column, int64_column
+from trackstream.sinks.checks import check_point_block, float64_column, int64_column, step_runs
 from trackstream.sinks.errors import require
 from trackstream.sinks.rollup import Points, series_blocks, series_stats
 from trackstream.sinks.schema import CROSS_RANK
@@ -227,6 +227,7 @@ class PointColumns:
     ingested: list[tuple[str, str, str, str, int, int, int]] = field(default_factory=list)
     nonfinite: list[tuple[int, int]] = field(default_factory=list)  # (flat index, float64 bits)
     points: int = 0
+    steps: int = 0  # cross-rank step aggregates added by :meth:`add_steps_raw`
 
     def __len__(self) -> int:
         """How many blocks were added."""
@@ -261,6 +262,20 @@ class PointColumns:
                        version=version)
             points += len(values)
         return self._ingested((project, entity_type, entity_id, producer_id, seq, rank, points))
+
+    def add_steps_raw(self, raw: bytes | None) -> int | None:
+        """Add one ``<prefix>.steps`` message column-wise (:func:`~trackstream.sinks.checks.step_runs`); returns
+        its records, or ``None`` (adding nothing) when the message needs the record-by-record decode."""
+        decoded = step_runs(raw)
+        if decoded is None:
+            return None
+        runs, count = decoded
+        seg = self.segments
+        for entity, metric, generation, steps, times, means, counts in runs:
+            key = (seg.entities("\x00".join(entity)), seg.metrics(metric), seg.kinds("series"), generation, CROSS_RANK)
+            seg.append(key, steps, times, means, version=0, covers=counts)
+        self.steps += count
+        return count
 
     def _ingested(self, row: tuple[str, str, str, str, int, int, int]) -> int:
         self.ingested.append(row)

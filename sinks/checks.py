@@ -16,6 +16,7 @@ range of its column).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from functools import partial
@@ -211,6 +212,58 @@ def decode_records(kind: str, raw: bytes | None) -> Decoded:
             reason = exc.reason if isinstance(exc, Rejected) else "malformed_record"
             decoded.rejected.append((index, reason, str(exc) or type(exc).__name__))
     return decoded
+
+
+StepRun = tuple[tuple[str, str, str], str, int, Any, Any, Any, Any]
+_STEP_FIELDS: Final = 10  # StepAggregate's fields: a record with that many keys and all of them named is whole
+
+
+def step_runs(raw: bytes | None) -> tuple[list[StepRun], int] | None:
+    """The records of a ``<prefix>.steps`` message as column runs, checked column by column; ``None`` when the
+    message needs :func:`decode_records` (anything malformed or out of range, a non-finite float, several entities):
+    that path then says which records fail and why.
+
+    A run is ``(entity, metric, generation, steps, times_ns, means, counts)`` for consecutive records of one metric
+    and generation, the last four as numpy arrays. Returns the runs and the number of records.
+    """
+    np = require("numpy", "sinks")
+    try:
+        wire = orjson.loads(raw if raw is not None else b"")
+        records = wire["records"]
+        if wire.get("v", PROCESSED_VERSION) != PROCESSED_VERSION or type(records) is not list:
+            return None
+        if not records:
+            return [], 0
+        if not all(type(r) is dict and len(r) == _STEP_FIELDS for r in records):
+            return None
+        entity = records[0]["entity"]
+        ints = [[r[name] for r in records] for name in ("step", "time_ns", "generation", "count", "world_size")]
+        floats = [[r[name] for r in records] for name in ("mean", "min", "max")]
+        metrics = [r["metric"] for r in records]
+        if not all(r["entity"] == entity for r in records) or {type(m) for m in metrics} != {str}:
+            return None
+        if any({type(v) for v in column} != {int} for column in ints) or \
+                any(not {type(v) for v in column} <= {float, int} for column in floats):
+            return None
+        steps, times, generations, counts, world_sizes = (np.array(column, dtype=np.int64) for column in ints)
+        means = np.array(floats[0], dtype=np.float64)
+    except (TypeError, KeyError, ValueError, OverflowError, orjson.JSONDecodeError):
+        return None
+    low, high = U32
+    if generations.min() < low or generations.max() > high or counts.min() < low or counts.max() > high or \
+            world_sizes.min() < WORLD_SIZE[0] or world_sizes.max() > WORLD_SIZE[1]:
+        return None
+    try:
+        ref = _check_entity(entity)
+    except Rejected:
+        return None
+    key: tuple[str, str, str] = (ref.project, ref.type, ref.id)
+    gens = ints[2]
+    change = [0, *(i for i in range(1, len(records)) if metrics[i] != metrics[i - 1] or gens[i] != gens[i - 1]),
+              len(records)]
+    runs = [(key, metrics[a], gens[a], steps[a:b], times[a:b], means[a:b], counts[a:b])
+            for a, b in itertools.pairwise(change)]
+    return runs, len(records)
 
 
 _Checker = Callable[[str, Any], Any]

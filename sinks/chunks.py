@@ -1,7 +1,8 @@
-"""What the sink worker holds per partition, how a sealed chunk becomes the tables of one write, and the chunk
-boundaries it records in ``sink_chunks``.
+"""What the sink worker holds per partition, how a sealed chunk becomes tables, and the chunk boundaries it records
+in ``sink_chunks``.
 
-A :class:`Chunk` is a run of messages of one partition, written and committed as one unit. Building its tables
+A :class:`Chunk` is a run of messages of one partition; the chunks of several partitions are written and
+committed as one unit (:class:`trackstream.sinks.writes.Write`). Building its tables
 (:func:`prepare_chunk`) never raises: when the chunk as a whole fails to build (a value the decode-time checks of
 :mod:`trackstream.sinks.checks` did not foresee), every message, then every record, is built on its own, the ones
 that fail become dead letters (reason ``unstorable_record``) and the others are written.
@@ -18,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from trackstream.sinks.batch import Batcher, PointColumns
+from trackstream.sinks.checks import decode_records
 from trackstream.sinks.dlq import DeadLetter, count_points
 from trackstream.sinks.errors import require
 from trackstream.sinks.sink import Prepared, Sink
@@ -27,32 +29,46 @@ log = logging.getLogger(__name__)
 WRITE_ARG = {"steps": "steps", "entities": "entity_states"}
 
 _CHUNKS_SQL = """
-SELECT first_offset, last_offset FROM sink_chunks FINAL
+SELECT first_offset, last_offset, write_key FROM sink_chunks FINAL
 WHERE group_id = {group_id:String} AND topic = {topic:String} AND partition = {partition:UInt32}
   AND last_offset >= {committed:Int64}
 ORDER BY first_offset
 """
 
 
-def recorded_chunks(sink: Sink, group_id: str, tp: Any, committed: int) -> list[tuple[int, int]]:
-    """The chunk boundaries ``(first, last)`` recorded for a partition at or after its committed offset."""
+Plan = tuple[int, int, str]  # a recorded chunk: first offset, last offset, the key of the write it belonged to
+
+
+def piece_key(topic: str, partition: int, first: int, last: int) -> str:
+    """``<topic>:<partition>:<first>-<last>``: one chunk in a write's key (Kafka topic names hold no ``:``)."""
+    return f"{topic}:{partition}:{first}-{last}"
+
+
+def recorded_chunks(sink: Sink, group_id: str, tp: Any, committed: int) -> list[Plan]:
+    """The chunks ``(first, last, write key)`` recorded for a partition at or after its committed offset (a row
+    recorded before writes held several partitions has no key: its write was the chunk alone)."""
     params = {"group_id": group_id, "topic": tp.topic, "partition": tp.partition, "committed": committed}
-    return [(int(a), int(b)) for a, b in sink.backend.query(_CHUNKS_SQL, params)[1]]
+    return [(int(a), int(b), key or piece_key(tp.topic, tp.partition, int(a), int(b)))
+            for a, b, key in sink.backend.query(_CHUNKS_SQL, params)[1]]
 
 
-def record_chunk(sink: Sink, group_id: str, held: Held, first: int, last: int) -> None:
-    """Record a chunk's boundaries in ``sink_chunks`` before it is inserted (the replay cuts at them)."""
+def record_chunks(sink: Sink, group_id: str, chunks: list[Chunk], key: str) -> None:
+    """Record the boundaries of a write's chunks and its key in ``sink_chunks`` before it is inserted (a replay
+    cuts at them and regroups them under the same key)."""
     pa = require("pyarrow")
-    row = pa.table({
-        "group_id": [group_id], "topic": [held.topic], "partition": pa.array([held.partition], pa.uint32()),
-        "first_offset": pa.array([first], pa.int64()), "last_offset": pa.array([last], pa.int64()),
+    rows = pa.table({
+        "group_id": [group_id] * len(chunks), "topic": [c.held.topic for c in chunks],
+        "partition": pa.array([c.held.partition for c in chunks], pa.uint32()),
+        "first_offset": pa.array([c.first for c in chunks], pa.int64()),
+        "last_offset": pa.array([c.last for c in chunks], pa.int64()), "write_key": [key] * len(chunks),
     })
-    sink.backend.insert("sink_chunks", row)
+    sink.backend.insert("sink_chunks", rows)
 
 
 @dataclass(slots=True)
 class Message:
-    """One consumed message: its decoded records (none for points: they went into the chunk's columns), which
+    """One consumed message: its decoded records (none for points and for step aggregates read column-wise: they
+    went into the chunk's columns), which
     records of the message they are (``None``: all of them, in order), and the raw bytes and key for a dead letter
     should the chunk fail to build (dropped once the chunk's tables are built)."""
 
@@ -72,7 +88,7 @@ class Held:
     partition: int
     kind: str
     batcher: Batcher[Message]
-    plans: deque[tuple[int, int]] = field(default_factory=deque)
+    plans: deque[Plan] = field(default_factory=deque)
     columns: PointColumns = field(default_factory=PointColumns)  # the points of the batcher's messages
     dead: list[asyncio.Future[None]] = field(default_factory=list)  # dead letters of the batcher's messages
 
@@ -86,10 +102,11 @@ class Held:
         """Take the accumulated messages as one chunk (its boundaries are final from here on)."""
         items = self.batcher.items
         first, last = items[0].offset, items[-1].offset
-        planned = bool(self.plans) and self.plans[0] == (first, last)
+        key = piece_key(self.topic, self.partition, first, last)
+        planned = bool(self.plans) and self.plans[0][:2] == (first, last)
         if planned:
-            self.plans.popleft()
-        chunk = Chunk(tp, self, items, first, last, planned, self.batcher.rows, self.columns, dead=self.dead)
+            key = self.plans.popleft()[2]
+        chunk = Chunk(tp, self, items, first, last, planned, self.batcher.rows, self.columns, dead=self.dead, key=key)
         self.batcher.clear()
         self.columns = PointColumns()
         self.dead = []
@@ -98,8 +115,9 @@ class Held:
 
 @dataclass(slots=True)
 class Chunk:
-    """A sealed run of messages of one partition: written (and retried) as one unit, then committed once its
-    dead letters (``dead``) are acknowledged too."""
+    """A sealed run of messages of one partition, written as part of a write and committed with it once its dead
+    letters (``dead``) are acknowledged too. ``planned``: it is a recorded chunk being replayed, and ``key`` is then
+    the key of the write it was recorded in (else its own :func:`piece_key`)."""
 
     tp: Any
     held: Held
@@ -112,6 +130,7 @@ class Chunk:
     prepared: Prepared | None = None
     records: int = 0
     dead: list[asyncio.Future[None]] = field(default_factory=list)
+    key: str = ""
 
 
 def prepare_chunk(sink: Sink, chunk: Chunk) -> tuple[Prepared, list[DeadLetter]]:
@@ -124,6 +143,9 @@ def prepare_chunk(sink: Sink, chunk: Chunk) -> tuple[Prepared, list[DeadLetter]]
         letters: list[DeadLetter] = []
         if kind == "points":
             prepared, records = sink.prepare(point_blocks=chunk.columns), len(chunk.columns)
+        elif kind == "steps":  # read column-wise, or record by record where a message needed it
+            rows = [record for message in chunk.messages for record in message.records]
+            prepared, records = sink.prepare(chunk.columns, rows), chunk.columns.steps + len(rows)
         else:
             rows = [record for message in chunk.messages for record in message.records]
             prepared, records = sink.prepare(**{WRITE_ARG[kind]: rows}), len(rows)
@@ -141,6 +163,10 @@ def _salvage(sink: Sink, chunk: Chunk) -> tuple[Prepared, int, list[DeadLetter]]
     """Build every message (points) or record on its own; write the ones that build, dead-letter the others."""
     held, letters = chunk.held, list[DeadLetter]()
     good_columns, good_records = PointColumns(), list[Any]()
+    if held.kind == "steps":  # read column-wise: decode their records now
+        for message in chunk.messages:
+            if message.stored and message.indices is None and not message.records:
+                message.records = decode_records("steps", message.raw).records
     for message in (m for m in chunk.messages if m.stored):
         source = (held.topic, held.partition, message.offset)
         if held.kind == "points":

@@ -169,9 +169,9 @@ ORDER BY (project, entity_type, entity_id, producer_id, seq)
 SETTINGS {_DEDUP}
 """
 
-# The sink worker's write-ahead log of chunk boundaries: before inserting a chunk of one topic partition it
-# records [first_offset, last_offset]; after a crash it cuts the replay at the same offsets, so the replayed
-# inserts carry the same deduplication tokens and land once.
+# The sink worker's write-ahead log of chunk boundaries: before a write it records, per topic partition in it,
+# [first_offset, last_offset] and the write's key; after a crash it cuts the replay at the same offsets and
+# regroups the chunks by key, so the replayed inserts carry the same deduplication tokens and land once.
 SINK_CHUNKS: Final = """
 CREATE TABLE IF NOT EXISTS sink_chunks (
     group_id String,
@@ -179,12 +179,15 @@ CREATE TABLE IF NOT EXISTS sink_chunks (
     partition UInt32,
     first_offset Int64,
     last_offset Int64,
-    created DateTime DEFAULT now()
+    created DateTime DEFAULT now(),
+    write_key String DEFAULT ''
 ) ENGINE = ReplacingMergeTree
 ORDER BY (group_id, topic, partition, first_offset)
 TTL created + INTERVAL 30 DAY
 """
 
+# Columns added since a table was first made, with defaults: existing stores get them in place.
+_ADDED: Final = ("ALTER TABLE sink_chunks ADD COLUMN IF NOT EXISTS write_key String DEFAULT ''",)
 DDL: Final = (POINTS, SERIES_STATS, SERIES_BLOCKS, ENTITIES, PARAMS, INGESTED, SINK_CHUNKS)
 TABLES: Final = ("points", "series_stats", "series_blocks", "entities", "params", "ingested", "sink_chunks")
 # Columns a store made by an older trackstream lacks; the tables cannot be altered in place (a new engine version
@@ -214,6 +217,8 @@ def migrate(backend: _Commander) -> None:
     """
     backend.create_database()
     for statement in DDL:
+        backend.command(statement)
+    for statement in _ADDED:
         backend.command(statement)
     present = {(table, name) for table, name in backend.query(_REQUIRED_SQL)[1]}
     missing = [f"{table}.{name}" for table, name in _REQUIRED.items() if (table, name) not in present]

@@ -19,6 +19,7 @@ from trackstream.schemas.settings import StoreSettings
 from trackstream.sinks.backend import Backend
 from trackstream.sinks.batch import PointColumns, entities_tables, points_tables
 from trackstream.sinks.connect import open_backend
+from trackstream.sinks.errors import require
 from trackstream.sinks.schema import migrate
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # (a second copy of the blocks implies a second copy of the statistics, which marks the series unclean), and
 # ``ingested`` last, since it announces everything as queryable.
 _POINT_TABLES = ("points", "series_stats", "series_blocks", "ingested")
+_TABLE_ORDER = (*_POINT_TABLES, "entities", "params")
 
 
 def dedup_token(*parts: object) -> str:
@@ -54,6 +56,23 @@ class Prepared:
 
     tables: list[tuple[str, pa.Table]]
     stats: WriteStats
+
+    @classmethod
+    def merge(cls, parts: Sequence[Prepared]) -> Prepared:
+        """One write of several: each table's rows concatenated (the same rows as writing the parts one by one),
+        tables in :data:`_TABLE_ORDER`."""
+        if len(parts) == 1:
+            return parts[0]
+        pa = require("pyarrow")
+        by_name: dict[str, list[Any]] = {}
+        for part in parts:
+            for name, table in part.tables:
+                by_name.setdefault(name, []).append(table)
+        tables = [(name, by_name[name][0] if len(by_name[name]) == 1 else pa.concat_tables(by_name[name]))
+                  for name in _TABLE_ORDER if name in by_name]
+        stats = WriteStats(points=sum(p.stats.points for p in parts), steps=sum(p.stats.steps for p in parts),
+                           entity_states=sum(p.stats.entity_states for p in parts))
+        return cls(tables, stats)
 
 
 class Sink:
@@ -99,7 +118,7 @@ class Sink:
         tables: list[tuple[str, pa.Table]] = []
         points = point_blocks.points if isinstance(point_blocks, PointColumns) else sum(
             b.point_count() for b in point_blocks)
-        if point_blocks or steps:
+        if point_blocks or steps or (isinstance(point_blocks, PointColumns) and point_blocks.steps):
             columns = point_blocks if isinstance(point_blocks, PointColumns) else PointColumns()
             if not isinstance(point_blocks, PointColumns):
                 for block in point_blocks:
@@ -110,7 +129,8 @@ class Sink:
         if entity_states:
             built = entities_tables(entity_states)
             tables += [("entities", built["entities"]), ("params", built["params"])]
-        stats = WriteStats(points=points, steps=len(steps), entity_states=len(entity_states))
+        steps_added = len(steps) + (point_blocks.steps if isinstance(point_blocks, PointColumns) else 0)
+        stats = WriteStats(points=points, steps=steps_added, entity_states=len(entity_states))
         return Prepared([(name, table) for name, table in tables if table.num_rows], stats)
 
     def write_prepared(self, prepared: Prepared, *, dedup_key: str | None = None) -> WriteStats:

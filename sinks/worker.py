@@ -1,24 +1,27 @@
 """Sink worker (``trackstream sink worker``): processed topics -> :class:`trackstream.sinks.sink.Sink`, exactly once.
 
-Per topic partition, messages accumulate into a chunk bounded by rows, bytes and age (:class:`Batcher`). A
-chunk is written in three steps:
+Per topic partition, messages accumulate into a chunk bounded by rows, bytes and age (:class:`Batcher`). A cut
+seals the chunk of every partition at once into one write (:class:`~trackstream.sinks.writes.Write`), written in
+three steps:
 
-1. record its offset range [first, last] in ``sink_chunks`` (a write-ahead log of chunk boundaries);
-2. insert its rows with the deduplication token ``<topic>:<partition>:<first>-<last>``;
-3. commit ``last + 1`` to Kafka.
+1. record each chunk's offset range [first, last] and the write's key in ``sink_chunks`` (a write-ahead log);
+2. insert the rows of all its chunks, one insert per table, with the write's key as deduplication token (the
+   key lists the chunks: ``<topic>:<partition>:<first>-<last>,...``);
+3. commit ``last + 1`` of every chunk to Kafka, in one request.
 
 Steps 1-2 run in a thread (chDB releases the GIL while it inserts) while the event loop fetches the next
 messages and decodes them straight into the columns of the chunk being filled (no per-point Python objects);
-a sealed chunk's tables are built in a thread too, while the previous chunk is being inserted. At most one
-chunk is in flight and one waits for it (memory stays bounded by the batchers plus two chunks); commits follow
-the writes in order. While the writer is idle, the oldest chunk is cut as soon as it holds a quarter of
-``max_rows`` or is ``idle_linger_ms`` old, so a point waits about that long below saturation, and chunks grow
-(up to ``max_rows`` or ``linger_ms``) only while the writer is busy (replays still cut at the recorded boundaries).
+a sealed write's tables are built in a thread too, while the previous write is being inserted. At most one
+write is in flight and one waits for it (memory stays bounded by the batchers plus two writes); commits follow
+the writes in order. While the writer is idle, a cut happens as soon as the oldest chunk holds a quarter of
+``max_rows`` or is ``idle_linger_ms`` old, so a point waits about that long plus one write below saturation;
+chunks grow (up to ``max_rows`` or ``linger_ms``) only while the writer is busy.
 
-A crash after 2 replays the chunk from the committed offset; on assignment the worker reads the recorded
-boundaries and cuts the replay at the same offsets, so the replayed inserts carry the same tokens and ClickHouse
-drops them: even a raw ``SELECT count() FROM points`` sees every point once. (Reads use ``FINAL`` on top, which
-covers the remaining windows, e.g. a crash between 1 and 2 followed by a differently cut replay.)
+A crash after 2 replays the write from the committed offsets; on assignment the worker reads the recorded
+boundaries, cuts the replay at the same offsets and regroups the chunks by write (:mod:`.writes`), so the
+replayed inserts carry the same token and ClickHouse drops them: even a raw ``SELECT count() FROM points`` sees
+every point once. (Reads use ``FINAL`` on top, which covers the remaining windows, e.g. a crash between 1 and 2
+followed by a differently cut replay, or a write whose partitions moved to several workers.)
 
 ClickHouse unavailable: the worker pauses its partitions, keeps polling (so the group keeps it), retries the
 same chunk with capped exponential backoff and logs each failure; nothing is committed and nothing new is
@@ -45,11 +48,12 @@ from trackstream.schemas.settings import KafkaSettings, StoreSettings, diagnose_
 from trackstream.schemas.topics import Topics
 from trackstream.sinks.batch import Batcher, BatchLimits
 from trackstream.sinks.checks import decode_records, reason_of
-from trackstream.sinks.chunks import Chunk, Held, Message, prepare_chunk, record_chunk, recorded_chunks
+from trackstream.sinks.chunks import Chunk, Held, Message, prepare_chunk, record_chunks, recorded_chunks
 from trackstream.sinks.dlq import DeadLetter, DeadLetterSender, count_points, sink_dlq_topic
 from trackstream.sinks.errors import SinkError, require
 from trackstream.sinks.outage import BrokerWatch, quiet_here, stop_consumer
 from trackstream.sinks.sink import Sink
+from trackstream.sinks.writes import ReplayPool, Write
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +64,15 @@ _INFLIGHT_POLL_MS = 10  # poll timeout while a write is in flight, so its commit
 class WorkerStats:
     """Counters of one sink worker since it started.
 
-    ``points`` and ``records`` written (for the points topic a record is one point block), ``chunks`` written,
-    write ``retries``; ``dead_letters`` acknowledged by the broker, holding ``dead_messages`` dead-lettered whole
-    and ``dead_records`` dead-lettered out of otherwise stored messages.
+    ``points`` and ``records`` written (for the points topic a record is one point block), ``writes`` made (each
+    holds the chunks of several partitions), write ``retries``; ``dead_letters`` acknowledged by the broker,
+    holding ``dead_messages`` dead-lettered whole and ``dead_records`` dead-lettered out of otherwise stored
+    messages.
     """
 
     points: int = 0
     records: int = 0
-    chunks: int = 0
+    writes: int = 0
     retries: int = 0
     dead_letters: int = 0
     dead_messages: int = 0
@@ -102,8 +107,9 @@ class SinkWorker:
         self.watch = BrokerWatch(kafka.bootstrap)
         self._kinds = dict(zip(self.topics.processed(), ("points", "steps", "entities"), strict=True))
         self._held: dict[Any, Held] = {}
-        self._inflight: tuple[Chunk, asyncio.Future[None]] | None = None
-        self._sealed: Chunk | None = None  # prepared, waiting for the write in flight
+        self._pool = ReplayPool()
+        self._inflight: tuple[Write, asyncio.Future[None]] | None = None
+        self._sealed: Write | None = None  # prepared, waiting for the write in flight
         self._consumer: Any = None
         self._dlq = DeadLetterSender(
             kafka, self.dlq_topic, max_backoff_s=max_backoff_s, on_acked=self._count, quiet=lambda: self.watch.down,
@@ -112,9 +118,11 @@ class SinkWorker:
 
     @property
     def held_rows(self) -> int:
-        """Rows held in memory: accumulating in the batchers, the chunk being written and the one waiting."""
-        chunks = [self._inflight[0] if self._inflight else None, self._sealed]
-        return sum(c.rows for c in chunks if c) + sum(held.batcher.rows for held in self._held.values())
+        """Rows held in memory: accumulating in the batchers, replayed chunks waiting for their write, the write
+        being written and the one waiting."""
+        writes = [self._inflight[0] if self._inflight else None, self._sealed]
+        pooled = sum(c.rows for chunks in self._pool.waiting.values() for c in chunks)
+        return sum(w.rows for w in writes if w) + pooled + sum(held.batcher.rows for held in self._held.values())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; pending chunks are written (and committed) before returning."""
@@ -144,18 +152,15 @@ class SinkWorker:
             while not stop.is_set():
                 if self._inflight and self._inflight[1].done():
                     await self._drain(stop)
-                for tp in [tp for tp, held in self._held.items() if held.batcher.due()]:
-                    await self._flush(tp, stop)
-                ready = [(held.batcher.started or 0.0, tp) for tp, held in self._held.items()
-                         if not held.plans and self._idle(held)]
-                if ready:
-                    await self._flush(min(ready, key=lambda item: item[0])[1], stop)
+                for write in self._pool.ready():
+                    await self._start(write, stop)
+                if any(held.batcher.due() or self._idle(held) for held in self._cuttable().values()):
+                    await self._cut(stop)
                 timeout_ms = min(self.poll_ms, _INFLIGHT_POLL_MS) if self._inflight else self._poll_timeout_ms()
                 fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.limits.max_rows)
                 for tp, messages in fetched.items():
                     await self._take(tp, messages, stop)
-            for tp in list(self._held):
-                await self._flush(tp, stop, final=True)
+            await self._cut(stop, final=True)
             await self._drain(stop, final=True)
         finally:
             watching.cancel()
@@ -171,16 +176,23 @@ class SinkWorker:
         for message in messages:
             item, rows = self._decode(held, message)
             held.batcher.add(item, rows=rows, nbytes=len(message.value or b""))
-            if held.planned_cut(message.offset) or (not held.plans and (held.batcher.full() or self._idle(held))):
-                await self._flush(tp, stop)
+            if held.planned_cut(message.offset):
+                self._pool.add(held.seal(tp), self._consumer.assignment())
+                for write in self._pool.ready():
+                    await self._start(write, stop)
+            elif (held.batcher.full() or self._idle(held)) and tp in self._cuttable():
+                await self._cut(stop)
 
     def _decode(self, held: Held, message: Any) -> tuple[Message, int]:
-        """The message's records (points: into the chunk's columns); what cannot be stored is dead-lettered."""
+        """The message's records (points and step aggregates: into the chunk's columns); what cannot be stored is
+        dead-lettered."""
         raw, source = message.value, (held.topic, held.partition, message.offset)
         item = Message(message.offset, [], raw, message.key)
         try:
             if held.kind == "points":
                 return item, held.columns.add_raw(raw if raw is not None else b"")
+            if held.kind == "steps" and (count := held.columns.add_steps_raw(raw)) is not None:
+                return item, count  # column-wise; the records are decoded again only if the chunk fails to build
             decoded = decode_records(held.kind, raw)
         except Exception as exc:
             item.stored = False
@@ -194,6 +206,11 @@ class SinkWorker:
             self._dead_letter(held, DeadLetter.some_records(decoded.rejected, source, raw, message.key))
         return item, len(decoded.records)
 
+    def _cuttable(self) -> dict[Any, Held]:
+        """Partitions whose messages may be cut now: not replaying recorded chunks, none waiting in the pool."""
+        return {tp: held for tp, held in self._held.items()
+                if held.batcher.items and not held.plans and not self._pool.holds(tp)}
+
     def _dead_letter(self, held: Held | Chunk, letter: DeadLetter) -> None:
         """Hand ``letter`` to the producer; the offsets past it wait for its acknowledgement (``held.dead``)."""
         held.dead.append(self._dlq.submit(letter))
@@ -205,22 +222,30 @@ class SinkWorker:
         else:
             self.stats.dead_records += len(letter.records)
 
-    async def _flush(self, tp: Any, stop: asyncio.Event, *, final: bool = False) -> None:
-        """Seal the partition's chunk and start writing it, once the chunk in flight (if any) is committed."""
-        held = self._held.get(tp)
-        if held is None or not held.batcher.items:
-            return
-        self._sealed = chunk = held.seal(tp)
+    async def _cut(self, stop: asyncio.Event, *, final: bool = False) -> None:
+        """Seal the chunk of every partition that may be cut into one write and start it."""
+        chunks = [held.seal(tp) for tp, held in self._cuttable().items()]
+        if chunks:
+            await self._start(Write.of(chunks), stop, final=final)
+
+    async def _start(self, write: Write, stop: asyncio.Event, *, final: bool = False) -> None:
+        """Build the write's tables, then start writing it once the write in flight (if any) is committed."""
+        self._sealed = write
         try:
-            chunk.prepared, letters = await asyncio.to_thread(prepare_chunk, self.sink, chunk)  # overlaps the write
-            for letter in letters:
-                self._dead_letter(chunk, letter)
+            built = await asyncio.to_thread(lambda: [prepare_chunk(self.sink, c) for c in write.chunks])
+            for chunk, (prepared, letters) in zip(write.chunks, built, strict=True):  # built during the last write
+                chunk.prepared = prepared
+                for letter in letters:
+                    self._dead_letter(chunk, letter)
             await self._drain(stop, final=final)
         finally:
             self._sealed = None
-        if self._held.get(tp) is not held:  # revoked, or given up at shutdown: replayed from its commit
-            return
-        self._inflight = (chunk, asyncio.ensure_future(asyncio.to_thread(self._write, chunk)))
+        if write.keep(self._current):  # the chunks of partitions revoked meanwhile are replayed from their commit
+            self._inflight = (write, asyncio.ensure_future(asyncio.to_thread(self._write, write)))
+
+    def _current(self, chunk: Chunk) -> bool:
+        """Whether the chunk's partition is still held as it was when the chunk was cut."""
+        return self._held.get(chunk.tp) is chunk.held
 
     def _idle(self, held: Held) -> bool:
         """Nothing is being written and this chunk is worth an insert (a quarter of ``max_rows``, or
@@ -242,79 +267,76 @@ class SinkWorker:
         letters; commit it."""
         if self._inflight is None:
             return
-        chunk, write = self._inflight
-        tp, delay = chunk.tp, 0.1
+        write, writing = self._inflight
+        delay = 0.1
         while True:
             try:
-                await write
+                await writing
                 break
             except SinkError as exc:
                 self.stats.retries += 1
-                log.warning(
-                    "ClickHouse write of %s[%d] offsets %d-%d failed (%s); not committing, retrying in %.1fs",
-                    tp.topic, tp.partition, chunk.first, chunk.last, exc, delay,
-                )
+                log.warning("ClickHouse write of %s failed (%s); not committing, retrying in %.1fs", write.key, exc,
+                            delay)
                 if final and stop.is_set() and delay >= self.max_backoff_s:
-                    self._give_up(chunk, "its write failed")
+                    self._give_up(write, "its write failed")
                     return
                 await self._backoff(delay)
                 delay = min(delay * 2, self.max_backoff_s)
-                if self._held.get(tp) is not chunk.held:  # revoked meanwhile: the next owner replays it
+                if not write.keep(self._current):  # all revoked meanwhile: the next owners replay them
                     self._inflight = None
                     return
-                write = asyncio.ensure_future(asyncio.to_thread(self._write, chunk))
-                self._inflight = (chunk, write)
-        if await self._letters_acked(chunk, stop, final=final):
-            await self._commit(chunk)
+                writing = asyncio.ensure_future(asyncio.to_thread(self._write, write))
+                self._inflight = (write, writing)
+        if await self._letters_acked(write, stop, final=final):
+            await self._commit(write)
         self._inflight = None
 
-    async def _letters_acked(self, chunk: Chunk, stop: asyncio.Event, *, final: bool) -> bool:
-        """Wait, polling while paused, until the broker acknowledged the chunk's dead letters. False when the
-        partition was revoked meanwhile or, at shutdown, the broker stays away (the offsets are then replayed)."""
-        pending, started = {f for f in chunk.dead if not f.done()}, time.monotonic()
+    async def _letters_acked(self, write: Write, stop: asyncio.Event, *, final: bool) -> bool:
+        """Wait, polling while paused, until the broker acknowledged the write's dead letters. False when its
+        partitions were revoked meanwhile or, at shutdown, the broker stays away (the offsets are then replayed)."""
+        pending, started = {f for f in write.dead if not f.done()}, time.monotonic()
         while pending:
             _, pending = await asyncio.wait(pending, timeout=0.2)
             if not pending:
                 break
             if final and stop.is_set() and time.monotonic() - started >= self.max_backoff_s:
-                self._give_up(chunk, f"{len(pending)} dead letter(s) are not acknowledged")
+                self._give_up(write, f"{len(pending)} dead letter(s) are not acknowledged")
                 return False
             await self._backoff(0.2)
-            if self._held.get(chunk.tp) is not chunk.held:
+            if not any(self._current(c) for c in write.chunks):
                 return False
         return True
 
-    def _give_up(self, chunk: Chunk, why: str) -> None:
-        log.error("giving up at shutdown (%s): %s[%d] offsets %d-%d stay uncommitted and will be replayed",
-                  why, chunk.tp.topic, chunk.tp.partition, chunk.first, chunk.last)
-        if self._held.get(chunk.tp) is chunk.held:  # so no later chunk of it commits past this one
-            del self._held[chunk.tp]
+    def _give_up(self, write: Write, why: str) -> None:
+        log.error("giving up at shutdown (%s): the offsets of %s stay uncommitted and will be replayed", why,
+                  write.key)
+        for chunk in write.chunks:
+            if self._current(chunk):  # so no later chunk of it commits past this one
+                del self._held[chunk.tp]
         self._inflight = None
 
-    async def _commit(self, chunk: Chunk) -> None:
-        tp = chunk.tp
-        self.stats.chunks += 1
-        if self._held.get(tp) is not chunk.held:
-            log.info("%s[%d] was reassigned while offsets %d-%d were written; not committing (a replay is "
-                     "deduplicated)", tp.topic, tp.partition, chunk.first, chunk.last)
+    async def _commit(self, write: Write) -> None:
+        self.stats.writes += 1
+        offsets = {c.tp: c.last + 1 for c in write.chunks if self._current(c)}
+        for chunk in write.chunks:
+            if not self._current(chunk):
+                log.info("%s[%d] was reassigned while offsets %d-%d were written; not committing them (a replay is "
+                         "deduplicated)", chunk.tp.topic, chunk.tp.partition, chunk.first, chunk.last)
+        if not offsets:
             return
         try:
-            await self._consumer.commit({tp: chunk.last + 1})
+            await self._consumer.commit(offsets)
         except Exception as exc:  # rebalanced away: the next owner replays with the recorded boundaries
             self.watch.suspect()
-            log.warning("commit of %s[%d] offset %d failed (%s); the chunk will be replayed, deduplicated",
-                        tp.topic, tp.partition, chunk.last + 1, exc)
+            log.warning("commit of %s failed (%s); the write will be replayed, deduplicated", write.key, exc)
 
-    def _write(self, chunk: Chunk) -> None:
-        """Record the chunk's boundaries (unless a replay reuses recorded ones), then insert it (in a thread)."""
-        held, prepared = chunk.held, chunk.prepared
-        assert prepared is not None
-        if not chunk.planned:
-            record_chunk(self.sink, self.group_id, held, chunk.first, chunk.last)
-        dedup_key = f"{held.topic}:{held.partition}:{chunk.first}-{chunk.last}"
-        stats = self.sink.write_prepared(prepared, dedup_key=dedup_key)
+    def _write(self, write: Write) -> None:
+        """Record the chunks' boundaries (unless a replay reuses recorded ones), then insert them (in a thread)."""
+        if not write.planned:
+            record_chunks(self.sink, self.group_id, write.chunks, write.key)
+        stats = self.sink.write_prepared(write.prepared(), dedup_key=write.key)
         self.stats.points += stats.points
-        self.stats.records += chunk.records
+        self.stats.records += sum(c.records for c in write.chunks)
 
     async def _backoff(self, delay_s: float) -> None:
         """Wait while still polling (paused), so the group does not evict this worker."""
@@ -352,6 +374,7 @@ class SinkWorker:
         """
         for tp in partitions:
             self._held.pop(tp, None)
+        self._pool.drop(partitions)
 
 
 def _no_write(items: list[Message]) -> None:

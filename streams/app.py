@@ -6,10 +6,15 @@ one partition per source partition, see :mod:`trackstream.streams.checkpoint`). 
 safe with dedup, per flush (every ``batch_max_events`` events or ``batch_within_ms``):
 
 1. process envelopes as they come (pure Python, no awaits, under a lock);
-2. on flush, enqueue every output message and snapshot the changed entities' state (under the lock);
-3. a committer task, flush after flush: **waits until the broker has the outputs**, then sends the state
-   snapshot to the state topic, then acks the flushed events; faust commits their offsets later, after
-   flushing the producer. Processing continues meanwhile.
+2. on flush, enqueue every output message; every ``state_interval_ms`` (and on a rebalance or stop) also
+   snapshot the entities changed since the last snapshot (under the lock);
+3. a committer task, flush after flush: **waits until the broker has the outputs**; on a snapshot flush it then
+   sends the snapshot to the state topic and acks the events of this flush and of the flushes since the last
+   snapshot; faust commits their offsets later, after flushing the producer. Processing continues meanwhile.
+
+Outputs leave every flush (``batch_within_ms``, for latency); state is snapshotted at a slower cadence because
+each snapshot rewrites whole entity states (the pending cross-rank step columns included): at 20 ms that was
+as many bytes as the outputs themselves.
 
 So a committed offset never runs ahead of state, and state never runs ahead of outputs. After a crash the
 worker replays from the committed offset against state that is at least as new: envelopes the state already
@@ -37,7 +42,7 @@ import faust
 import faust.transport.drivers.aiokafka  # its aiokafka loggers exist before the log filter is installed
 
 from trackstream.schemas.envelope import MAX_ENVELOPE_BYTES
-from trackstream.schemas.kafka_clients import topic_durability
+from trackstream.schemas.kafka_clients import pick_compression, topic_durability
 from trackstream.schemas.settings import KafkaSettings, diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 from trackstream.streams.checkpoint import load_partition, state_topic
@@ -46,6 +51,7 @@ from trackstream.streams.liveness import DEFAULT_HEARTBEAT_TIMEOUT_MS
 from trackstream.streams.outage import BrokerHealth, KafkaLogFilter, install
 from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor, tune_gc
 from trackstream.streams.records import OutMessage, Output, SourcePosition, StreamsError, output_messages
+from trackstream.streams.transport import App
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,7 @@ class WorkerConfig:
     tick_interval_ms: int = 1_000
     batch_max_events: int = 256
     batch_within_ms: int = 20
+    state_interval_ms: int = 500
     commit_interval_ms: int = 1_000
     max_envelope_bytes: int = MAX_ENVELOPE_BYTES
     session_timeout_ms: int = 10_000
@@ -90,6 +97,8 @@ class StreamsWorker:
         self._loaded: dict[int, asyncio.Task[None]] = {}
         self.lock = asyncio.Lock()
         self._events: list[Any] = []
+        self._unsnapshotted: list[Any] = []  # events flushed since the last state snapshot (acked with it)
+        self._snapshot_at = 0.0
         self._out = Output()
         self._stream: Any = None
         self.health = BrokerHealth(config.kafka.bootstrap or "?")
@@ -148,19 +157,28 @@ class StreamsWorker:
             self._out.extend(self.processor.tick())
             await self._flush()
 
-    async def _flush(self) -> None:
-        """Hand the outputs, the state they came from and their events to the committer, in order.
+    async def _flush(self, *, snapshot: bool = False) -> None:
+        """Hand the outputs to the committer; with ``snapshot`` (or ``state_interval_ms`` after the last one) also
+        the state they came from and the events it covers, in order.
 
         Runs under the lock and only enqueues: the state snapshot is taken now, so processing goes on while
-        the committer waits for the broker.
+        the committer waits for the broker. Events of a flush without a snapshot wait for the next one.
         """
-        if not (self._events or not self._out.is_empty()):
+        loop = asyncio.get_running_loop()
+        snapshot = snapshot or loop.time() - self._snapshot_at >= self.config.state_interval_ms / 1000
+        if not (self._events or not self._out.is_empty() or (snapshot and self._unsnapshotted)):
             return
-        events, self._events = self._events, []
+        self._unsnapshotted.extend(self._events)
+        self._events = []
         out, self._out = self._out, Output()
         pending = [await self.delivery.submit(msg) for msg in output_messages(out, self.topics)]
-        states = [OutMessage(self.state_topic, key, blob, self.processor.partition_of(key))
-                  for key, blob in self.processor.take_dirty().items()]
+        states: list[OutMessage] = []
+        events: list[Any] = []
+        if snapshot:
+            self._snapshot_at = loop.time()
+            states = [OutMessage(self.state_topic, key, blob, self.processor.partition_of(key))
+                      for key, blob in self.processor.take_dirty().items()]
+            events, self._unsnapshotted = self._unsnapshotted, []
         self._commits.put_nowait((pending, states, events))
 
     async def _send(self, message: OutMessage) -> Any:
@@ -213,7 +231,7 @@ class StreamsWorker:
 
     async def _on_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
         async with self.lock:
-            await self._flush()
+            await self._flush(snapshot=True)
             await self._commits.join()
             await self.app.producer.flush()  # the state a new owner (maybe this worker) will load
             partitions = {tp.partition for tp in revoked if tp.topic == self.topics.metrics}
@@ -241,7 +259,7 @@ def faust_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | N
 def _make_app(config: WorkerConfig) -> faust.App:
     bootstrap = config.kafka.require_bootstrap("the stream worker")
     brokers = [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
-    return faust.App(
+    return App(
         config.app_id,
         broker=brokers,
         broker_credentials=faust_credentials(config.kafka),
@@ -259,6 +277,7 @@ def _make_app(config: WorkerConfig) -> faust.App:
         broker_session_timeout=config.session_timeout_ms / 1000,
         broker_heartbeat_interval=max(config.session_timeout_ms / 10_000, 0.5),
         producer_acks=-1,
+        producer_compression_type=pick_compression("auto"),
         producer_max_request_size=MAX_REQUEST_BYTES,
         consumer_max_fetch_size=16 * 1024 * 1024,
         stream_wait_empty=False,

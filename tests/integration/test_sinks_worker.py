@@ -41,9 +41,10 @@ WORKER = textwrap.dedent("""
     sink.backend.command("SYSTEM STOP MERGES points")  # a merge would hide duplicates from count()
 
     class Crashing(SinkWorker):
-        def _write(self, chunk):
-            super()._write(chunk)
-            if chunk.held.kind == "points" and crash_after and self.stats.chunks + 1 >= crash_after:
+        def _write(self, write):
+            super()._write(write)
+            points = any(c.held.kind == "points" for c in write.chunks)
+            if points and crash_after and self.stats.writes + 1 >= crash_after:
                 os._exit(17)  # inserted, not committed
 
     async def main():
