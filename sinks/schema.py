@@ -186,8 +186,10 @@ ORDER BY (group_id, topic, partition, first_offset)
 TTL created + INTERVAL 30 DAY
 """
 
-# Columns added since a table was first made, with defaults: existing stores get them in place.
-_ADDED: Final = ("ALTER TABLE sink_chunks ADD COLUMN IF NOT EXISTS write_key String DEFAULT ''",)
+# Columns added since a table was first made, with defaults: a store that lacks one gets it in place (the only
+# time the writer needs ALTER ... ADD COLUMN on that table).
+_ADDED: Final = {("sink_chunks", "write_key"): "ALTER TABLE sink_chunks ADD COLUMN IF NOT EXISTS write_key String "
+                                               "DEFAULT ''"}
 DDL: Final = (POINTS, SERIES_STATS, SERIES_BLOCKS, ENTITIES, PARAMS, INGESTED, SINK_CHUNKS)
 TABLES: Final = ("points", "series_stats", "series_blocks", "entities", "params", "ingested", "sink_chunks")
 # Columns a store made by an older trackstream lacks; the tables cannot be altered in place (a new engine version
@@ -195,7 +197,8 @@ TABLES: Final = ("points", "series_stats", "series_blocks", "entities", "params"
 _REQUIRED: Final = {"points": "version", "series_stats": "covers"}
 _REQUIRED_SQL: Final = """
 SELECT table, name FROM system.columns
-WHERE database = currentDatabase() AND table IN ('points', 'series_stats') AND name IN ('version', 'covers')
+WHERE database = currentDatabase() AND table IN ('points', 'series_stats', 'sink_chunks')
+  AND name IN ('version', 'covers', 'write_key')
 """
 
 
@@ -218,9 +221,10 @@ def migrate(backend: _Commander) -> None:
     backend.create_database()
     for statement in DDL:
         backend.command(statement)
-    for statement in _ADDED:
-        backend.command(statement)
     present = {(table, name) for table, name in backend.query(_REQUIRED_SQL)[1]}
+    for column, statement in _ADDED.items():
+        if column not in present:
+            backend.command(statement)
     missing = [f"{table}.{name}" for table, name in _REQUIRED.items() if (table, name) not in present]
     if missing:
         raise QueryError(f"this store was made by an older trackstream (no {', '.join(missing)}): points are now "

@@ -357,17 +357,33 @@ def analyse(dump: str, text: str, database: str | None) -> Analysis:
     return Analysis(kind, frozenset(heads))
 
 
+# The analysis of a statement's tree, by (statement, database): a dashboard or a live page sends the same statement
+# every second with other parameter values, and each EXPLAIN AST is a round trip to the store (on chDB, a turn
+# of the lock the ingest takes). Parameters other than Identifier are literals in the tree.
+_ANALYSES: dict[tuple[str, str | None], Analysis] = {}
+_ANALYSES_MAX: Final = 512
+_IDENTIFIER_PARAM: Final = re.compile(r"\{\s*\w+\s*:\s*Identifier\s*\}", re.IGNORECASE)
+
+
 def check_statement(backend: Backend, query: str, params: Mapping[str, Any] | None = None) -> Checked:
     """Check ``query`` (with the ``params`` it will run with) for ``QueryService.sql``; returns the statement to run.
 
-    Sends ``EXPLAIN AST`` (and, when the query has dotted identifiers with an unknown head, a read of the database
-    names) to ``backend``. Raises QueryError when the statement is refused or does not parse; the caller runs
-    ``checked.text`` with ``readonly=True``.
+    Sends ``EXPLAIN AST`` (once per statement text and database, unless it has an ``Identifier`` parameter; and,
+    when the query has dotted identifiers with an unknown head, a read of the database names) to ``backend``.
+    Raises QueryError when the statement is refused or does not parse; the caller runs ``checked.text`` with
+    ``readonly=True``.
     """
     text, _ = prepare(query)
     database: str | None = getattr(backend, "database", None)
-    _, rows = backend.query(f"EXPLAIN AST optimize = 0 {text}", params)
-    analysis = analyse("\n".join(str(row[0]) for row in rows), text, database)
+    key = (text, database)
+    analysis = _ANALYSES.get(key)
+    if analysis is None:
+        _, rows = backend.query(f"EXPLAIN AST optimize = 0 {text}", params)
+        analysis = analyse("\n".join(str(row[0]) for row in rows), text, database)
+        if not _IDENTIFIER_PARAM.search(text):  # only an Identifier parameter's value can change the tree's tables
+            if len(_ANALYSES) >= _ANALYSES_MAX:
+                _ANALYSES.clear()
+            _ANALYSES[key] = analysis
     if analysis.heads:
         _, names = backend.query("SELECT name FROM system.databases", readonly=True)
         existing = {str(row[0]) for row in names}

@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GROUP_ID = "trackstream-sink"
 _INFLIGHT_POLL_MS = 10  # poll timeout while a write is in flight, so its commit follows promptly
+# aiokafka keeps one fetch in flight per broker, for the partitions with nothing buffered; while the busy ones
+# wait to be taken, that fetch covers only quiet ones (entities) and the broker holds it this long: fresh points
+# wait behind it (aiokafka's default, 500 ms, was half the Kafka path's latency below saturation)
+FETCH_MAX_WAIT_MS = 50
 
 @dataclass(slots=True)
 class WorkerStats:
@@ -128,9 +132,10 @@ class SinkWorker:
         """Consume until ``stop`` is set; pending chunks are written (and committed) before returning."""
         aiokafka = require("aiokafka")
         quiet_here()
+        options = {"fetch_max_wait_ms": FETCH_MAX_WAIT_MS, **self.consumer_options}
         self._consumer = consumer = aiokafka.AIOKafkaConsumer(
             **self.kafka.client_options(), group_id=self.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", **self.consumer_options,
+            auto_offset_reset="earliest", **options,
         )
         consumer.subscribe(list(self.topics.processed()), listener=_listener(self, aiokafka))
         # the store's first query pays a one-off setup (~0.2-0.3 s on chDB): overlap it with joining the group

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_APP_ID: Final = "trackstream-streams"
 MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
+PRODUCER_BATCH_BYTES: Final = 1024 * 1024
 PROBE_TIMEOUT_MS: Final = 5_000
 _Flushed = tuple[list[Pending], list[OutMessage], list[Any]]
 
@@ -279,6 +280,7 @@ def _make_app(config: WorkerConfig) -> faust.App:
         producer_acks=-1,
         producer_compression_type=pick_compression("auto"),
         producer_max_request_size=MAX_REQUEST_BYTES,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         consumer_max_fetch_size=16 * 1024 * 1024,
         stream_wait_empty=False,
     )

@@ -95,6 +95,7 @@ def _log_paced(run: Any, names: list[str], *, rate: float, steps: int, params: d
                noise: random.Random) -> int:
     """Say ``ready``, wait for the go line on stdin, then log ``rate`` points/s (whole steps, on schedule) until
     stdin closes; returns the points logged. ``steps`` only shapes the simulated curves."""
+    run.flush(timeout_s=120, acknowledged=True)  # connected and the run's start delivered: a job in its stride
     _say("ready")
     if not sys.stdin.readline():  # closed before the start: log nothing
         return 0

@@ -59,3 +59,27 @@ def test_migrate_leaves_a_store_that_a_live_process_owns(tmp_path: Path) -> None
     assert f"process {os.getpid()} owns the store" in refused.stderr, refused.stderr[-2000:]
     assert not (data / "metadata").exists()
     assert not (data / "store").exists()
+
+
+OLD_SINK_CHUNKS = """
+import sys
+from trackstream.sinks.chdb_backend import ChdbBackend
+from trackstream.sinks import schema
+backend = ChdbBackend(sys.argv[1])
+backend.command(schema.SINK_CHUNKS.replace("    write_key String DEFAULT ''\\n", "").replace("now(),", "now()"))
+backend.command("INSERT INTO sink_chunks (group_id, topic, partition, first_offset, last_offset) "
+                "VALUES ('g', 'p.points', 0, 0, 9)")
+"""
+
+
+def test_migrate_adds_the_write_key_to_a_store_made_before_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-c", OLD_SINK_CHUNKS, str(data)], check=True, timeout=120)
+    assert _run(tmp_path, "migrate", "--data-dir", str(data)).returncode == 0
+    read = ("from trackstream.sinks.chdb_backend import ChdbBackend; from trackstream.sinks.chunks import "
+            "recorded_chunks; import sys, collections; tp = collections.namedtuple('TP', 'topic partition')"
+            "('p.points', 0); from trackstream.sinks.sink import Sink; "
+            "print(recorded_chunks(Sink(ChdbBackend(sys.argv[1])), 'g', tp, 0))")
+    out = subprocess.run([sys.executable, "-c", read, str(data)], capture_output=True, text=True, check=True,
+                         timeout=120)
+    assert out.stdout.strip() == "[(0, 9, 'p.points:0:0-9')]"  # an old row: its write was the chunk alone

@@ -105,6 +105,9 @@ def test_demo_stores_exactly_the_generated_points(tmp_path: Path) -> None:
     assert {row["lr"] for row in summary["grouped"]} == {c["lr"] for c in sweep_configs(configs)}
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["figures"]["points"] == configs * ranks * (steps * metrics + 1)
+    # the maximum ingest rate counts from the first point logged, so it is below the drain rate (from the first seen)
+    figures = summary["figures"]
+    assert 0 < figures["ingest_points_per_s"] <= figures["drain_points_per_s"]
 
     # The paced phase: a second sweep of as many processes, every point it says it logged stored once.
     paced = summary["figures"]["paced"]

@@ -348,3 +348,30 @@ def test_server_backend_sends_the_parse_without_a_format_and_reads_its_lines() -
         ("raw_query", "-- c\nEXPLAIN AST optimize = 0 SELECT {p:String}", {"p": "x"}, {"readonly": 1}),
         ("query", "SELECT 1", {}, {"max_execution_time": 30, "max_memory_usage": 4 * 1024**3, "readonly": 1}),
         ("query", "SELECT 2", {}, {})]
+
+
+class CountingBackend:
+    """Answers EXPLAIN AST with a fixed dump and counts the statements it is sent."""
+
+    database = DB
+
+    def __init__(self, dump: str) -> None:
+        self.dump, self.sent = dump, []  # type: list[str]
+
+    def query(self, sql: str, params: object = None, *, readonly: bool = False) -> tuple[list[str], list[tuple[str]]]:
+        self.sent.append(sql)
+        return ["explain"], [(line,) for line in self.dump.splitlines()]
+
+
+def test_a_statement_is_parsed_once_whatever_its_parameter_values() -> None:
+    from trackstream.sinks.sql_guard import check_statement
+
+    backend = CountingBackend(SELECT_1)
+    text = "SELECT 1 WHERE 1 = {x:UInt8} -- cached"
+    for value in range(3):
+        assert check_statement(backend, text, {"x": value}).kind == "select"  # type: ignore[arg-type]
+    assert len(backend.sent) == 1
+    identifier = "SELECT 1 WHERE 1 = {x:UInt8} AND 1 IN {t: identifier} -- a table named by a parameter"
+    for value in ("points", "entities"):
+        check_statement(backend, identifier, {"x": 1, "t": value})  # type: ignore[arg-type]
+    assert len(backend.sent) == 3  # parsed every time: its tables depend on the value
