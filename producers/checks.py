@@ -51,7 +51,14 @@ def check_values(key: str, value: Any) -> list[float] | None:
 
 
 def check_step(step: Any) -> int:
-    """``step`` as an int; a bool, a non-integer (floats included) or a value outside int64 raises ValueError."""
+    """``step`` as an int. A whole-number float (``4096.0``, ``numpy.float64(50.0)``: what Lightning and other
+    frameworks hand their loggers) is that int; a fractional or non-finite float, a bool, a non-number or a value
+    outside int64 raises ValueError."""
+    if isinstance(step, numbers.Real) and not isinstance(step, numbers.Integral):
+        value = float(step)
+        if not value.is_integer():
+            raise ValueError(f"step must be a whole number, got {step!r}: steps count training iterations")
+        step = int(value)
     return _check_int("step", step, _INT64_MIN, "the int64 range")
 
 

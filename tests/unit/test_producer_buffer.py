@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import threading
 from fractions import Fraction
+from typing import Any
 
+import numpy as np
 import pytest
 
 from trackstream.producers.buffer import MetricBuffer
@@ -53,6 +55,29 @@ def test_non_string_key_and_bad_step_raise() -> None:
         buffer.log_metric("a", 1.0, step=2**63)
     with pytest.raises(ValueError, match="single_value"):
         buffer.log_metric("a", [1.0], single_value=True)
+
+
+@pytest.mark.parametrize("step", [4096.0, np.float64(50.0), np.float32(7.0), -3.0, Fraction(12, 1)],
+                         ids=repr)
+def test_whole_number_float_steps_are_their_int(step: Any) -> None:
+    buffer = MetricBuffer("test")
+    buffer.log_metrics({"loss": 0.5}, step=step)  # Lightning and others hand loggers float steps
+    buffer.log_metric("acc", 0.9, step=step)
+    buffer.log_history("curve", [step, step + 1], [0.1, 0.2], times_ns=[1, 2])  # the importers' path
+    got = columns(buffer)
+    assert got["loss"][0] == got["acc"][0] == [int(step)]
+    assert got["curve"][0] == [int(step), int(step) + 1]
+    assert all(type(s) is int for s in got["loss"][0] + got["acc"][0] + got["curve"][0])
+
+
+@pytest.mark.parametrize(("step", "fragment"), [
+    (1.5, "whole number"), (np.float64(0.25), "whole number"), (float("nan"), "whole number"),
+    (float("inf"), "whole number"), (1e30, "int64"), ("5", "integer"), (True, "bool")], ids=repr)
+def test_fractional_non_finite_and_other_steps_raise_at_the_call(step: Any, fragment: str) -> None:
+    buffer = MetricBuffer("test")
+    with pytest.raises(ValueError, match=fragment):
+        buffer.log_metrics({"loss": 0.5}, step=step)
+    assert not buffer.drain()
 
 
 def test_a_failing_log_metrics_call_leaves_the_buffer_and_steps_unchanged() -> None:
