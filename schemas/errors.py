@@ -49,6 +49,14 @@ class ConfigError(TrackstreamError):
     """
 
 
+class NotFoundError(TrackstreamError, LookupError):
+    """A read named a project, run, model, metric or param the store does not hold.
+
+    The message names what is missing and the closest names that exist ("metric 'losss' not found in project
+    'p'; did you mean 'loss'?"). The CLI prints it and exits with code 2.
+    """
+
+
 class MissingDependencyError(TrackstreamError, ImportError):
     """An optional package is not installed; the message names the extra that installs it (``extra``)."""
 

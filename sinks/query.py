@@ -16,6 +16,7 @@ import orjson
 
 from trackstream.schemas.envelope import EntityRef
 from trackstream.schemas.settings import StoreSettings
+from trackstream.sinks import lookup
 from trackstream.sinks import sql as q
 from trackstream.sinks.backend import Backend, Row
 from trackstream.sinks.batch import param_value
@@ -82,6 +83,8 @@ class QueryService:
         """
         scope = {"project": project, "entity_type": entity_type}
         entities = self._entities(scope, None)
+        if not entities:
+            lookup.check_project(self._rows, project)
         params = self._params(scope, None)
         metrics: dict[str, dict[str, Any]] = {}
         for entity_id, metric, kind, count, last, last_step, low, high in self._summary_rows(scope):
@@ -134,15 +137,24 @@ class QueryService:
         runs: Sequence[str] | None = None,
         entity_type: str = "run",
     ) -> list[dict[str, Any]]:
-        """One row per entity (id, name, value, step, params), or per distinct combination of the ``by`` params."""
+        """One row per entity (id, name, value, step, params), or per distinct combination of the ``by`` params.
+
+        Raises :class:`~trackstream.schemas.errors.NotFoundError` for an unknown project, metric, run id or ``by``
+        param, naming the closest that exist."""
         if agg not in AGGREGATES:
             raise QueryError(f"agg must be one of {', '.join(AGGREGATES)}, not {agg!r}")
         if isinstance(by, str):
             by = [by]
         scope = {"project": project, "entity_type": entity_type}
+        if runs:
+            lookup.check_ids(self._rows, scope, list(runs))
         select, extra = _id_filter(runs)
         rows = self._compare_rows(scope | extra | {"metric": metric}, "metric = {metric:String}" + select, agg)
+        if not rows:
+            lookup.check_metric(self._rows, scope, metric)
         params = self._params(scope, runs) if rows else {}
+        if by and rows:
+            lookup.check_params(sorted({key for found in params.values() for key in found}), list(by), project)
         names = self._names(scope, runs) if rows else {}
         result = []
         for entity_id, value, step in rows:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from trackstream.producers import Model, Run, flush, model, start_run
 from trackstream.producers.readback import set_read_backend
-from trackstream.schemas.errors import ConfigError, MissingDependencyError, TrackstreamError
+from trackstream.schemas.errors import ConfigError, MissingDependencyError, NotFoundError, TrackstreamError
 from trackstream.schemas.settings import KafkaSettings, Secret, StoreSettings
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ __all__ = [
     "KafkaSettings",
     "MissingDependencyError",
     "Model",
+    "NotFoundError",
     "Run",
     "Secret",
     "StoreSettings",

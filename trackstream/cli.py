@@ -327,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``trackstream`` command; returns the exit code (0 ok, 1 failure, 2 configuration error)."""
-    from trackstream.schemas.errors import ConfigError
+    """Run the ``trackstream`` command; returns the exit code (0 ok, 1 failure, 2 configuration error or a project,
+    run, metric or param that does not exist)."""
+    from trackstream.schemas.errors import ConfigError, NotFoundError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -338,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except KeyboardInterrupt:
         return 130
-    except ConfigError as exc:
+    except (ConfigError, NotFoundError) as exc:
         log.error("%s", exc)
         return 2
     except Exception as exc:
