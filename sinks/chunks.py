@@ -21,7 +21,7 @@ from typing import Any
 from trackstream.sinks.batch import Batcher, PointColumns
 from trackstream.sinks.checks import decode_records
 from trackstream.sinks.dlq import DeadLetter, count_points
-from trackstream.sinks.errors import require
+from trackstream.sinks.errors import SinkError, require
 from trackstream.sinks.sink import Prepared, Sink
 
 log = logging.getLogger(__name__)
@@ -232,3 +232,22 @@ def _problem(sink: Sink, arguments: Callable[[], dict[str, Any]]) -> str | None:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def no_write(items: list[Message]) -> None:
+    """The write of a :class:`Held` batcher: the worker writes chunks itself."""
+    raise SinkError("chunks are written by the worker")
+
+
+def rebalance_listener(revoked: Callable[[list[Any]], None], aiokafka: Any) -> Any:
+    """aiokafka rebalance callbacks: the held (uncommitted) chunks of revoked partitions are dropped (the next owner
+    replays them with the recorded boundaries), and an assigned partition starts afresh from its committed offset."""
+
+    class Listener(aiokafka.ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, partitions: Any) -> None:
+            revoked(list(partitions))
+
+        async def on_partitions_assigned(self, partitions: Any) -> None:
+            revoked(list(partitions))
+
+    return Listener()

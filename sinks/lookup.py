@@ -47,6 +47,16 @@ def check_metric(rows: Rows, scope: Mapping[str, Any], metric: str) -> None:
                             f"{did_you_mean(metric, metrics)}")
 
 
+def check_entity_metric(rows: Rows, scope: Mapping[str, Any], entity_id: str, metric: str) -> None:
+    """Raise :class:`NotFoundError` when entity ``entity_id`` of ``scope`` did not log ``metric``."""
+    metrics = [str(row[0]) for row in rows(_METRICS + " AND entity_id = {entity_id:String}",
+                                           {**scope, "entity_id": entity_id})]
+    if metric not in metrics:
+        kind = str(scope.get("entity_type", "run"))
+        raise NotFoundError(f"metric {metric!r} not found for {kind} {entity_id!r} of project {scope['project']!r}"
+                            f"{did_you_mean(metric, metrics)}")
+
+
 def check_ids(rows: Rows, scope: Mapping[str, Any], ids: Sequence[str]) -> None:
     """Raise :class:`NotFoundError` naming the ids in ``ids`` that are no entity of ``scope``; a run's *name* given
     as an id is pointed at that run's id."""

@@ -228,6 +228,39 @@ class QueryService:
         except QueryError as exc:
             raise no_tables_error(exc, self.backend) or exc from exc
 
+    # -- one entity ---------------------------------------------------------------------------------------
+
+    def entity(self, project: str, entity_id: str, *, entity_type: str = "run") -> dict[str, Any]:
+        """One run or model as a row of :meth:`runs` without metric summaries: id, name, status, params, tags,
+        started_at, ended_at, lost_points, ranks. Raises :class:`~trackstream.schemas.errors.NotFoundError`
+        (with the closest ids) when the project holds no such entity."""
+        scope = {"project": project, "entity_type": entity_type}
+        found = self._entities(scope, [entity_id])
+        if not found:
+            lookup.check_ids(self._rows, scope, [entity_id])
+        row = found[0]
+        row["params"] = self._params(scope, [entity_id]).get(entity_id, {})
+        return row
+
+    def history(self, project: str, entity_id: str, metric: str, *, entity_type: str = "run",
+                ranks: bool = False) -> list[dict[str, Any]]:
+        """Every point of one series in step order: ``{"step", "value", "time_ns"}``, the value the per-step mean
+        over ranks (time: the latest rank's, in ms precision); with ``ranks``, every rank's rows, with ``"rank"``.
+        The newest generation (after an ``overwrite``). Raises NotFoundError for an unknown entity or metric."""
+        scope = {"project": project, "entity_type": entity_type}
+        params = scope | {"entity_id": entity_id, "metric": metric}
+        if ranks:
+            rows = self._rows(q.HISTORY_RANKS, params)
+        else:
+            select = "entity_id = {entity_id:String} AND metric = {metric:String}"
+            rows = self._rows(q.fill(q.HISTORY, per_step=q.per_step(select)), params)
+        if not rows:
+            lookup.check_ids(self._rows, scope, [entity_id])
+            lookup.check_entity_metric(self._rows, scope, entity_id, metric)
+        keys = ("step", "value", "time_ns", "rank") if ranks else ("step", "value", "time_ns")
+        return [dict(zip(keys, (int(row[0]), _num(row[1]), int(row[2]), *map(int, row[3:])), strict=True))
+                for row in rows]
+
     # -- SDK read-back --------------------------------------------------------------------------------
 
     def entity_metrics(self, entity: EntityRef) -> dict[str, float | list[float]]:

@@ -328,3 +328,16 @@ SELECT max(seq), count() FROM ingested
 WHERE project = {project:String} AND entity_type = {entity_type:String} AND entity_id = {entity_id:String}
   AND producer_id = {producer_id:String}
 """
+
+# A series' history: the per-step value (the mean over ranks) and time in step order, or every rank's rows of the
+# newest generation.
+HISTORY: Final = """
+SELECT step, v, toUnixTimestamp64Nano(t) FROM (<PER_STEP>) ORDER BY step
+"""
+HISTORY_RANKS: Final = f"""
+SELECT step, value, toUnixTimestamp64Nano(time), rank FROM points FINAL
+WHERE {_SCOPE} AND entity_id = {{entity_id:String}} AND metric = {{metric:String}} AND rank != {_X}
+  AND generation = (SELECT max(generation) FROM series_stats
+                    WHERE {_SCOPE} AND entity_id = {{entity_id:String}} AND metric = {{metric:String}})
+ORDER BY step, rank
+"""

@@ -41,19 +41,27 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from trackstream.schemas.settings import KafkaSettings, StoreSettings, diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 from trackstream.sinks.batch import Batcher, BatchLimits
 from trackstream.sinks.checks import decode_records, reason_of
-from trackstream.sinks.chunks import Chunk, Held, Message, prepare_chunk, record_chunks, recorded_chunks
+from trackstream.sinks.chunks import (
+    Chunk,
+    Held,
+    Message,
+    no_write,
+    prepare_chunk,
+    rebalance_listener,
+    record_chunks,
+    recorded_chunks,
+)
 from trackstream.sinks.dlq import DeadLetter, DeadLetterSender, count_points, sink_dlq_topic
 from trackstream.sinks.errors import SinkError, require
 from trackstream.sinks.outage import BrokerWatch, quiet_here, stop_consumer
 from trackstream.sinks.sink import Sink
-from trackstream.sinks.writes import ReplayPool, Write
+from trackstream.sinks.writes import ReplayPool, WorkerStats, Write
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +71,6 @@ _INFLIGHT_POLL_MS = 10  # poll timeout while a write is in flight, so its commit
 # wait to be taken, that fetch covers only quiet ones (entities) and the broker holds it this long: fresh points
 # wait behind it (aiokafka's default, 500 ms, was half the Kafka path's latency below saturation)
 FETCH_MAX_WAIT_MS = 50
-
-@dataclass(slots=True)
-class WorkerStats:
-    """Counters of one sink worker since it started.
-
-    ``points`` and ``records`` written (for the points topic a record is one point block), ``writes`` made (each
-    holds the chunks of several partitions), write ``retries``; ``dead_letters`` acknowledged by the broker,
-    holding ``dead_messages`` dead-lettered whole and ``dead_records`` dead-lettered out of otherwise stored
-    messages.
-    """
-
-    points: int = 0
-    records: int = 0
-    writes: int = 0
-    retries: int = 0
-    dead_letters: int = 0
-    dead_messages: int = 0
-    dead_records: int = 0
-
 
 class SinkWorker:
     """One sink process: consumes ``<prefix>.points/.steps/.entities`` and writes through a Sink;
@@ -137,7 +126,7 @@ class SinkWorker:
             **self.kafka.client_options(), group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", **options,
         )
-        consumer.subscribe(list(self.topics.processed()), listener=_listener(self, aiokafka))
+        consumer.subscribe(list(self.topics.processed()), listener=rebalance_listener(self.revoked, aiokafka))
         # the store's first query pays a one-off setup (~0.2-0.3 s on chDB): overlap it with joining the group
         warm_up = asyncio.ensure_future(asyncio.to_thread(self.sink.backend.query, "SELECT 1"))
         try:
@@ -355,7 +344,7 @@ class SinkWorker:
 
     async def _open(self, tp: Any, offset: int) -> Held:
         """Start holding a partition whose next message is at ``offset``; load recorded chunk boundaries."""
-        held = Held(tp.topic, tp.partition, self._kinds[tp.topic], Batcher(write=_no_write, limits=self.limits))
+        held = Held(tp.topic, tp.partition, self._kinds[tp.topic], Batcher(write=no_write, limits=self.limits))
         delay = 0.1
         while True:  # ClickHouse away: retried like a write, polling (paused) meanwhile
             try:
@@ -380,24 +369,6 @@ class SinkWorker:
         for tp in partitions:
             self._held.pop(tp, None)
         self._pool.drop(partitions)
-
-
-def _no_write(items: list[Message]) -> None:
-    raise SinkError("chunks are written by the worker")
-
-
-def _listener(worker: SinkWorker, aiokafka: Any) -> Any:
-    """aiokafka rebalance callbacks: held chunks of revoked partitions are dropped (their offsets were not
-    committed, the next owner replays them with the recorded boundaries)."""
-
-    class Listener(aiokafka.ConsumerRebalanceListener):  # type: ignore[misc]
-        async def on_partitions_revoked(self, revoked: Any) -> None:
-            worker.revoked(list(revoked))
-
-        async def on_partitions_assigned(self, assigned: Any) -> None:
-            worker.revoked(list(assigned))  # start afresh from the committed offsets
-
-    return Listener()
 
 
 def run_sink_worker(

@@ -145,3 +145,22 @@ class ReplayPool:
                 else:
                     self.waiting.pop(key, None)
                     self.since.pop(key, None)
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters of one sink worker since it started.
+
+    ``points`` and ``records`` written (for the points topic a record is one point block), ``writes`` made (each
+    holds the chunks of several partitions), write ``retries``; ``dead_letters`` acknowledged by the broker,
+    holding ``dead_messages`` dead-lettered whole and ``dead_records`` dead-lettered out of otherwise stored
+    messages.
+    """
+
+    points: int = 0
+    records: int = 0
+    writes: int = 0
+    retries: int = 0
+    dead_letters: int = 0
+    dead_messages: int = 0
+    dead_records: int = 0

@@ -1,8 +1,8 @@
 """trackstream: streaming metrics ingestion for ML training.
 
 The public facade. Logging (``start_run``, ``model``, ``flush``) comes from the light :mod:`trackstream.producers`
-package; the query side (``compare``, ``curves``, ``runs``, ``sql``) is loaded on first use, so that
-``import trackstream`` inside a training job costs next to nothing (orjson and the standard library).
+package; the query side (``compare``, ``curves``, ``runs``, ``sql``, ``get_run``, ``get_model``) is loaded on first
+use, so that ``import trackstream`` inside a training job costs next to nothing (orjson and the standard library).
 
 Every error raised on purpose is a :class:`TrackstreamError` with ``retriable``; the settings shared by every
 component are :class:`KafkaSettings` and :class:`StoreSettings` (docs/configuration.md).
@@ -18,11 +18,11 @@ from trackstream.schemas.errors import ConfigError, MissingDependencyError, NotF
 from trackstream.schemas.settings import KafkaSettings, Secret, StoreSettings
 
 if TYPE_CHECKING:
-    from trackstream._query import compare, curves, runs, sql
+    from trackstream._query import compare, curves, get_model, get_run, runs, sql
 
 __version__ = "0.1.0"
 
-_QUERY_FUNCTIONS = frozenset({"compare", "curves", "runs", "sql"})
+_QUERY_FUNCTIONS = frozenset({"compare", "curves", "get_model", "get_run", "runs", "sql"})
 
 __all__ = [
     "ConfigError",
@@ -37,6 +37,8 @@ __all__ = [
     "compare",
     "curves",
     "flush",
+    "get_model",
+    "get_run",
     "model",
     "runs",
     "sql",

@@ -114,7 +114,24 @@ def sql(query: str, parameters: dict[str, Any] | None = None, *,
     return [tuple(row) for row in _for(store).sql(query, parameters)]
 
 
-for _function in (compare, curves, runs, sql):
+def get_run(project: str, run_id: str, *, store: StoreSettings | None = None) -> Any:
+    """A read-only handle on run ``run_id`` (:class:`trackstream.readonly.EntityView`): ``.metrics``, ``.params``,
+    ``.tags``, ``.status``, ``.history(metric)``; no producer, no status change. Raises ``NotFoundError``."""
+    from trackstream.readonly import EntityView
+
+    return EntityView(project, "run", run_id, store=store)
+
+
+def get_model(project: str, name: str, version: str | int | None = None, *,
+              store: StoreSettings | None = None) -> Any:
+    """A read-only handle on model ``name`` (``name:version`` with ``version``), as :func:`get_run`."""
+    from trackstream.readonly import EntityView
+    from trackstream.schemas.names import model_entity_id
+
+    return EntityView(project, "model", model_entity_id(name, version), store=store)
+
+
+for _function in (compare, curves, runs, sql, get_run, get_model):
     _function.__doc__ = f"{_function.__doc__}\n{_RAISES}"
 
 

@@ -30,6 +30,8 @@ POSITIONAL: Final[dict[str, tuple[str, ...]]] = {
     "runs": ("project",),
     "sql": ("query", "parameters"),
     "entity_metrics": ("entity",),
+    "entity": ("project", "entity_id"),
+    "history": ("project", "entity_id", "metric"),
     "wait_ingested": ("entity", "producer_id", "seq"),
 }
 
@@ -65,6 +67,14 @@ class ReadApi:
     def entity_metrics(self, *args: Any, **kwargs: Any) -> Any:
         """``QueryService.entity_metrics`` in the store's process: ``{metric: number | [values]}``."""
         return self._call("entity_metrics", *args, **kwargs)
+
+    def entity(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.entity`` in the store's process: one run or model, without metric summaries."""
+        return self._call("entity", *args, **kwargs)
+
+    def history(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.history`` in the store's process: every point of one series in step order."""
+        return self._call("history", *args, **kwargs)
 
     def wait_ingested(self, *args: Any, **kwargs: Any) -> Any:
         """``QueryService.wait_ingested`` in the store's process; raises ``IngestTimeout`` (retriable)."""

@@ -77,6 +77,17 @@ class SqlBody(_Body):
         None, description='values of the placeholders; a non-finite float as {"$f64": <IEEE-754 bits>}')
 
 
+class EntityBody(_Body):
+    project: str
+    entity_id: str = Field(description="the run's id, or the model's name or name:version")
+    entity_type: Literal["run", "model"] = "run"
+
+
+class HistoryBody(EntityBody):
+    metric: str
+    ranks: bool = Field(False, description="every rank's rows (with their rank) instead of the per-step mean")
+
+
 class EntityMetricsBody(_Body):
     entity: Entity
 
@@ -187,6 +198,15 @@ def query_router(service: Any) -> APIRouter:
     @router.post("/sql", response_model=SqlResult, summary="One read-only SQL statement with bound parameters")
     def sql(body: SqlBody) -> Response:
         return answer(lambda: service.sql(body.query, from_wire(body.parameters)), "sql")
+
+    @router.post("/entity", response_model=MetricsResult, summary="One run or model: status, params, tags, times")
+    def entity(body: EntityBody) -> Response:
+        return answer(lambda: service.entity(body.project, body.entity_id, entity_type=body.entity_type), "entity")
+
+    @router.post("/history", response_model=RowsResult, summary="Every point of one series, in step order")
+    def history(body: HistoryBody) -> Response:
+        return answer(lambda: service.history(body.project, body.entity_id, body.metric,
+                                              entity_type=body.entity_type, ranks=body.ranks), "history")
 
     @router.post("/entity_metrics", response_model=MetricsResult, summary="The metrics of one run or model")
     def entity_metrics(body: EntityMetricsBody) -> Response:
