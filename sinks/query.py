@@ -16,7 +16,7 @@ import orjson
 
 from trackstream.schemas.envelope import EntityRef
 from trackstream.schemas.settings import StoreSettings
-from trackstream.sinks import lookup
+from trackstream.sinks import lookup, run_filter
 from trackstream.sinks import sql as q
 from trackstream.sinks.backend import Backend, Row
 from trackstream.sinks.batch import param_value
@@ -75,17 +75,21 @@ class QueryService:
         select, extra = _id_filter(ids)
         return dict(self._rows(q.fill(q.NAMES, select=select), scope | extra))
 
-    def runs(self, project: str, *, entity_type: str = "run") -> list[dict[str, Any]]:
+    def runs(self, project: str, *, entity_type: str = "run", status: str | Sequence[str] | None = None,
+             params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
+             order_by: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Runs with id, name, status, params, tags, started_at, ended_at, lost_points, ranks and metric summaries.
 
         ``ranks``: one ``{rank, status, host, producer_id, last_seen_at}`` per producer that wrote to the run
         (a restarted rank shows each incarnation); a rank silent past the heartbeat timeout is ``crashed``.
+        ``status``, ``params``, ``tags``, ``order_by`` (``"loss.min"``, ``"-loss.last"``) and ``limit`` search them
+        (:func:`trackstream.sinks.run_filter.search`).
         """
         scope = {"project": project, "entity_type": entity_type}
         entities = self._entities(scope, None)
         if not entities:
             lookup.check_project(self._rows, project)
-        params = self._params(scope, None)
+        params_filter, params = params, self._params(scope, None)
         metrics: dict[str, dict[str, Any]] = {}
         for entity_id, metric, kind, count, last, last_step, low, high in self._summary_rows(scope):
             metrics.setdefault(entity_id, {})[metric] = {
@@ -95,7 +99,8 @@ class QueryService:
         for entity in entities:
             entity["params"] = params.get(entity["id"], {})
             entity["metrics"] = metrics.get(entity["id"], {})
-        return entities
+        return run_filter.search(entities, status=status, params=params_filter, tags=tags, order_by=order_by,
+                                 limit=limit)
 
     def _summary_rows(self, scope: dict[str, Any]) -> list[Row]:
         """Per (entity, metric): kind, count, last, last_step, min, max of the newest generation, exact.

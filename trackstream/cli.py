@@ -37,6 +37,13 @@ def _param(value: str) -> tuple[str, Any]:
         return key, raw
 
 
+def _tag(value: str) -> tuple[str, str]:
+    key, sep, raw = value.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+    return key, raw
+
+
 def _kafka_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Kafka (each also from its TRACKSTREAM_KAFKA_* variable)")
     group.add_argument("--bootstrap",
@@ -214,7 +221,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     from trackstream import render
 
-    render.emit_rows(_reader(args).runs(args.project), as_json=args.json, title=f"runs in {args.project}")
+    filters = {"status": args.status, "params": dict(args.param) if args.param else None,
+               "tags": dict(args.tag) if args.tag else None, "order_by": args.order_by, "limit": args.limit}
+    rows = _reader(args).runs(args.project, **{k: v for k, v in filters.items() if v is not None})
+    render.emit_rows(rows, as_json=args.json, title=f"runs in {args.project}")
     return 0
 
 
@@ -303,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser("runs", help="runs with status, params, tags")
     runs.add_argument("project")
+    runs.add_argument("--status", type=_csv, help="only runs with one of these comma-separated statuses")
+    runs.add_argument("--param", type=_param, action="append",
+                      help="only runs whose param NAME equals VALUE (JSON or text), repeatable")
+    runs.add_argument("--tag", type=_tag, action="append", help="only runs whose tag NAME is VALUE, repeatable")
+    runs.add_argument("--order-by", help="a metric summary: loss.min; descending: --order-by=-loss.last")
+    runs.add_argument("--limit", type=int, help="at most this many runs")
     runs.add_argument("--json", action="store_true")
     _store_options(runs)
     runs.set_defaults(run=_cmd_runs)

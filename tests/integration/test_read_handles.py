@@ -94,3 +94,31 @@ def test_what_does_not_exist_raises_not_found_with_the_closest_names(tmp_path: P
     assert "'clf'" in messages[3]
     assert "clf:3" in messages[3]
     assert "project 'q' not found" in messages[4]
+
+
+def test_runs_are_searched_through_the_public_api(tmp_path: Path) -> None:
+    _run(tmp_path, """
+        import json, trackstream as ts
+        for index, (lr, loss) in enumerate([(0.001, 0.5), (0.01, 0.3), (0.001, 0.9)]):
+            with ts.start_run("s", name=f"n{index}", run_id=f"r{index}", params={"lr": lr},
+                              tags={"team": "x" if index else "y"}) as run:
+                run.log_metric("loss", loss, step=0)
+        print(json.dumps("logged"))
+    """)
+    got = _run(tmp_path, """
+        import json, trackstream as ts
+        print(json.dumps([[r["id"] for r in rows] for rows in (
+            ts.runs("s", params={"lr": 0.001}), ts.runs("s", order_by="loss.last"),
+            ts.runs("s", order_by="-loss.last", limit=1), ts.runs("s", tags={"team": "x"}, status="completed"),
+            ts.runs("s", status="running"))]))
+    """)
+    assert got == [["r0", "r2"], ["r1", "r0", "r2"], ["r2"], ["r1", "r2"], []]
+    cli = _run(tmp_path, """
+        import io, json, contextlib
+        from trackstream.cli import main
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["runs", "s", "--param", "lr=0.001", "--tag", "team=x", "--order-by=-loss.last", "--json"])
+        print(json.dumps([code, [r["id"] for r in json.loads(out.getvalue())]]))
+    """)
+    assert cli == [0, ["r2"]]

@@ -69,6 +69,11 @@ class CurvesBody(_Body):
 class RunsBody(_Body):
     project: str
     entity_type: str = Field("run", description="run or model")
+    status: list[str] | str | None = Field(None, description="only runs with this status (or one of these)")
+    params: dict[str, Any] | None = Field(None, description="only runs whose params hold these values")
+    tags: dict[str, str] | None = Field(None, description="only runs whose tags hold these values")
+    order_by: str | None = Field(None, description="'<metric>.<last|min|max|count|last_step>', '-' descends")
+    limit: int | None = Field(None, ge=0, description="at most this many runs")
 
 
 class SqlBody(_Body):
@@ -193,7 +198,9 @@ def query_router(service: Any) -> APIRouter:
 
     @router.post("/runs", response_model=RowsResult, summary="Runs with status, params, tags and metric summaries")
     def runs(body: RunsBody) -> Response:
-        return answer(lambda: service.runs(body.project, entity_type=body.entity_type), "runs")
+        return answer(lambda: service.runs(body.project, entity_type=body.entity_type, status=body.status,
+                                           params=body.params, tags=body.tags, order_by=body.order_by,
+                                           limit=body.limit), "runs")
 
     @router.post("/sql", response_model=SqlResult, summary="One read-only SQL statement with bound parameters")
     def sql(body: SqlBody) -> Response:
