@@ -93,7 +93,7 @@ def _train(handler: Any, args: Any, state: Any, control: Any) -> None:
     handler.on_train_end(args, state, control)
 
 
-def test_callback_logs_filtered_values_eval_metrics_and_params_then_finishes(
+def test_callback_logs_filtered_values_eval_metrics_and_params_and_stays_open_for_a_final_evaluate(
     spool: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     callback = TrackstreamCallback(project="hf")
@@ -127,6 +127,11 @@ def test_callback_logs_filtered_values_eval_metrics_and_params_then_finishes(
     assert params["hub_token"] != "not-a-real-token"
     tags = {k: v for data in events(found, "tags") for k, v in data["tags"].items()}
     assert tags == {f"{SOURCE_NAME_TAG_PREFIX}{recall}": "eval_recall@1"}
+    assert events(found, "run_finished") == []  # open after training: a final evaluate() still lands
+    handler.on_evaluate(args, state, control, metrics={"eval_loss": 0.2})
+    callback.finish()
+    found = envelopes(spool)
+    assert points(found)["eval_loss"] == [(3, 0.25), (3, 0.2)]  # the same step: the later write wins on read
     assert events(found, "run_finished") == [{"status": "completed"}]
     assert callback.run is None
 
@@ -172,7 +177,9 @@ def test_a_second_training_opens_a_new_run(spool: Path, tmp_path: Path) -> None:
     handler, args, state, control = _setup(tmp_path, callback)
     _train(handler, args, state, control)
     state.global_step = 0
-    _train(handler, args, state, control)
+    _train(handler, args, state, control)  # finishes the first run as it opens the second
+    assert len(events(envelopes(spool), "run_finished")) == 1
+    callback.finish()
     found = envelopes(spool)
     assert len({e.entity.id for e in found}) == 2
     assert len(events(found, "run_finished")) == 2

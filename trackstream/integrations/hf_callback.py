@@ -95,7 +95,9 @@ class TrackstreamCallback(TrainerCallback):  # type: ignore[misc]
       dropped with one warning per key naming its type. Names trackstream does not accept are mapped by
       :func:`~trackstream.integrations.to_metric_name` (original kept in a ``source_metric_name/`` tag).
     - ``on_evaluate``: the eval metrics (those ``on_log`` already logged at the same step are not repeated).
-    - ``on_train_end``: flushes, and finishes the run if this callback opened it.
+    - ``on_train_end``: flushes. The run stays open, so a ``trainer.evaluate()`` after training lands at
+      ``state.global_step``; it is finished by :meth:`finish`, by the next ``train()`` (which opens a new run),
+      or as ``completed`` when the process exits (the SDK's exit hook).
 
     Only the world process zero logs (its run has world size 1), unless ``all_ranks=True``: then every rank
     logs to the same run with its own rank, and the run id must be shared (``TRACKSTREAM_RUN_ID`` or
@@ -147,6 +149,8 @@ class TrackstreamCallback(TrainerCallback):  # type: ignore[misc]
         A ``run`` given to the constructor only gets the params. Params that fail the check keep only scalars (warned).
         """
         if self._active(state):
+            if self._owns_run:  # a new train(): its own run
+                self.finish()
             self._open_run(args, model)
 
     def _numeric(self, values: dict[str, Any]) -> dict[str, float | int]:
@@ -198,11 +202,17 @@ class TrackstreamCallback(TrainerCallback):  # type: ignore[misc]
         self._log(values, state.global_step)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Finish the run as ``completed`` if this callback opened it; a run given to it is only flushed."""
-        if self.run is None or not self._active(state):
+        """Flush the run; it stays open for what is logged after training (a final ``evaluate()``)."""
+        if self.run is not None and self._active(state):
+            self.run.flush()
+
+    def finish(self, status: str = "completed") -> None:
+        """Finish the run this callback opened with ``status``; a run given to it is only flushed (its owner
+        finishes it). Without a call, the run is finished as ``completed`` when the process exits."""
+        if self.run is None:
             return
         if self._owns_run:
-            self.run.finish("completed")
+            self.run.finish(status)
             self.run, self._owns_run = None, False
         else:
             self.run.flush()
