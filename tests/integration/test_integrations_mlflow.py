@@ -12,6 +12,7 @@ import os
 import struct
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,3 +315,31 @@ def test_query_side_summary_count_is_unchanged_by_a_reimport(queried: dict[str, 
     assert before["metrics"]
     assert all(v["count"] >= 1 for v in before["metrics"].values())
     assert {k: v["count"] for k, v in after["metrics"].items()} == {k: v["count"] for k, v in before["metrics"].items()}
+
+
+def test_a_history_that_repeats_steps_keeps_them_and_the_later_write_wins(tmp_path: Path) -> None:
+    """A resumed MLflow run logged loss at steps 0..149, then 100..199: imported, steps 100..149 read the later
+    values (read back in another process, through the store)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("resumed")).info.run_id
+    for step in range(150):
+        client.log_metric(run_id, "loss", float(step), timestamp=1_700_000_000_000 + step, step=step)
+    for step in range(100, 200):
+        client.log_metric(run_id, "loss", 1000.0 + step, timestamp=1_700_000_100_000 + step, step=step)
+    client.set_terminated(run_id)
+    env = {**os.environ, "TRACKSTREAM_SPOOL_DIR": str(tmp_path / "spool"),
+           "TRACKSTREAM_DATA_DIR": str(tmp_path / "data")}
+    for name in ("TRACKSTREAM_KAFKA_BOOTSTRAP", "TRACKSTREAM_CLICKHOUSE_URL"):
+        env.pop(name, None)
+    script = textwrap.dedent(f"""
+        import json, trackstream as ts
+        from trackstream.integrations import import_mlflow_run
+        run = import_mlflow_run({run_id!r}, project="imports", tracking_uri={uri!r})
+        print(json.dumps([(h["step"], h["value"]) for h in ts.get_run("imports", run.id).history("loss")]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got == [[s, float(s)] for s in range(100)] + [[s, 1000.0 + s] for s in range(100, 200)]

@@ -10,9 +10,11 @@ MLflow run again therefore produces rows with the same (project, entity, metric,
 time and value as the first import: the ``points`` table (a ReplacingMergeTree read with FINAL) shows each point
 once, and params, tags, status and times come out the same. What a re-import does change: it is delivered by
 another producer, so that producer appears in the run's producer list and the streaming running summary counts
-its points again in ``count`` (last/min/max are unaffected). Points that MLflow still has are never duplicated;
-a metric whose history repeats a step is imported at steps 0..n-1 in (step, timestamp) order (trackstream keeps
-one point per step), and its name is listed in the run tag ``mlflow.renumbered_steps``.
+its points again in ``count`` (last/min/max are unaffected). Points that MLflow still has are never duplicated.
+Steps are kept as MLflow has them and points are logged in timestamp order, so where a history repeats a step (a
+resumed MLflow run logging steps again) the later write wins, as for the SDK (write order). A metric MLflow logged
+without steps (more than one point, every one at step 0) becomes a series in time order at steps 0..n-1, as the
+SDK's step-less calls do, and its name is listed in the run tag ``mlflow.renumbered_steps``.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def _datasets(run: Any) -> list[dict[str, Any]]:
 
 @dataclass(slots=True)
 class _History:
-    """One MLflow metric's full history, in (step, timestamp) order."""
+    """One MLflow metric's full history, in timestamp order (``renumbered``: logged without steps)."""
 
     key: str
     steps: list[int]
@@ -132,12 +134,12 @@ class _History:
 
 
 def _history(client: Any, run_id: str, key: str) -> _History:
-    points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)  # stable: MLflow's order
     steps = [int(m.step) for m in points]
-    renumbered = len(set(steps)) != len(steps)
+    stepless = len(steps) > 1 and not any(steps)
     return _History(
-        key, list(range(len(steps))) if renumbered else steps,
-        [int(m.timestamp) * _MS for m in points], [float(m.value) for m in points], renumbered,
+        key, list(range(len(steps))) if stepless else steps,
+        [int(m.timestamp) * _MS for m in points], [float(m.value) for m in points], stepless,
     )
 
 
