@@ -44,6 +44,18 @@ def _tag(value: str) -> tuple[str, str]:
     return key, raw
 
 
+def best_first(rows: list[dict[str, Any]], key: str, *, descending: bool = False) -> list[dict[str, Any]]:
+    """``rows`` ordered by ``row[key]``: lowest first (highest with ``descending``), missing and NaN values last."""
+
+    def order(row: dict[str, Any]) -> tuple[bool, float]:
+        value = row.get(key)
+        if not isinstance(value, int | float) or value != value:  # noqa: PLR0124 - NaN
+            return True, 0.0
+        return False, -float(value) if descending else float(value)
+
+    return sorted(rows, key=order)
+
+
 def _kafka_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Kafka (each also from its TRACKSTREAM_KAFKA_* variable)")
     group.add_argument("--bootstrap",
@@ -214,6 +226,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     rows = _reader(args).compare(args.project, args.metric, agg=args.agg, by=args.by, runs=args.runs,
                           entity_type=args.entity_type)
+    rows = best_first(rows, "mean" if args.by else "value", descending=args.desc)
     render.emit_rows(rows, as_json=args.json, title=f"{args.metric} ({args.agg}) in {args.project}")
     return 0
 
@@ -252,12 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``trackstream`` argument parser: subcommands streams worker, sink worker, sync, local, migrate, demo,
     compare, runs, curves and sql; each sets ``run`` to the function that executes it.
     """
+    from trackstream import __version__
+
     parser = argparse.ArgumentParser(prog="trackstream", description="Streaming metrics ingestion for ML training.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"trackstream {__version__}")
+    # the global flags work after the subcommand too (``trackstream runs p -v``): every subcommand has them, and
+    # leaves the top-level value alone unless given
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging, tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    streams = commands.add_parser("streams", help="stream processing").add_subparsers(dest="sub", required=True)
-    worker = streams.add_parser("worker", help="validate, deduplicate and aggregate <prefix>.metrics")
+    streams = commands.add_parser("streams", parents=[common],
+                                  help="stream processing").add_subparsers(dest="sub", required=True)
+    worker = streams.add_parser("worker", parents=[common], help="validate, deduplicate and aggregate <prefix>.metrics")
     _kafka_options(worker)
     worker.add_argument("--partitions", type=int, default=None, help="partitions of the topics it creates")
     worker.add_argument("--data-dir", type=Path, help="local state directory")
@@ -266,15 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a run rank silent this long becomes crashed (default 60000)")
     worker.set_defaults(run=_cmd_streams_worker)
 
-    sink = commands.add_parser("sink", help="ClickHouse sink").add_subparsers(dest="sub", required=True)
-    sink_worker = sink.add_parser("worker", help="write the processed topics into ClickHouse")
+    sink = commands.add_parser("sink", parents=[common],
+                               help="ClickHouse sink").add_subparsers(dest="sub", required=True)
+    sink_worker = sink.add_parser("worker", parents=[common], help="write the processed topics into ClickHouse")
     _kafka_options(sink_worker)
     _store_options(sink_worker)
     sink_worker.add_argument("--group-id", default=None, help="consumer group (default: trackstream-sink-<prefix>)")
     _serve_options(sink_worker)
     sink_worker.set_defaults(run=_cmd_sink_worker)
 
-    sync = commands.add_parser("sync", help="send spools left by dead processes to Kafka")
+    sync = commands.add_parser("sync", parents=[common], help="send spools left by dead processes to Kafka")
     _kafka_options(sync)
     sync.add_argument("--spool-dir", type=Path, help="default: $TRACKSTREAM_SPOOL_DIR or ~/.trackstream/spool")
     sync.add_argument("--discard-damaged", action="store_true",
@@ -282,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "delivered), printing each one; works without Kafka")
     sync.set_defaults(run=_cmd_sync)
 
-    local = commands.add_parser("local", help="embedded pipeline: spool -> processing -> chDB, serving queries")
+    local = commands.add_parser("local", parents=[common],
+                                help="embedded pipeline: spool -> processing -> chDB, serving queries")
     local.add_argument("--spool-dir", type=Path, help="default: $TRACKSTREAM_SPOOL_DIR or ~/.trackstream/spool")
     local.add_argument("--data-dir", type=Path, help="default: $TRACKSTREAM_DATA_DIR or ~/.trackstream/data")
     local.add_argument("--heartbeat-timeout-ms", type=int, default=None,
@@ -290,28 +314,33 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_options(local)
     local.set_defaults(run=_cmd_local)
 
-    migrate = commands.add_parser("migrate", help="create the store's database and tables (readers never do)")
+    migrate = commands.add_parser("migrate", parents=[common],
+                                  help="create the store's database and tables (readers never do)")
     _store_options(migrate)
     migrate.set_defaults(run=_cmd_migrate)
 
-    demo = commands.add_parser("demo", help="simulate a hyperparameter sweep through the whole pipeline")
+    demo = commands.add_parser("demo", parents=[common],
+                               help="simulate a hyperparameter sweep through the whole pipeline")
     from trackstream.demo_options import add_demo_options
 
     add_demo_options(demo)
     demo.set_defaults(run=_cmd_demo)
 
-    compare = commands.add_parser("compare", help="one row per run (or per group of runs sharing params)")
+    compare = commands.add_parser("compare", parents=[common],
+                                  help="one row per run (or per group of runs sharing params)")
     compare.add_argument("project")
     compare.add_argument("metric")
     compare.add_argument("--agg", default="last", choices=("last", "min", "max", "mean", "first"))
     compare.add_argument("--by", type=_csv, help="comma-separated param names to group runs by")
     compare.add_argument("--runs", type=_csv, help="comma-separated run ids")
     compare.add_argument("--entity-type", default="run", choices=("run", "model"))
+    compare.add_argument("--desc", action="store_true",
+                         help="higher is better: the highest value first (default: the lowest first)")
     compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _store_options(compare)
     compare.set_defaults(run=_cmd_compare)
 
-    runs = commands.add_parser("runs", help="runs with status, params, tags")
+    runs = commands.add_parser("runs", parents=[common], help="runs with status, params, tags")
     runs.add_argument("project")
     runs.add_argument("--status", type=_csv, help="only runs with one of these comma-separated statuses")
     runs.add_argument("--param", type=_param, action="append",
@@ -323,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(runs)
     runs.set_defaults(run=_cmd_runs)
 
-    curves = commands.add_parser("curves", help="downsampled curves (min/max/avg/last per bucket)")
+    curves = commands.add_parser("curves", parents=[common], help="downsampled curves (min/max/avg/last per bucket)")
     curves.add_argument("project")
     curves.add_argument("metric")
     curves.add_argument("--runs", type=_csv, required=True, help="comma-separated run ids")
@@ -333,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(curves)
     curves.set_defaults(run=_cmd_curves)
 
-    sql = commands.add_parser("sql", help="read-only SQL with bound parameters: {name:Type} placeholders")
+    sql = commands.add_parser("sql", parents=[common],
+                              help="read-only SQL with bound parameters: {name:Type} placeholders")
     sql.add_argument("query")
     sql.add_argument("--param", type=_param, action="append", help="NAME=VALUE (JSON or text), repeatable")
     sql.add_argument("--json", action="store_true")
