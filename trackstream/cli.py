@@ -44,18 +44,6 @@ def _tag(value: str) -> tuple[str, str]:
     return key, raw
 
 
-def best_first(rows: list[dict[str, Any]], key: str, *, descending: bool = False) -> list[dict[str, Any]]:
-    """``rows`` ordered by ``row[key]``: lowest first (highest with ``descending``), missing and NaN values last."""
-
-    def order(row: dict[str, Any]) -> tuple[bool, float]:
-        value = row.get(key)
-        if not isinstance(value, int | float) or value != value:  # noqa: PLR0124 - NaN
-            return True, 0.0
-        return False, -float(value) if descending else float(value)
-
-    return sorted(rows, key=order)
-
-
 def _kafka_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Kafka (each also from its TRACKSTREAM_KAFKA_* variable)")
     group.add_argument("--bootstrap",
@@ -226,7 +214,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     rows = _reader(args).compare(args.project, args.metric, agg=args.agg, by=args.by, runs=args.runs,
                           entity_type=args.entity_type)
-    rows = best_first(rows, "mean" if args.by else "value", descending=args.desc)
+    rows = render.best_first(rows, "mean" if args.by else "value", descending=args.desc)
     render.emit_rows(rows, as_json=args.json, title=f"{args.metric} ({args.agg}) in {args.project}")
     return 0
 
@@ -237,6 +225,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     filters = {"status": args.status, "params": dict(args.param) if args.param else None,
                "tags": dict(args.tag) if args.tag else None, "order_by": args.order_by, "limit": args.limit}
     rows = _reader(args).runs(args.project, **{k: v for k, v in filters.items() if v is not None})
+    if not args.json:
+        rows = render.runs_rows(rows, params=args.params, metrics=args.metrics or ())
     render.emit_rows(rows, as_json=args.json, title=f"runs in {args.project}")
     return 0
 
@@ -244,12 +234,16 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_curves(args: argparse.Namespace) -> int:
     from trackstream import render
 
-    curves = _reader(args).curves(args.project, args.runs, args.metric, points=args.points)
+    reader = _reader(args)
+    curves = reader.curves(args.project, args.runs, args.metric, points=args.points or 1000)
+    names = {} if args.json else {row["id"]: row["name"] for row in reader.runs(args.project)}
     if args.plot:
-        render.plot_curves(curves, metric=args.metric, path=args.plot)
+        render.plot_curves(curves, metric=args.metric, path=args.plot, labels=names)
         log.info("wrote %s", args.plot)
-    if args.json or not args.plot:
+    if args.json or args.points:
         render.emit_curves(curves, as_json=args.json)
+    elif not args.plot:
+        render.print_table(render.curve_summaries(curves, names), title=f"{args.metric} in {args.project}")
     return 0
 
 
@@ -348,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--tag", type=_tag, action="append", help="only runs whose tag NAME is VALUE, repeatable")
     runs.add_argument("--order-by", help="a metric summary: loss.min; descending: --order-by=-loss.last")
     runs.add_argument("--limit", type=int, help="at most this many runs")
+    runs.add_argument("--params", type=_csv, help="params to show (default: those that differ across the runs)")
+    runs.add_argument("--metrics", type=_csv, help="metrics to show the last and min of, comma-separated")
     runs.add_argument("--json", action="store_true")
     _store_options(runs)
     runs.set_defaults(run=_cmd_runs)
@@ -356,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("project")
     curves.add_argument("metric")
     curves.add_argument("--runs", type=_csv, required=True, help="comma-separated run ids")
-    curves.add_argument("--points", type=int, default=1000, help="buckets per run")
+    curves.add_argument("--points", type=int, default=None,
+                        help="print every bucket, at most this many per run (default: one summary line per run; "
+                             "1000 buckets for --plot and --json)")
     curves.add_argument("--plot", type=Path, help="write a PNG chart here")
     curves.add_argument("--json", action="store_true")
     _store_options(curves)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,9 @@ def emit_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], *, as_json: b
 
 
 def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], *, metric: str, path: Path,
-                title: str | None = None) -> Path:
-    """One line per run (bucket average) with its min/max band, axis labels and a legend."""
+                title: str | None = None, labels: Mapping[str, str] | None = None) -> Path:
+    """One line per run (bucket average) with its min/max band, axis labels and a legend naming each run by
+    ``labels[run]`` (its name) when given, else by its id."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +88,8 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], *, metric: st
         if not buckets:
             continue
         steps = [(b["step_from"] + b["step_to"]) / 2 for b in buckets]
-        line = axes.plot(steps, [b["avg"] for b in buckets], label=str(run), linewidth=1.4)[0]
+        label = (labels or {}).get(run) or str(run)
+        line = axes.plot(steps, [b["avg"] for b in buckets], label=label, linewidth=1.4)[0]
         axes.fill_between(steps, [b["min"] for b in buckets], [b["max"] for b in buckets],
                           color=line.get_color(), alpha=0.18, linewidth=0)
     axes.set_xlabel("step")
@@ -99,3 +102,65 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], *, metric: st
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def duration(started_at: str | None, ended_at: str | None, *, now: datetime | None = None) -> str:
+    """``1h02m``, ``3m12s`` or ``45s`` between two ISO 8601 times (``ended_at`` None: until ``now``); ``""``
+    without a start."""
+    if not started_at:
+        return ""
+    start = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    end = datetime.fromisoformat(ended_at.replace("Z", "+00:00")) if ended_at else (now or datetime.now(UTC))
+    seconds = max(0, int((end - start).total_seconds()))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def runs_rows(rows: Sequence[Mapping[str, Any]], *, params: Sequence[str] | None = None,
+              metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """What ``trackstream runs`` shows per run: id, name, status, duration, the params that differ across the runs
+    (or the ones named in ``params``), and last/min of each of ``metrics``."""
+    if params is None:
+        keys = sorted({key for row in rows for key in row.get("params", {})})
+        params = [key for key in keys if len({orjson.dumps(row.get("params", {}).get(key), default=str)
+                                               for row in rows}) > 1]
+    out = []
+    for row in rows:
+        line: dict[str, Any] = {"id": row.get("id"), "name": row.get("name"), "status": row.get("status"),
+                                "duration": duration(row.get("started_at"), row.get("ended_at"))}
+        line.update({key: row.get("params", {}).get(key) for key in params})
+        for metric in metrics:
+            summary = row.get("metrics", {}).get(metric, {})
+            line[f"{metric} last"], line[f"{metric} min"] = summary.get("last"), summary.get("min")
+        out.append(line)
+    return out
+
+
+def curve_summaries(curves: Mapping[str, Sequence[Mapping[str, Any]]],
+                    names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One line per run of ``curves()``: id, name, steps covered, buckets, and the curve's first, last, min and
+    max (over the bucket values, NaN skipped)."""
+    out = []
+    for run, buckets in curves.items():
+        line: dict[str, Any] = {"id": run, "name": (names or {}).get(run, "")}
+        if buckets:
+            lows = [b["min"] for b in buckets if b["min"] == b["min"]]
+            highs = [b["max"] for b in buckets if b["max"] == b["max"]]
+            line.update({"steps": f"{buckets[0]['step_from']}..{buckets[-1]['step_to']}", "buckets": len(buckets),
+                         "first": buckets[0]["avg"], "last": buckets[-1]["last"],
+                         "min": min(lows) if lows else math.nan, "max": max(highs) if highs else math.nan})
+        out.append(line)
+    return out
+
+
+def best_first(rows: list[dict[str, Any]], key: str, *, descending: bool = False) -> list[dict[str, Any]]:
+    """``rows`` ordered by ``row[key]``: lowest first (highest with ``descending``), missing and NaN values last."""
+
+    def order(row: dict[str, Any]) -> tuple[bool, float]:
+        value = row.get(key)
+        if not isinstance(value, int | float) or value != value:  # noqa: PLR0124 - NaN
+            return True, 0.0
+        return False, -float(value) if descending else float(value)
+
+    return sorted(rows, key=order)

@@ -122,3 +122,40 @@ def test_runs_are_searched_through_the_public_api(tmp_path: Path) -> None:
         print(json.dumps([code, [r["id"] for r in json.loads(out.getvalue())]]))
     """)
     assert cli == [0, ["r2"]]
+
+
+def test_the_cli_reads_well_at_80_columns(tmp_path: Path) -> None:
+    _run(tmp_path, """
+        import json, trackstream as ts
+        common = {"optimizer": "adamw", "weight_decay": 0.01, "warmup_steps": 500, "scheduler": "cosine",
+                  "dataset": "imagenet-1k", "layers": [64, 128, 256, 512]}
+        for index, lr in enumerate((0.1, 0.01, 0.001)):
+            with ts.start_run("cli", name=f"lr-{lr}", run_id=f"r{index}", params={**common, "lr": lr}) as run:
+                for step in range(50):
+                    run.log_metric("loss", 1.0 / (step + 1) + index, step=step)
+        print(json.dumps("logged"))
+    """)
+    got = _run(tmp_path, """
+        import io, json, contextlib, os
+        os.environ["COLUMNS"] = "80"
+        from trackstream.cli import main
+        outs = []
+        for argv in (["runs", "cli", "--metrics", "loss"], ["curves", "cli", "loss", "--runs", "r0,r1,r2"],
+                     ["compare", "cli", "loss", "--agg", "min", "--desc"]):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = main(argv)
+            outs.append([code, out.getvalue()])
+        print(json.dumps(outs))
+    """)
+    (runs_code, runs_out), (curves_code, curves_out), (compare_code, compare_out) = got
+    assert runs_code == curves_code == compare_code == 0
+    runs_lines = runs_out.splitlines()
+    assert max(len(line) for line in runs_lines) <= 80
+    assert "lr" in runs_out
+    assert "weight_decay" not in runs_out  # the same on every run: not shown
+    assert len([line for line in runs_lines if "lr-0." in line]) == 3  # one line per run
+    assert len(curves_out.splitlines()) < 12  # a summary line per run, not 1,000 buckets
+    assert "lr-0.1" in curves_out
+    cells = [line.split("│")[1].strip() for line in compare_out.splitlines() if line.startswith("│")]
+    assert [cell for cell in cells if cell] == ["r2", "r1", "r0"]  # --desc: the highest min first
