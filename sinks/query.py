@@ -227,11 +227,17 @@ class QueryService:
         The statement must pass the allow-list of sinks/sql_guard.py (parsed by ClickHouse itself) and then runs
         with ``readonly = 1``. Raises QueryError for a refused statement (the message says what and why) or a failure.
         """
+        rows: list[tuple[Any, ...]] = self.sql_table(query, parameters)["rows"]
+        return rows
+
+    def sql_table(self, query: str, parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """:meth:`sql` with the result's column names: ``{"columns": [str], "rows": [tuple]}``."""
         checked = check_statement(self.backend, query, parameters)
         try:
-            return self.backend.query(checked.text, parameters, readonly=True)[1]
+            columns, rows = self.backend.query(checked.text, parameters, readonly=True)
         except QueryError as exc:
             raise no_tables_error(exc, self.backend) or exc from exc
+        return {"columns": list(columns), "rows": rows}
 
     # -- one entity ---------------------------------------------------------------------------------------
 

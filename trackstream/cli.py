@@ -250,8 +250,8 @@ def _cmd_curves(args: argparse.Namespace) -> int:
 def _cmd_sql(args: argparse.Namespace) -> int:
     from trackstream import render
 
-    rows = [tuple(row) for row in _reader(args).sql(args.query, dict(args.param or []))]
-    render.emit_tuples(rows, as_json=args.json)
+    result = _reader(args).sql_table(args.query, dict(args.param or []))
+    render.emit_records(result["columns"], result["rows"], as_json=args.json)
     return 0
 
 

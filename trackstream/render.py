@@ -57,12 +57,21 @@ def emit_rows(rows: Sequence[Mapping[str, Any]], *, as_json: bool, title: str | 
         print_table(rows, title=title)
 
 
-def emit_tuples(rows: Sequence[Sequence[Any]], *, as_json: bool) -> None:
-    """Print tuple ``rows`` (e.g. SQL results): JSON as a list of lists, or a table with columns ``c0``, ``c1``, ..."""
+def emit_records(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, as_json: bool) -> None:
+    """Print SQL results: JSON as a list of ``{column: value}`` objects, or a table headed by the column names (a
+    name repeated in the result gets ``_2``, ``_3``, ... so no value is lost)."""
+    names: list[str] = []
+    for column in columns:
+        name, n = column, 1
+        while name in names:
+            n += 1
+            name = f"{column}_{n}"
+        names.append(name)
+    records = [dict(zip(names, row, strict=True)) for row in rows]
     if as_json:
-        _json([list(row) for row in rows])
+        _json(records)
     else:
-        print_table([{f"c{i}": value for i, value in enumerate(row)} for row in rows])
+        print_table(records or [dict.fromkeys(names)])
 
 
 def emit_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], *, as_json: bool) -> None:

@@ -43,7 +43,7 @@ from trackstream.sinks.sink import Sink
 from trackstream.store import StoreLock
 
 PROJECT = "api"
-ROUTES = ("compare", "curves", "runs", "sql", "entity_metrics", "entity", "history", "wait_ingested")
+ROUTES = ("compare", "curves", "runs", "sql", "sql_table", "entity_metrics", "entity", "history", "wait_ingested")
 
 
 # --- fixtures shared with test_api_schema.py --------------------------------------------------------------------
@@ -166,6 +166,7 @@ VALID_BODIES: dict[str, Any] = {
     "curves": {"project": PROJECT, "runs": ["run-a", "run-b"], "metric": "loss", "points": 2},
     "runs": {"project": PROJECT},
     "sql": {"query": "SELECT {x:Float64} AS x", "parameters": {"x": 1.5}},
+    "sql_table": {"query": "SELECT {x:Float64} AS x", "parameters": {"x": 1.5}},
     "entity_metrics": {"entity": {"project": PROJECT, "type": "run", "id": "run-a"}},
     "entity": {"project": PROJECT, "entity_id": "run-a"},
     "history": {"project": PROJECT, "entity_id": "run-b", "metric": "loss"},
@@ -205,6 +206,7 @@ def test_the_right_token_gets_the_services_results(served: Served, service: Quer
         "curves": service.curves(PROJECT, ["run-a", "run-b"], "loss", points=2),
         "runs": service.runs(PROJECT),
         "sql": [list(row) for row in service.sql("SELECT {x:Float64} AS x", {"x": 1.5})],
+        "sql_table": {"columns": ["x"], "rows": [[1.5]]},
         "entity_metrics": service.entity_metrics(EntityRef(PROJECT, "run", "run-a")),
         "entity": service.entity(PROJECT, "run-a"),
         "history": service.history(PROJECT, "run-b", "loss"),

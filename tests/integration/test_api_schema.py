@@ -28,7 +28,8 @@ from trackstream.api.server import QueryServer
 from trackstream.sinks.query import QueryService
 
 ROUTES = {("POST", f"/api/v1/{name}") for name in
-          ("compare", "curves", "runs", "sql", "entity_metrics", "entity", "history", "wait_ingested")} | {
+          ("compare", "curves", "runs", "sql", "sql_table", "entity_metrics", "entity", "history",
+           "wait_ingested")} | {
               ("GET", "/api/v1/health")}
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))

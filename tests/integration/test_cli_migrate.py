@@ -40,7 +40,7 @@ def test_migrate_creates_the_tables_a_read_needs_and_can_run_again(tmp_path: Pat
         assert migrated.returncode == 0, migrated.stderr[-2000:]
     after = _run(tmp_path, "sql", "SELECT count() FROM points", "--json", "--data-dir", str(data))
     assert after.returncode == 0, after.stderr[-2000:]
-    assert orjson.loads(after.stdout) == [[0]]
+    assert orjson.loads(after.stdout) == [{"count()": 0}]  # --json: one object per row, by column name
 
 
 def test_migrate_leaves_a_store_that_a_live_process_owns(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def _sql(env: dict[str, str], query: str, **params: Any) -> list[list[Any]]:
     args = ["sql", query]
     for name, value in params.items():
         args += ["--param", f"{name}={orjson.dumps(value).decode()}"]
-    return _cli_json(env, *args)
+    return [list(row.values()) for row in _cli_json(env, *args)]  # --json: one {column: value} object per row
 
 
 def _wait_for(predicate: Any, *, timeout_s: float, what: str) -> None:
@@ -197,7 +197,8 @@ def test_cli_query_goes_through_the_owner_and_matches_an_in_process_query(tmp_pa
     finally:
         local.terminate()
         local.wait(60)
-    assert through_http == direct
+    assert sorted(through_http, key=lambda r: r["id"]) == direct  # the CLI lists the best (lowest) first
+    assert [row["id"] for row in through_http] == ["run2", "run1", "run0"]
     assert [row["value"] for row in sorted(direct, key=lambda r: r["id"])] == [0.5, 0.25, 0.5 / 3]
     assert "serving the query API" in log
 

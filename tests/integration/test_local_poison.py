@@ -277,7 +277,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
 def _sql(env: dict[str, str], query: str) -> Any:
     result = _cli(env, "sql", query, "--json")
     assert result.returncode == 0, result.stderr.decode()[-3000:]
-    return orjson.loads(result.stdout)
+    return [list(row.values()) for row in orjson.loads(result.stdout)]  # rows as {column: value}
 
 
 def _poisoned_spool(spool: Path) -> tuple[int, list[Frame], list[Frame]]:

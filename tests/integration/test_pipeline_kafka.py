@@ -36,7 +36,8 @@ def test_sweep_through_kafka_workers_lands_every_point_once(kafka_bootstrap: str
     query = [*CLI, "sql", "--json", "SELECT rank = 4294967295 AS cross_rank, count(), "
              "uniqExact(entity_id, metric, rank, step) FROM points WHERE startsWith(entity_id, {sweep:String}) "
              "GROUP BY cross_rank ORDER BY cross_rank", "--param", f"sweep={summary['sweep']}-"]
-    counts = orjson.loads(subprocess.run(query, env=env, capture_output=True, timeout=300, check=True).stdout)
+    counts = [list(row.values()) for row in
+              orjson.loads(subprocess.run(query, env=env, capture_output=True, timeout=300, check=True).stdout)]
     expected = configs * ranks * (steps * metrics + 1)
     means = configs * steps * metrics  # the cross-rank rows: one mean over the ranks per (run, series, step)
     assert counts == [[False, expected, expected], [True, means, means]]
@@ -44,7 +45,8 @@ def test_sweep_through_kafka_workers_lands_every_point_once(kafka_bootstrap: str
     query = [*CLI, "sql", "--json", "SELECT count(), uniqExact(entity_id, metric, rank, step) FROM points "
              "WHERE startsWith(entity_id, {sweep:String}) AND rank < 16777216",  # not the cross-rank rows
              "--param", f"sweep={summary['paced_sweep']}-"]
-    counts = orjson.loads(subprocess.run(query, env=env, capture_output=True, timeout=300, check=True).stdout)
+    counts = [list(row.values()) for row in
+              orjson.loads(subprocess.run(query, env=env, capture_output=True, timeout=300, check=True).stdout)]
     assert paced["points"] > 0
     assert counts == [[paced["points"], paced["points"]]]
     runs = {row["id"]: row for row in summary["by_run"]}

@@ -45,8 +45,8 @@ def test_positional_arguments_are_sent_by_the_services_parameter_names() -> None
         "entity": {"project": "p", "type": "run", "id": "r"}, "producer_id": "pid", "seq": 3, "timeout_s": 1.0}
     assert _arguments("sql", ("SELECT {x:Float64}", {"x": float("nan")}), {})["parameters"]["x"] == {
         "$f64": 0x7FF8000000000000}
-    assert set(POSITIONAL) == {"compare", "curves", "runs", "sql", "entity_metrics", "entity", "history",
-                               "wait_ingested"}
+    assert set(POSITIONAL) == {"compare", "curves", "runs", "sql", "sql_table", "entity_metrics", "entity",
+                               "history", "wait_ingested"}
     with pytest.raises(TypeError, match="positional"):
         _arguments("runs", ("p", "extra"), {})
     with pytest.raises(TypeError, match="multiple values"):

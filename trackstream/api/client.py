@@ -29,6 +29,7 @@ POSITIONAL: Final[dict[str, tuple[str, ...]]] = {
     "curves": ("project", "runs", "metric"),
     "runs": ("project",),
     "sql": ("query", "parameters"),
+    "sql_table": ("query", "parameters"),
     "entity_metrics": ("entity",),
     "entity": ("project", "entity_id"),
     "history": ("project", "entity_id", "metric"),
@@ -63,6 +64,10 @@ class ReadApi:
     def sql(self, *args: Any, **kwargs: Any) -> Any:
         """``QueryService.sql`` in the store's process: read-only SQL, rows as lists."""
         return self._call("sql", *args, **kwargs)
+
+    def sql_table(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.sql_table`` in the store's process: ``{"columns": [...], "rows": [...]}``."""
+        return self._call("sql_table", *args, **kwargs)
 
     def entity_metrics(self, *args: Any, **kwargs: Any) -> Any:
         """``QueryService.entity_metrics`` in the store's process: ``{metric: number | [values]}``."""

@@ -215,6 +215,10 @@ def query_router(service: Any) -> APIRouter:
         return answer(lambda: service.history(body.project, body.entity_id, body.metric,
                                               entity_type=body.entity_type, ranks=body.ranks), "history")
 
+    @router.post("/sql_table", response_model=MetricsResult, summary="sql, with the result's column names")
+    def sql_table(body: SqlBody) -> Response:
+        return answer(lambda: service.sql_table(body.query, body.parameters), "sql_table")
+
     @router.post("/entity_metrics", response_model=MetricsResult, summary="The metrics of one run or model")
     def entity_metrics(body: EntityMetricsBody) -> Response:
         return answer(lambda: service.entity_metrics(body.entity.ref()), "entity_metrics")
