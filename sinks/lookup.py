@@ -19,6 +19,8 @@ Rows = Callable[[str, Mapping[str, Any]], list[Any]]
 _PROJECTS: Final = "SELECT DISTINCT project FROM entities UNION DISTINCT SELECT DISTINCT project FROM series_stats"
 _METRICS: Final = ("SELECT DISTINCT metric FROM series_stats "
                    "WHERE project = {project:String} AND entity_type = {entity_type:String}")
+_LOGGED: Final = ("SELECT DISTINCT entity_id FROM series_stats WHERE project = {project:String} "
+                  "AND entity_type = {entity_type:String} AND entity_id IN {ids:Array(String)}")
 _IDS: Final = ("SELECT entity_id, argMax(name, version) FROM entities "
                "WHERE project = {project:String} AND entity_type = {entity_type:String} GROUP BY entity_id")
 
@@ -62,6 +64,9 @@ def check_ids(rows: Rows, scope: Mapping[str, Any], ids: Sequence[str]) -> None:
     as an id is pointed at that run's id."""
     names = dict(rows(_IDS, scope))
     missing = [i for i in ids if i not in names]
+    if missing:  # points can be stored before their entity's state (they travel apart)
+        logged = {str(row[0]) for row in rows(_LOGGED, {**scope, "ids": missing})}
+        missing = [i for i in missing if i not in logged]
     if not missing:
         return
     if not names:

@@ -188,13 +188,18 @@ class QueryService:
     def curves(
         self, project: str, runs: Sequence[str] | str, metric: str, *, points: int = 1000, entity_type: str = "run"
     ) -> dict[str, list[dict[str, Any]]]:
-        """Per run at most ``points`` buckets over step: {step_from, step_to, min, max, avg, last}."""
+        """Per run at most ``points`` buckets over step: {step_from, step_to, min, max, avg, last}; an empty list
+        for a run without ``metric``. Raises NotFoundError for an unknown project, run id, or a metric none of
+        the project's runs logged (with the closest names)."""
         if points < 1:
             raise QueryError("points must be >= 1")
         ids = [runs] if isinstance(runs, str) else list(runs)
         result: dict[str, list[dict[str, Any]]] = {entity_id: [] for entity_id in ids}
         if not ids:
             return result
+        scope = {"project": project, "entity_type": entity_type}
+        lookup.check_ids(self._rows, scope, ids)
+        lookup.check_metric(self._rows, scope, metric)
         params: dict[str, Any] = {"project": project, "entity_type": entity_type, "metric": metric}
         plans: dict[str, list[tuple[str, int, int, int, int]]] = {}
         for entity_id, generation, lo, hi, single, ranks, clean, src in self._rows(
@@ -243,12 +248,15 @@ class QueryService:
 
     def entity(self, project: str, entity_id: str, *, entity_type: str = "run") -> dict[str, Any]:
         """One run or model as a row of :meth:`runs` without metric summaries: id, name, status, params, tags,
-        started_at, ended_at, lost_points, ranks. Raises :class:`~trackstream.schemas.errors.NotFoundError`
-        (with the closest ids) when the project holds no such entity."""
+        started_at, ended_at, lost_points, ranks (``status`` None while only its points are stored: points and
+        states travel apart). Raises :class:`~trackstream.schemas.errors.NotFoundError` (with the closest ids)
+        when the project holds no such entity."""
         scope = {"project": project, "entity_type": entity_type}
         found = self._entities(scope, [entity_id])
-        if not found:
+        if not found:  # unknown (raises), or its points are stored before its state (they travel apart)
             lookup.check_ids(self._rows, scope, [entity_id])
+            found = [{"id": entity_id, "name": "", "status": None, "tags": {}, "started_at": None, "ended_at": None,
+                      "lost_points": 0, "ranks": []}]
         row = found[0]
         row["params"] = self._params(scope, [entity_id]).get(entity_id, {})
         return row

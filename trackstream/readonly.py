@@ -43,9 +43,11 @@ class EntityView:
         return str(self._row()["name"])
 
     @property
-    def status(self) -> str:
-        """``running``, ``completed``, ``failed``, ``killed`` or ``crashed`` (docs/metrics.md#run-status)."""
-        return str(self._row()["status"])
+    def status(self) -> str | None:
+        """``running``, ``completed``, ``failed``, ``killed`` or ``crashed`` (docs/metrics.md#run-status); None while
+        only its points are stored (points and states travel apart)."""
+        status = self._row()["status"]
+        return None if status is None else str(status)
 
     @property
     def params(self) -> dict[str, Any]:

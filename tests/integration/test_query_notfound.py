@@ -75,3 +75,21 @@ def test_the_cli_prints_the_message_and_exits_2(tmp_path: Path) -> None:
                           env={"PATH": "/usr/bin:/bin", "TRACKSTREAM_SPOOL_DIR": str(tmp_path / "spool")})
     assert done.returncode == 2, done.stderr
     assert "did you mean 'loss'" in done.stderr
+
+
+def test_curves_name_an_unknown_run_or_metric(backend: Backend) -> None:  # noqa: F811
+    service = fill(backend)
+    with pytest.raises(NotFoundError, match="'r22'; did you mean 'r2'"):
+        service.curves("vision", ["r1", "r22"], "loss")
+    with pytest.raises(NotFoundError, match="metric 'los' not found in project 'vision'; did you mean 'loss'"):
+        service.curves("vision", ["r1"], "los")
+    assert len(service.curves("vision", ["r1"], "loss", points=10)["r1"]) == 2
+
+
+def test_a_run_whose_points_arrived_before_its_state_is_found(backend: Backend) -> None:  # noqa: F811
+    service = fill(backend)
+    batch = MetricBatch("loss", "series", [0], [T0], [2.0])
+    Sink(backend).write([PointBlock(EntityRef("vision", "run", "r3"), 0, "prod-r3", 1, [batch], [0])])
+    assert service.entity("vision", "r3")["status"] is None
+    assert [row["id"] for row in service.compare("vision", "loss", runs=["r3"])] == ["r3"]
+    assert [h["value"] for h in service.history("vision", "r3", "loss")] == [2.0]
