@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
+from trackstream.cli_args import csv, describe, param, tag
 
 if TYPE_CHECKING:
     from trackstream.schemas.settings import KafkaSettings, StoreSettings
@@ -21,27 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("trackstream")
 
 Command = Callable[[argparse.Namespace], int]
-
-
-def _csv(value: str) -> list[str]:
-    return [item for item in (part.strip() for part in value.split(",")) if item]
-
-
-def _param(value: str) -> tuple[str, Any]:
-    key, sep, raw = value.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
-    try:
-        return key, orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return key, raw
-
-
-def _tag(value: str) -> tuple[str, str]:
-    key, sep, raw = value.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
-    return key, raw
 
 
 def _kafka_options(parser: argparse.ArgumentParser) -> None:
@@ -322,12 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", parents=[common],
                                   help="one row per run (or per group of runs sharing params)")
-    compare.add_argument("project")
-    compare.add_argument("metric")
-    compare.add_argument("--agg", default="last", choices=("last", "min", "max", "mean", "first"))
-    compare.add_argument("--by", type=_csv, help="comma-separated param names to group runs by")
-    compare.add_argument("--runs", type=_csv, help="comma-separated run ids")
-    compare.add_argument("--entity-type", default="run", choices=("run", "model"))
+    compare.add_argument("project", help="the project's name")
+    compare.add_argument("metric", help="the metric to compare")
+    compare.add_argument("--agg", default="last", choices=("last", "min", "max", "mean", "first"),
+                         help="what value of each run's series")
+    compare.add_argument("--by", type=csv, help="comma-separated param names to group runs by")
+    compare.add_argument("--runs", type=csv, help="comma-separated run ids")
+    compare.add_argument("--entity-type", default="run", choices=("run", "model"), help="compare runs or models")
     compare.add_argument("--desc", action="store_true",
                          help="higher is better: the highest value first (default: the lowest first)")
     compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -335,38 +315,39 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(run=_cmd_compare)
 
     runs = commands.add_parser("runs", parents=[common], help="runs with status, params, tags")
-    runs.add_argument("project")
-    runs.add_argument("--status", type=_csv, help="only runs with one of these comma-separated statuses")
-    runs.add_argument("--param", type=_param, action="append",
+    runs.add_argument("project", help="the project's name")
+    runs.add_argument("--status", type=csv, help="only runs with one of these comma-separated statuses")
+    runs.add_argument("--param", type=param, action="append",
                       help="only runs whose param NAME equals VALUE (JSON or text), repeatable")
-    runs.add_argument("--tag", type=_tag, action="append", help="only runs whose tag NAME is VALUE, repeatable")
+    runs.add_argument("--tag", type=tag, action="append", help="only runs whose tag NAME is VALUE, repeatable")
     runs.add_argument("--order-by", help="a metric summary: loss.min; descending: --order-by=-loss.last")
     runs.add_argument("--limit", type=int, help="at most this many runs")
-    runs.add_argument("--params", type=_csv, help="params to show (default: those that differ across the runs)")
-    runs.add_argument("--metrics", type=_csv, help="metrics to show the last and min of, comma-separated")
-    runs.add_argument("--json", action="store_true")
+    runs.add_argument("--params", type=csv, help="params to show (default: those that differ across the runs)")
+    runs.add_argument("--metrics", type=csv, help="metrics to show the last and min of, comma-separated")
+    runs.add_argument("--json", action="store_true", help="print the full rows as JSON instead of a table")
     _store_options(runs)
     runs.set_defaults(run=_cmd_runs)
 
     curves = commands.add_parser("curves", parents=[common], help="downsampled curves (min/max/avg/last per bucket)")
-    curves.add_argument("project")
-    curves.add_argument("metric")
-    curves.add_argument("--runs", type=_csv, required=True, help="comma-separated run ids")
+    curves.add_argument("project", help="the project's name")
+    curves.add_argument("metric", help="the series to read")
+    curves.add_argument("--runs", type=csv, required=True, help="comma-separated run ids")
     curves.add_argument("--points", type=int, default=None,
                         help="print every bucket, at most this many per run (default: one summary line per run; "
                              "1000 buckets for --plot and --json)")
     curves.add_argument("--plot", type=Path, help="write a PNG chart here")
-    curves.add_argument("--json", action="store_true")
+    curves.add_argument("--json", action="store_true", help="print the buckets as JSON")
     _store_options(curves)
     curves.set_defaults(run=_cmd_curves)
 
     sql = commands.add_parser("sql", parents=[common],
                               help="read-only SQL with bound parameters: {name:Type} placeholders")
-    sql.add_argument("query")
-    sql.add_argument("--param", type=_param, action="append", help="NAME=VALUE (JSON or text), repeatable")
-    sql.add_argument("--json", action="store_true")
+    sql.add_argument("query", help="one read-only statement, values as {name:Type} placeholders")
+    sql.add_argument("--param", type=param, action="append", help="NAME=VALUE (JSON or text), repeatable")
+    sql.add_argument("--json", action="store_true", help="print one {column: value} object per row as JSON")
     _store_options(sql)
     sql.set_defaults(run=_cmd_sql)
+    describe(parser)
     return parser
 
 

@@ -70,3 +70,29 @@ def test_a_curve_is_one_summary_line() -> None:
     (line,) = curve_summaries({"r1": buckets}, {"r1": "baseline"})
     assert line == {"id": "r1", "name": "baseline", "steps": "0..19", "buckets": 2, "first": 2.0, "last": 0.5,
                     "min": 1.0, "max": 3.0}
+
+
+def test_every_subcommand_has_a_description_and_every_argument_a_help_text() -> None:
+    import argparse
+
+    def missing(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[str]:
+        found = [f"{' '.join(path)}: description"] if path and not parser.description else []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found += missing(sub, (*path, name))
+            elif not isinstance(action, argparse._HelpAction | argparse._VersionAction) and not action.help:
+                found.append(f"{' '.join(path)}: {action.dest}")
+        return found
+
+    assert missing(build_parser(), ()) == []
+
+
+def test_help_shows_defaults() -> None:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args(["compare", "--help"])
+    assert "(default: last)" in out.getvalue()
