@@ -20,6 +20,9 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+_WORD = 12  # characters: a word up to this long is never broken across lines
+
+
 def _json(value: Any) -> None:
     from trackstream.api.wire import to_wire
 
@@ -34,11 +37,16 @@ def table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Any
     columns: list[str] = []
     for row in rows:
         columns.extend(key for key in row if key not in columns)
-    result = Table(title=title, show_lines=False)
-    for column in columns:
-        result.add_column(column, overflow="fold")
-    for row in rows:
-        result.add_row(*(_cell(row.get(column)) for column in columns))
+    from rich import box
+
+    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
+    result = Table(title=title, show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for at, column in enumerate(columns):
+        # words are not broken (a header, a status, a number) unless longer than _WORD; long values fold
+        word = max([len(part) for text in (column, *(line[at] for line in cells)) for part in text.split()] or [0])
+        result.add_column(column, overflow="fold", min_width=min(word, _WORD))
+    for line in cells:
+        result.add_row(*line)
     return result
 
 
@@ -131,9 +139,7 @@ def runs_rows(rows: Sequence[Mapping[str, Any]], *, params: Sequence[str] | None
     """What ``trackstream runs`` shows per run: id, name, status, duration, the params that differ across the runs
     (or the ones named in ``params``), and last/min of each of ``metrics``."""
     if params is None:
-        keys = sorted({key for row in rows for key in row.get("params", {})})
-        params = [key for key in keys if len({orjson.dumps(row.get("params", {}).get(key), default=str)
-                                               for row in rows}) > 1]
+        params = differing_params(rows)
     out = []
     for row in rows:
         line: dict[str, Any] = {"id": row.get("id"), "name": row.get("name"), "status": row.get("status"),
@@ -144,6 +150,20 @@ def runs_rows(rows: Sequence[Mapping[str, Any]], *, params: Sequence[str] | None
             line[f"{metric} last"], line[f"{metric} min"] = summary.get("last"), summary.get("min")
         out.append(line)
     return out
+
+
+def differing_params(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The param names whose values are not the same on every row (``row["params"]``), sorted."""
+    keys = sorted({key for row in rows for key in row.get("params", {})})
+    return [key for key in keys
+            if len({orjson.dumps(row.get("params", {}).get(key), default=str) for row in rows}) > 1]
+
+
+def compare_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``compare`` rows for a table: the params that differ across the runs as columns instead of one dict."""
+    keys = differing_params(rows)
+    return [{**{k: v for k, v in row.items() if k != "params"}, **{key: row.get("params", {}).get(key)
+                                                                     for key in keys}} for row in rows]
 
 
 def curve_summaries(curves: Mapping[str, Sequence[Mapping[str, Any]]],
