@@ -43,6 +43,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from trackstream.schemas.kafka_clients import FETCH_MAX_WAIT_MS
 from trackstream.schemas.settings import KafkaSettings, StoreSettings, diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 from trackstream.sinks.batch import Batcher, BatchLimits
@@ -67,10 +68,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GROUP_ID = "trackstream-sink"
 _INFLIGHT_POLL_MS = 10  # poll timeout while a write is in flight, so its commit follows promptly
-# aiokafka keeps one fetch in flight per broker, for the partitions with nothing buffered; while the busy ones
-# wait to be taken, that fetch covers only quiet ones (entities) and the broker holds it this long: fresh points
-# wait behind it (aiokafka's default, 500 ms, was half the Kafka path's latency below saturation)
-FETCH_MAX_WAIT_MS = 50
 
 class SinkWorker:
     """One sink process: consumes ``<prefix>.points/.steps/.entities`` and writes through a Sink;

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from trackstream.sinks.chunks import Chunk
+from trackstream.sinks.chunks import Chunk, piece_key
 from trackstream.sinks.sink import Prepared
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ REBUILD_TIMEOUT_S = 10.0
 def write_key(chunks: Collection[Chunk]) -> str:
     """The key of a write of ``chunks``: their ``<topic>:<partition>:<first>-<last>``, sorted, comma-separated
     (one chunk alone: the key chunks had when each was written on its own)."""
-    return ",".join(sorted(f"{c.held.topic}:{c.held.partition}:{c.first}-{c.last}" for c in chunks))
+    return ",".join(sorted(piece_key(c.held.topic, c.held.partition, c.first, c.last) for c in chunks))
 
 
 def key_partitions(key: str) -> set[tuple[str, int]]:
@@ -103,7 +103,7 @@ class ReplayPool:
 
     def add(self, chunk: Chunk, assigned: Collection[Any]) -> None:
         """Take a replayed chunk. Its write is rebuilt only if every partition it names is in ``assigned``."""
-        key = chunk.key if chunk.planned else write_key([chunk])
+        key = chunk.key  # a chunk not replayed as recorded has its own piece key
         if chunk.planned and not key_partitions(key) <= {(tp.topic, tp.partition) for tp in assigned}:
             log.warning("recorded write %s spans partitions this worker no longer holds: writing its chunk of "
                         "%s[%d] under a new key", key, chunk.held.topic, chunk.held.partition)

@@ -5,17 +5,18 @@ flight per broker, covering every assigned partition that has no buffered record
 until ``fetch_max_wait_ms`` passes unless data arrives for a partition in it. While the metrics topic's partitions
 wait on records the stream has not consumed yet, the request covers only quiet partitions (faust's own leader
 topic), so fresh envelopes waited up to 1.5 s before the stream saw them: ~1 s of the Kafka path's latency below
-saturation (measured with ``trackstream demo``). :data:`FETCH_MAX_WAIT_MS` bounds that wait.
+saturation (measured with ``trackstream demo``). The shared
+:data:`~trackstream.schemas.kafka_clients.FETCH_MAX_WAIT_MS` bounds that wait, as for the sink worker.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as driver
 
-FETCH_MAX_WAIT_MS: Final = 50
+from trackstream.schemas.kafka_clients import FETCH_MAX_WAIT_MS
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):

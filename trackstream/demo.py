@@ -146,20 +146,26 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[index]
 
 
+# The points the ranks of a sweep's runs logged (not the cross-rank rows the stream adds).
+_SWEEP_POINTS = ("project = {project:String} AND entity_type = 'run' AND startsWith(entity_id, {sweep:String}) "
+                 "AND rank < {ranks:UInt32}")
+
+
+def _sweep_params(project: str, sweep: str) -> dict[str, Any]:
+    return {"project": project, "sweep": f"{sweep}-", "ranks": WORLD_SIZE_MAX}
+
+
 def _first_logged_s(project: str, sweep: str, started_wall_s: float) -> float | None:
     """Seconds from ``started_wall_s`` (Unix time) until the sweep's first point was logged (its point time)."""
-    rows = _query.sql("SELECT toUnixTimestamp64Milli(min(time)) FROM points WHERE project = {project:String} "
-                      "AND entity_type = 'run' AND startsWith(entity_id, {sweep:String}) AND rank < {ranks:UInt32}",
-                      {"project": project, "sweep": f"{sweep}-", "ranks": WORLD_SIZE_MAX})
+    rows = _query.sql(f"SELECT toUnixTimestamp64Milli(min(time)) FROM points WHERE {_SWEEP_POINTS}",
+                      _sweep_params(project, sweep))
     first_ms = rows[0][0] if rows else None
     return None if not first_ms else max(0.0, first_ms / 1000 - started_wall_s)
 
 
 def _count_points(project: str, sweep: str) -> int:
     """Points the ranks of the sweep's runs logged that a query can see (not the cross-rank rows the stream adds)."""
-    rows = _query.sql("SELECT count() FROM points FINAL WHERE project = {project:String} AND entity_type = 'run' "
-                      "AND startsWith(entity_id, {sweep:String}) AND rank < {ranks:UInt32}",
-                      {"project": project, "sweep": f"{sweep}-", "ranks": WORLD_SIZE_MAX})
+    rows = _query.sql(f"SELECT count() FROM points FINAL WHERE {_SWEEP_POINTS}", _sweep_params(project, sweep))
     return int(rows[0][0])
 
 
