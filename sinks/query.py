@@ -21,16 +21,21 @@ from trackstream.sinks import sql as q
 from trackstream.sinks.backend import Backend, Row
 from trackstream.sinks.batch import param_value
 from trackstream.sinks.connect import open_backend
+from trackstream.sinks.curves import as_float, read_curves
 from trackstream.sinks.errors import IngestTimeout, QueryError
-from trackstream.sinks.schema import BLOCK_STEPS
+from trackstream.sinks.schema import ADDED_COLUMNS
 from trackstream.sinks.sql_guard import check_statement
 
 AGGREGATES: Final = ("last", "min", "max", "mean", "first")
 _NAN: Final = math.nan
 
 
-def _num(value: Any) -> float:
-    return _NAN if value is None else float(value)
+def specials(nans: int, infs: int, nan_step: int | None, inf_step: int | None) -> dict[str, Any]:
+    """The NaN / ±Inf fields of a compare row or metric summary: ``nan_count``, ``inf_count``, ``first_nan_step``
+    and ``first_inf_step`` (None when there is none)."""
+    return {"nan_count": int(nans), "inf_count": int(infs),
+            "first_nan_step": None if nan_step is None else int(nan_step),
+            "first_inf_step": None if inf_step is None else int(inf_step)}
 
 
 class QueryService:
@@ -91,10 +96,10 @@ class QueryService:
             lookup.check_project(self._rows, project)
         params_filter, params = params, self._params(scope, None)
         metrics: dict[str, dict[str, Any]] = {}
-        for entity_id, metric, kind, count, last, last_step, low, high in self._summary_rows(scope):
+        for entity_id, metric, kind, count, last, last_step, low, high, *special in self._summary_rows(scope):
             metrics.setdefault(entity_id, {})[metric] = {
-                "kind": kind, "count": count, "last": _num(last), "last_step": last_step, "min": _num(low),
-                "max": _num(high),
+                "kind": kind, "count": count, "last": as_float(last), "last_step": last_step, "min": as_float(low),
+                "max": as_float(high), **specials(*special),
             }
         for entity in entities:
             entity["params"] = params.get(entity["id"], {})
@@ -103,7 +108,8 @@ class QueryService:
                                  limit=limit)
 
     def _summary_rows(self, scope: dict[str, Any]) -> list[Row]:
-        """Per (entity, metric): kind, count, last, last_step, min, max of the newest generation, exact.
+        """Per (entity, metric): kind, count, last, last_step, min, max, then NaN and ±Inf counts and first steps,
+        of the newest generation, exact.
 
         Read like compare: from ``series_stats`` where that is exact, else by scanning ``points`` (FINAL) for
         the remaining pairs, so a replay from another producer never counts a point twice. A series counts its
@@ -121,13 +127,15 @@ class QueryService:
             ids, names = (list(column) for column in zip(*scan, strict=True))
             bound = scope | {"scan_ids": ids, "scan_metrics": names,
                              "scan_generations": [generation for generation, _kind in scan.values()]}
-            for entity_id, metric, count, last, last_step, low, high, latest, latest_step in self._rows(
+            for entity_id, metric, count, last, last_step, low, high, *special, latest, at in self._rows(
                     q.SUMMARY_SCAN, bound):
                 kind = scan[(entity_id, metric)][1]
                 if kind == "single":
-                    rows.append((entity_id, metric, kind, 1, latest, latest_step, latest, latest))
+                    nan, inf = math.isnan(latest), math.isinf(latest)
+                    rows.append((entity_id, metric, kind, 1, latest, at, latest, latest, int(nan), int(inf),
+                                 at if nan else None, at if inf else None))
                 else:
-                    rows.append((entity_id, metric, kind, count, last, last_step, low, high))
+                    rows.append((entity_id, metric, kind, count, last, last_step, low, high, *special))
         return sorted(rows, key=lambda row: (row[0], row[1]))
 
     # -- compare --------------------------------------------------------------------------------------
@@ -142,7 +150,11 @@ class QueryService:
         runs: Sequence[str] | None = None,
         entity_type: str = "run",
     ) -> list[dict[str, Any]]:
-        """One row per entity (id, name, value, step, params), or per distinct combination of the ``by`` params.
+        """One row per entity (id, name, value, step, params, nan_count, inf_count, first_nan_step,
+        first_inf_step), or per distinct combination of the ``by`` params (:func:`_grouped`).
+
+        The aggregate skips NaN (and counts ±Inf); the counts say how many per-step values were NaN / ±Inf and the
+        first steps where (None when none), so a diverging run never looks healthy.
 
         Raises :class:`~trackstream.schemas.errors.NotFoundError` for an unknown project, metric, run id or ``by``
         param, naming the closest that exist."""
@@ -162,20 +174,21 @@ class QueryService:
             lookup.check_params(sorted({key for found in params.values() for key in found}), list(by), project)
         names = self._names(scope, runs) if rows else {}
         result = []
-        for entity_id, value, step in rows:
+        for entity_id, value, step, *special in rows:
             result.append({
-                "id": entity_id, "name": names.get(entity_id, entity_id), "value": _num(value),
-                "step": None if value is None else step, "params": params.get(entity_id, {}),
+                "id": entity_id, "name": names.get(entity_id, entity_id), "value": as_float(value),
+                "step": None if value is None else step, "params": params.get(entity_id, {}), **specials(*special),
             })
         return _grouped(result, list(by)) if by else result
 
     def _compare_rows(self, params: dict[str, Any], select: str, agg: str) -> list[Row]:
-        """(entity_id, value, step) per entity: from ``series_stats`` where exact, else by scanning points."""
+        """(entity_id, value, step, nan_count, inf_count, first_nan_step, first_inf_step) per entity: from
+        ``series_stats`` where exact, else by scanning points."""
         rows: list[Row] = []
         scan: list[str] = []
-        for entity_id, exact, value, step in self._rows(q.stats_sql(select, agg), params):
+        for entity_id, exact, *row in self._rows(q.stats_sql(select, agg), params):
             if exact:
-                rows.append((entity_id, value, step))
+                rows.append((entity_id, *row))
             else:
                 scan.append(entity_id)
         if scan:
@@ -188,41 +201,12 @@ class QueryService:
     def curves(
         self, project: str, runs: Sequence[str] | str, metric: str, *, points: int = 1000, entity_type: str = "run"
     ) -> dict[str, list[dict[str, Any]]]:
-        """Per run at most ``points`` buckets over step: {step_from, step_to, min, max, avg, last}; an empty list
+        """Per run at most ``points`` buckets over step: {step_from, step_to, min, max, avg, last, nan_count,
+        inf_count} (min / max / avg skip NaN; the counts are of the bucket's per-step values); an empty list
         for a run without ``metric``. Raises NotFoundError for an unknown project, run id, or a metric none of
-        the project's runs logged (with the closest names)."""
-        if points < 1:
-            raise QueryError("points must be >= 1")
-        ids = [runs] if isinstance(runs, str) else list(runs)
-        result: dict[str, list[dict[str, Any]]] = {entity_id: [] for entity_id in ids}
-        if not ids:
-            return result
-        scope = {"project": project, "entity_type": entity_type}
-        lookup.check_ids(self._rows, scope, ids)
-        lookup.check_metric(self._rows, scope, metric)
-        params: dict[str, Any] = {"project": project, "entity_type": entity_type, "metric": metric}
-        plans: dict[str, list[tuple[str, int, int, int, int]]] = {}
-        for entity_id, generation, lo, hi, single, ranks, clean, src in self._rows(
-                q.fill(q.PLAN, select="metric = {metric:String} AND entity_id IN {ids:Array(String)}"),
-                params | {"ids": ids}):
-            origin, width, level = curve_plan(lo, hi, points, clean=bool(clean and not single))
-            category = f"rollup{level}" if level else "ranks" if ranks > 1 and not clean else \
-                "clean" if clean else "dirty"
-            plans.setdefault(category, []).append((entity_id, generation, origin, width, src))
-        for category, planned in plans.items():
-            ids_, generations, los, widths, srcs = (list(column) for column in zip(*planned, strict=True))
-            bound = params | {"ids": ids_, "generations": generations, "los": los, "widths": widths, "srcs": srcs}
-            if category.startswith("rollup"):
-                sql, level = q.CURVES_ROLLUP, int(category.removeprefix("rollup"))
-                bound |= {"level": level, "block_steps": BLOCK_STEPS[level]}
-            else:
-                sql = q.curves_sql(category)
-            for entity_id, *_bucket, step_from, step_to, low, high, avg, last in self._rows(sql, bound):
-                result[entity_id].append({
-                    "step_from": step_from, "step_to": step_to, "min": _num(low), "max": _num(high),
-                    "avg": _num(avg), "last": _num(last),
-                })
-        return result
+        the project's runs logged (with the closest names). Buckets: :func:`trackstream.sinks.curves.curve_plan`."""
+        return read_curves(self._rows, project, [runs] if isinstance(runs, str) else list(runs), metric,
+                           points=points, entity_type=entity_type)
 
     # -- SQL escape hatch -----------------------------------------------------------------------------
 
@@ -277,7 +261,7 @@ class QueryService:
             lookup.check_ids(self._rows, scope, [entity_id])
             lookup.check_entity_metric(self._rows, scope, entity_id, metric)
         keys = ("step", "value", "time_ns", "rank") if ranks else ("step", "value", "time_ns")
-        return [dict(zip(keys, (int(row[0]), _num(row[1]), int(row[2]), *map(int, row[3:])), strict=True))
+        return [dict(zip(keys, (int(row[0]), as_float(row[1]), int(row[2]), *map(int, row[3:])), strict=True))
                 for row in rows]
 
     # -- SDK read-back --------------------------------------------------------------------------------
@@ -324,39 +308,27 @@ class QueryService:
 
 
 _MISSING_CODES: Final = {60: "UNKNOWN_TABLE", 81: "UNKNOWN_DATABASE"}
+_UNKNOWN_IDENTIFIER: Final = 47
 
 
 def no_tables_error(exc: QueryError, backend: Backend) -> QueryError | None:
-    """A clear error for a query that failed because the store has no trackstream tables yet, else None.
+    """A clear error for a query that failed because the store has no trackstream tables yet, or lacks columns a
+    newer trackstream added (``schema.ADDED_COLUMNS``), else None.
 
-    Reads never create tables (a reader may hold SELECT only): the writers do, and ``trackstream migrate``.
+    Reads never create or alter tables (a reader may hold SELECT only): the writers do, and ``trackstream migrate``.
     """
+    text = str(exc)
+    unknown = exc.code == _UNKNOWN_IDENTIFIER or "UNKNOWN_IDENTIFIER" in text
+    if unknown and any(f"`{name}`" in text for _table, name in ADDED_COLUMNS):
+        reason = text.split(" In scope", maxsplit=1)[0]  # the statement that follows is long and says nothing more
+        return QueryError(f"the store {backend!r} was made by an older trackstream and lacks columns this one reads "
+                          f"({reason}). Run `trackstream migrate` against it (or start a sink, which migrates): it "
+                          "adds them in place, keeping the data", code=exc.code)
     if exc.code not in _MISSING_CODES and not any(name in str(exc) for name in _MISSING_CODES.values()):
         return None
     return QueryError(f"the store {backend!r} has no trackstream tables yet ({exc}): nothing has been written to "
                       "it. Log metrics first (writers create the tables) or create them with `trackstream migrate`",
                       code=exc.code)
-
-
-def curve_plan(lo: int, hi: int, points: int, *, clean: bool) -> tuple[int, int, int]:
-    """(origin, width, rollup level or 0) of the curve buckets of a series spanning steps ``lo..hi``.
-
-    Buckets are ``width`` steps wide from ``origin``: ``width = ceil((hi - lo + 1) / points)`` from ``lo``; once
-    that width reaches a level-1 rollup block, whole blocks of a level (origin rounded down to a block, width
-    up), so a curve has at most ``points`` buckets and at least about half as many. Level 2 (coarser blocks,
-    fewer rows to read) is chosen when its width is at most 25% wider than level 1's. The buckets do not depend
-    on the path: a series with a ``clean`` source (its one rank, or its pooled cross-rank mean) is read from
-    ``series_blocks`` at that level, others from points.
-    """
-    width = -(-(hi - lo + 1) // points)
-    if width < BLOCK_STEPS[1]:
-        return lo, width, 0
-    plans = []
-    for level, size in BLOCK_STEPS.items():
-        origin = lo // size * size
-        plans.append((origin, -(-(hi - origin + 1) // (points * size)) * size, level))
-    origin, width, level = plans[1] if plans[1][1] * 4 <= plans[0][1] * 5 else plans[0]
-    return origin, width, level if clean else 0
 
 
 def _id_filter(ids: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
@@ -366,14 +338,16 @@ def _id_filter(ids: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
 
 
 def _grouped(rows: Iterable[dict[str, Any]], by: list[str]) -> list[dict[str, Any]]:
-    """One row per distinct combination of the ``by`` params: mean, std (population), min, max over runs."""
-    groups: dict[bytes, tuple[list[Any], list[float]]] = {}
+    """One row per distinct combination of the ``by`` params: mean, std (population), min, max over the runs'
+    values (NaN skipped), and the runs' NaN / ±Inf counts summed with the first steps' minimum."""
+    groups: dict[bytes, tuple[list[Any], list[dict[str, Any]]]] = {}
     for row in rows:
         values = [row["params"].get(name) for name in by]
         key = orjson.dumps([[type(v).__name__, v] for v in values], option=orjson.OPT_SERIALIZE_NUMPY)
-        groups.setdefault(key, (values, []))[1].append(row["value"])
+        groups.setdefault(key, (values, []))[1].append(row)
     result = []
-    for values, numbers in groups.values():
+    for values, members in groups.values():
+        numbers = [member["value"] for member in members]
         finite = [v for v in numbers if not math.isnan(v)]
         mean = math.fsum(finite) / len(finite) if finite else _NAN
         std = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / len(finite)) if finite else _NAN
@@ -381,5 +355,9 @@ def _grouped(rows: Iterable[dict[str, Any]], by: list[str]) -> list[dict[str, An
             **dict(zip(by, values, strict=True)), "runs": len(numbers), "mean": mean,
             "std": std if math.isfinite(mean) else _NAN,
             "min": min(finite) if finite else _NAN, "max": max(finite) if finite else _NAN,
+            "nan_count": sum(member["nan_count"] for member in members),
+            "inf_count": sum(member["inf_count"] for member in members),
+            **{key: min((m[key] for m in members if m[key] is not None), default=None)
+               for key in ("first_nan_step", "first_inf_step")},
         })
     return result

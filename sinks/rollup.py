@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trackstream.sinks.errors import require
-from trackstream.sinks.schema import BLOCK_STEPS
+from trackstream.sinks.schema import BLOCK_STEPS, NO_STEP
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -58,7 +58,7 @@ def _segment_stats(p: Points) -> dict[str, Any]:
     n_seg = len(p.lengths)
     starts = np.concatenate(([0], np.cumsum(p.lengths)[:-1])).astype(np.int64)
     ends = starts + p.lengths - 1
-    nan = np.isnan(p.values)
+    nan, inf = np.isnan(p.values), np.isinf(p.values)
     ordered = np.ones(len(p.steps), dtype=bool)
     ordered[1:] = p.steps[1:] > p.steps[:-1]
     ordered[starts] = True
@@ -80,6 +80,9 @@ def _segment_stats(p: Points) -> dict[str, Any]:
         "lo_step": np.minimum.reduceat(p.steps, starts), "hi_step": np.maximum.reduceat(p.steps, starts),
         "last_time": np.maximum.reduceat(times_ms, starts),
         "finite": np.add.reduceat(~nan, starts).astype(np.uint64),
+        "infinite": np.add.reduceat(inf, starts).astype(np.uint64),
+        "nan_step": np.minimum.reduceat(np.where(nan, p.steps, NO_STEP), starts),
+        "inf_step": np.minimum.reduceat(np.where(inf, p.steps, NO_STEP), starts),
         "total": total,
         "first": p.values[starts], "last": p.values[ends],
         "low": low, "low_step": p.steps[low_at], "high": high, "high_step": p.steps[high_at],
@@ -145,6 +148,9 @@ def series_stats(p: Points) -> tuple[Any, dict[str, pa.Array]]:
         "high": struct(np.where(has, pick("high", high_at), -np.inf),
                        np.where(has, -pick("high_step", high_at), -_INT64_MAX)),
         "latest": struct(pick("latest_time", latest), pick("latest_step", latest), pick("latest", latest)),
+        "infinite": pa.array(_reduce(s["infinite"][order], starts, "add")),
+        "nan_step": pa.array(_reduce(s["nan_step"][order], starts, "minimum")),
+        "inf_step": pa.array(_reduce(s["inf_step"][order], starts, "minimum")),
     }
     return sid[starts], columns
 
@@ -165,6 +171,7 @@ def _blocks(series: Any, steps: Any, cuts: Any, level: int, columns: dict[str, A
             "low": np.minimum.reduceat(columns["low"], starts),
             "high": np.maximum.reduceat(columns["high"], starts),
             "last_step": columns["last_step"][ends], "last": columns["last"][ends],
+            "nans": np.add.reduceat(columns["nans"], starts), "infinite": np.add.reduceat(columns["infinite"], starts),
         }
 
 
@@ -180,13 +187,14 @@ def series_blocks(p: Points) -> tuple[Any, dict[str, pa.Array]]:
     nan = np.isnan(values)
     points = {"min_step": steps, "max_step": steps, "finite": (~nan).astype(np.uint64),
               "total": np.where(nan, 0.0, values), "low": np.where(nan, np.inf, values),
-              "high": np.where(nan, -np.inf, values), "last_step": steps, "last": values}
+              "high": np.where(nan, -np.inf, values), "last_step": steps, "last": values,
+              "nans": nan.astype(np.uint64), "infinite": np.isinf(values).astype(np.uint64)}
     new_segment = np.r_[True, seg_id[1:] != seg_id[:-1]]
     one = _blocks(seg_id, steps, new_segment, 1, points)
     two = _blocks(one["series"], one["min_step"], np.r_[True, one["series"][1:] != one["series"][:-1]], 2, one)
     rows = {name: np.concatenate((one[name], two[name])) for name in one}
     columns = {name: pa.array(rows[name]) for name in
-               ("level", "block", "min_step", "max_step", "finite", "total", "low", "high")}
+               ("level", "block", "min_step", "max_step", "finite", "total", "low", "high", "nans", "infinite")}
     columns["last"] = pa.StructArray.from_arrays([pa.array(rows["last_step"]), pa.array(rows["last"])],
                                                  names=["1", "2"])
     return p.series[rows["series"]], columns

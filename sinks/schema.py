@@ -36,6 +36,10 @@ from trackstream.sinks.errors import QueryError
 # The rank of the cross-rank rows: the per-step mean over the ranks of a multi-rank series (above any real rank,
 # which is below 2**24).
 CROSS_RANK: Final = 2**32 - 1
+# ``series_stats.nan_step`` / ``inf_step``: no such value (the largest step, so ``min`` keeps any real one), and
+# not known (the smallest: rows written before the columns existed; ``min`` keeps it, and readers then scan points).
+NO_STEP: Final = 2**63 - 1
+UNKNOWN_STEP: Final = -(2**63)
 DEDUP_WINDOW: Final = 10_000
 _DEDUP: Final = f"non_replicated_deduplication_window = {DEDUP_WINDOW}"
 
@@ -85,7 +89,10 @@ CREATE TABLE IF NOT EXISTS series_stats (
     last SimpleAggregateFunction(max, Tuple(Int64, Float64)),
     low SimpleAggregateFunction(min, Tuple(Float64, Int64)),
     high SimpleAggregateFunction(max, Tuple(Float64, Int64)),
-    latest SimpleAggregateFunction(max, Tuple(Int64, Int64, Float64))
+    latest SimpleAggregateFunction(max, Tuple(Int64, Int64, Float64)),
+    infinite SimpleAggregateFunction(sum, UInt64),
+    nan_step SimpleAggregateFunction(min, Int64),
+    inf_step SimpleAggregateFunction(min, Int64)
 ) ENGINE = AggregatingMergeTree
 ORDER BY (project, entity_type, entity_id, metric, generation, rank)
 SETTINGS {_DEDUP}
@@ -93,7 +100,7 @@ SETTINGS {_DEDUP}
 
 # Rollups of aligned blocks of steps per series and rank (series values only), at two levels: ``level`` 1 blocks
 # span ``BLOCK_STEPS[1]`` steps, level 2 ``BLOCK_STEPS[2]``. Long curves read these instead of points. ``low`` /
-# ``high`` are +-inf where a row has no non-NaN value (``finite`` = 0).
+# ``high`` are +-inf where a row has no non-NaN value (``finite`` = 0). ``nans`` / ``infinite`` count NaN / ±Inf.
 BLOCK_STEPS: Final = {1: 64, 2: 512}
 SERIES_BLOCKS: Final = f"""
 CREATE TABLE IF NOT EXISTS series_blocks (
@@ -111,7 +118,9 @@ CREATE TABLE IF NOT EXISTS series_blocks (
     total SimpleAggregateFunction(sum, Float64),
     low SimpleAggregateFunction(min, Float64),
     high SimpleAggregateFunction(max, Float64),
-    last SimpleAggregateFunction(max, Tuple(Int64, Float64))
+    last SimpleAggregateFunction(max, Tuple(Int64, Float64)),
+    nans SimpleAggregateFunction(sum, UInt64),
+    infinite SimpleAggregateFunction(sum, UInt64)
 ) ENGINE = AggregatingMergeTree
 ORDER BY (project, entity_type, entity_id, metric, generation, rank, level, block)
 SETTINGS {_DEDUP}
@@ -188,8 +197,16 @@ TTL created + INTERVAL 30 DAY
 
 # Columns added since a table was first made, with defaults: a store that lacks one gets it in place (the only
 # time the writer needs ALTER ... ADD COLUMN on that table).
-_ADDED: Final = {("sink_chunks", "write_key"): "ALTER TABLE sink_chunks ADD COLUMN IF NOT EXISTS write_key String "
-                                               "DEFAULT ''"}
+ADDED: Final = {
+    ("sink_chunks", "write_key"): "ALTER TABLE sink_chunks ADD COLUMN IF NOT EXISTS write_key String DEFAULT ''",
+    **{("series_stats", name): f"ALTER TABLE series_stats ADD COLUMN IF NOT EXISTS {name} {kind}"
+       for name, kind in (("infinite", "SimpleAggregateFunction(sum, UInt64)"),
+                          ("nan_step", f"SimpleAggregateFunction(min, Int64) DEFAULT {UNKNOWN_STEP}"),
+                          ("inf_step", f"SimpleAggregateFunction(min, Int64) DEFAULT {UNKNOWN_STEP}"))},
+    **{("series_blocks", name): f"ALTER TABLE series_blocks ADD COLUMN IF NOT EXISTS {name} "
+                                "SimpleAggregateFunction(sum, UInt64)" for name in ("nans", "infinite")},
+}
+ADDED_COLUMNS: Final = frozenset(ADDED)
 DDL: Final = (POINTS, SERIES_STATS, SERIES_BLOCKS, ENTITIES, PARAMS, INGESTED, SINK_CHUNKS)
 TABLES: Final = ("points", "series_stats", "series_blocks", "entities", "params", "ingested", "sink_chunks")
 # Columns a store made by an older trackstream lacks; the tables cannot be altered in place (a new engine version
@@ -197,8 +214,8 @@ TABLES: Final = ("points", "series_stats", "series_blocks", "entities", "params"
 _REQUIRED: Final = {"points": "version", "series_stats": "covers"}
 _REQUIRED_SQL: Final = """
 SELECT table, name FROM system.columns
-WHERE database = currentDatabase() AND table IN ('points', 'series_stats', 'sink_chunks')
-  AND name IN ('version', 'covers', 'write_key')
+WHERE database = currentDatabase() AND table IN ('points', 'series_stats', 'series_blocks', 'sink_chunks')
+  AND name IN ('version', 'covers', 'write_key', 'infinite', 'nan_step', 'inf_step', 'nans')
 """
 
 
@@ -222,7 +239,7 @@ def migrate(backend: _Commander) -> None:
     for statement in DDL:
         backend.command(statement)
     present = {(table, name) for table, name in backend.query(_REQUIRED_SQL)[1]}
-    for column, statement in _ADDED.items():
+    for column, statement in ADDED.items():
         if column not in present:
             backend.command(statement)
     missing = [f"{table}.{name}" for table, name in _REQUIRED.items() if (table, name) not in present]

@@ -17,10 +17,12 @@ Shared semantics, also what the brute-force tests compute:
   would survive exact replays, but a re-logged step would not.) A write that stored points but crashed before
   its statistics, then replayed without token, leaves two identical copies in points and one in the statistics:
   still exact. Ties of min / max go to the smallest step.
-- curves buckets: ``query.curve_plan`` (block-aligned once a bucket spans 64 steps), the same on every path;
+- curves buckets: ``curves.curve_plan`` (block-aligned once a bucket spans 64 steps), the same on every path;
   the scan of a clean source skips ``FINAL``.
 - A series is read per step: the mean over ranks. ``single`` values: the latest by time wins (ties: higher step).
-- min / max / mean skip NaN (a NaN step is kept in ``last`` / ``first``); ±Inf count as values.
+- min / max / mean skip NaN (a NaN step is kept in ``last`` / ``first``); ±Inf count as values. Never silently:
+  compare rows, runs() summaries and curves buckets count the per-step values that are NaN and ±Inf (compare and
+  summaries also give the smallest step of each). A single value counts its latest value only.
 - runs() metric summaries follow the same rules (stats where exact, else ``points FINAL``): ``count`` is the
   number of distinct steps, ``last`` / ``last_step`` the highest step, min / max over the per-step cross-rank
   mean.
@@ -28,9 +30,10 @@ Shared semantics, also what the brute-force tests compute:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
-from trackstream.sinks.schema import CROSS_RANK
+from trackstream.sinks.schema import CROSS_RANK, UNKNOWN_STEP
 
 _SCOPE: Final = "project = {project:String} AND entity_type = {entity_type:String}"
 _X: Final = str(CROSS_RANK)
@@ -62,7 +65,8 @@ def fill(template: str, **parts: str) -> str:
 
 # Per (entity, metric) the newest generation, from ``series_stats`` in one aggregation: how many ranks wrote it
 # (``ranks``, the cross-rank rows aside), its kind, whether the cross-rank series is ``pooled`` (see the module
-# docstring), the source rank to read (``src``), whether that source is ``clean``, and the read ``mode``: clean
+# docstring), the source rank to read (``src``), whether that source is ``clean`` (and its statistics count NaN
+# and ±Inf: rows written before they did make a series unclean), and the read ``mode``: clean
 # (the source without FINAL), dirty (the source with FINAL) or ranks (every rank with FINAL, mean per step).
 # Every rank's cleanliness is one check over the segments tagged with their rank (a step may repeat across
 # ranks, not within one), so no per-rank grouping is needed: a multi-rank series costs about what a single-rank
@@ -79,7 +83,7 @@ _VIEW: Final = f"""
                    AND {disjoint(f"groupArrayArrayIf(segments, rank = {_X})")}
                    AND sumIf(covers, rank = {_X}) = sumIf(rows, rank != {_X}) AS pooled,
                if(ranks > 1, {_X}, anyIf(rank, rank != {_X})) AS src,
-               if(ranks > 1, pooled, ranks_clean) AS clean <PICKS>
+               if(ranks > 1, pooled, ranks_clean) AND min(nan_step) != {UNKNOWN_STEP} AS clean <PICKS>
         FROM series_stats
         WHERE {_SCOPE} AND <SELECT>
         GROUP BY entity_id, metric, generation
@@ -98,12 +102,14 @@ def _aggregate_if(aggregate: Aggregate, condition: str) -> str:
     return f"{function}If({column}, {' AND '.join([condition, *also])})"
 
 
-def view(select: str, *, over_ranks: dict[str, Aggregate] | None = None, **extra: Aggregate) -> str:
+def view(select: str, extra: Mapping[str, Aggregate] | None = None, *,
+         over_ranks: Mapping[str, Aggregate] | None = None) -> str:
     """SQL subquery over ``series_stats``: per (entity, metric) matched by ``select``, the newest generation's
     ``ranks``, ``kind``, ``pooled``, ``src``, ``clean`` and ``mode`` (see ``_VIEW``), plus ``<name>_s`` for each
-    ``name=aggregate`` of ``extra``: the aggregate over the source's rows, and ``name`` for each ``name: aggregate``
+    ``name: aggregate`` of ``extra``: the aggregate over the source's rows, and ``name`` for each ``name: aggregate``
     of ``over_ranks``: the aggregate over every rank's rows (the cross-rank rows aside).
     """
+    extra = extra or {}
     picks = "".join(f", if(ranks > 1, {_aggregate_if(aggregate, f'rank = {_X}')}, "
                     f"{_aggregate_if(aggregate, f'rank != {_X}')}) AS {name}_s" for name, aggregate in extra.items())
     picks += "".join(f", {_aggregate_if(aggregate, f'rank != {_X}')} AS {name}"
@@ -142,6 +148,12 @@ def per_step(select: str, kind: str = "1") -> str:
 
 
 _NOT_NAN: Final = "NOT isNaN(v)"
+# Per series: how many per-step values are NaN and ±Inf, and the smallest step of each (NULL when none).
+_SPECIALS: Final = ("countIf(isNaN(v)), countIf(isInfinite(v)), minIfOrNull(step, isNaN(v)), "
+                    "minIfOrNull(step, isInfinite(v))")
+# The same for a single value: its latest value ``<V>`` at step ``<STEP>``.
+_SINGLE_SPECIALS: Final = ("toUInt64(isNaN(<V>)), toUInt64(isInfinite(<V>)), if(isNaN(<V>), <STEP>, NULL), "
+                           "if(isInfinite(<V>), <STEP>, NULL)")
 
 # compare by scanning points: only the requested aggregate is computed; series and single values are separate
 # branches, chosen from ``series_stats.kind``. Ties of min / max go to the smallest step.
@@ -152,15 +164,18 @@ COMPARE_AGGREGATES: Final = {
     "max": f"maxIfOrNull(v, {_NOT_NAN}), argMaxIf(step, (v, -step), {_NOT_NAN})",
     "mean": f"avgIf(v, {_NOT_NAN}), max(step)",
 }
-_COMPARE: Final = """
-SELECT entity_id, <AGGREGATE> FROM (<SERIES>) GROUP BY entity_id
+_COMPARE: Final = f"""
+SELECT entity_id, <AGGREGATE>, {_SPECIALS} FROM (<SERIES>) GROUP BY entity_id
 UNION ALL
-SELECT entity_id, argMax(lv, (t, step)), argMax(step, (t, step)) FROM (<SINGLE>) GROUP BY entity_id
+SELECT entity_id, argMax(lv, (t, step)) AS latest, argMax(step, (t, step)) AS at,
+       {fill(_SINGLE_SPECIALS, v="latest", step="at")}
+FROM (<SINGLE>) GROUP BY entity_id
 """
 
 
 def compare_sql(select: str, agg: str) -> str:
-    """Rows (entity_id, value, step) for every entity matched by ``select``, by scanning ``points``."""
+    """Rows (entity_id, value, step, nan_count, inf_count, first_nan_step, first_inf_step) for every entity
+    matched by ``select``, by scanning ``points``."""
     return fill(_COMPARE, aggregate=COMPARE_AGGREGATES[agg], series=per_step(select, "kind != 'single'"),
                 single=per_step(select, "kind = 'single'"))
 
@@ -176,18 +191,29 @@ STATS_AGGREGATES: Final[dict[str, tuple[Aggregate, str, str]]] = {
     "max": (("max", "high"), "if(finite_s > 0, pick_s.1, NULL)", "if(finite_s > 0, -pick_s.2, NULL)"),
     "mean": (("any", "0"), "if(finite_s > 0, total_s / finite_s, nan)", "hi_s"),
 }
-_STATS: Final = """
+# From the statistics: the NaN / ±Inf counts and first steps of a series (the view's ``rows``, ``finite``,
+# ``infinite``, ``nan_at``, ``inf_at`` picks), or of a single value's latest value.
+_STATS_SPECIALS: Final = """
+       if(kind = 'single', toUInt64(isNaN(latest_s.3)), rows_s - finite_s) AS nan_count,
+       if(kind = 'single', toUInt64(isInfinite(latest_s.3)), infinite_s) AS inf_count,
+       if(kind = 'single', if(isNaN(latest_s.3), latest_s.2, NULL), if(nan_count > 0, nan_at_s, NULL)),
+       if(kind = 'single', if(isInfinite(latest_s.3), latest_s.2, NULL), if(inf_count > 0, inf_at_s, NULL))"""
+SPECIALS_PICKS: Final[dict[str, Aggregate]] = {
+    "rows": ("sum", "rows"), "finite": ("sum", "finite"), "infinite": ("sum", "infinite"),
+    "nan_at": ("min", "nan_step"), "inf_at": ("min", "inf_step"), "latest": ("max", "latest", "kind = 'single'")}
+_STATS: Final = f"""
 SELECT entity_id, clean AS exact,
-       if(kind = 'single', latest_s.3, <VALUE>) AS value, if(kind = 'single', latest_s.2, <STEP>) AS step
+       if(kind = 'single', latest_s.3, <VALUE>) AS value, if(kind = 'single', latest_s.2, <STEP>) AS step,
+       {_STATS_SPECIALS}
 FROM (<VIEW>)
 """
 
 
 def stats_sql(select: str, agg: str) -> str:
-    """Rows (entity_id, exact, value, step) from ``series_stats`` for the entities matched by ``select``."""
+    """Rows (entity_id, exact, value, step, nan_count, inf_count, first_nan_step, first_inf_step) from
+    ``series_stats`` for the entities matched by ``select``."""
     pick, value, step = STATS_AGGREGATES[agg]
-    series = view(select, finite=("sum", "finite"), total=("sum", "total"), hi=("max", "max_step"), pick=pick,
-                  latest=("max", "latest", "kind = 'single'"))
+    series = view(select, {"total": ("sum", "total"), "hi": ("max", "max_step"), "pick": pick, **SPECIALS_PICKS})
     return fill(_STATS, view=series, value=value, step=step)
 
 
@@ -197,7 +223,7 @@ PLAN: Final = fill("""
 SELECT entity_id, generation, if(mode = 'ranks', lo_all, lo_s), if(mode = 'ranks', hi_all, hi_s), kind = 'single',
        ranks, clean, src
 FROM (<VIEW>)
-""", view=view("<SELECT>", lo=("min", "min_step"), hi=("max", "max_step"),
+""", view=view("<SELECT>", {"lo": ("min", "min_step"), "hi": ("max", "max_step")},
                over_ranks={"lo_all": ("min", "min_step"), "hi_all": ("max", "max_step")}))
 
 # Per-entity bucket origin and width (steps), bound as arrays.
@@ -223,7 +249,8 @@ CURVES: Final = """
 SELECT s.entity_id AS entity_id, intDiv(s.step - b.lo, b.width) AS bucket,
        min(s.step) AS step_from, max(s.step) AS step_to,
        minIfOrNull(s.v, NOT isNaN(s.v)) AS min, maxIfOrNull(s.v, NOT isNaN(s.v)) AS max,
-       avgIf(s.v, NOT isNaN(s.v)) AS avg, argMax(s.v, s.step) AS last
+       avgIf(s.v, NOT isNaN(s.v)) AS avg, argMax(s.v, s.step) AS last, countIf(isNaN(s.v)) AS nans,
+       countIf(isInfinite(s.v)) AS infs
 FROM (<ROWS>) AS s
 INNER JOIN (<BOUNDS>) AS b ON s.entity_id = b.entity_id AND s.generation = b.generation
 GROUP BY entity_id, bucket
@@ -237,13 +264,13 @@ def curves_sql(category: str) -> str:
 
 
 # curves from ``series_blocks`` of each entity's source, whose rows go straight into buckets (``lo`` and ``width``
-# are in steps, whole blocks: see ``query.curve_plan``); ``i`` finds an entity's bucket origin, width and source.
+# are in steps, whole blocks: see ``curves.curve_plan``); ``i`` finds an entity's bucket origin, width and source.
 CURVES_ROLLUP: Final = f"""
 SELECT entity_id, indexOf({{ids:Array(String)}}, entity_id) AS i,
        intDiv(block * {{block_steps:Int64}} - {{los:Array(Int64)}}[i], {{widths:Array(Int64)}}[i]) AS bucket,
        min(min_step) AS step_from, max(max_step) AS step_to,
        if(sum(finite) > 0, min(low), NULL) AS min, if(sum(finite) > 0, max(high), NULL) AS max,
-       sum(total) / sum(finite) AS avg, argMax(last.2, last.1) AS last
+       sum(total) / sum(finite) AS avg, argMax(last.2, last.1) AS last, sum(nans), sum(infinite)
 FROM series_blocks
 WHERE {_ROWS_WHERE} AND level = {{level:UInt8}} AND generation = {{generations:Array(UInt32)}}[i]
   AND rank = {{srcs:Array(UInt32)}}[i]
@@ -291,24 +318,25 @@ ORDER BY entity_id, key
 # runs(): per (entity, metric) summary (kind, count, last, last_step, min, max) of the newest generation, from the
 # source's ``series_stats`` where exact (the same rule as compare, so ``rows`` counts distinct steps), else
 # ``exact`` = 0 and the caller scans (``SUMMARY_SCAN``). A single value summarises as count 1 with last = min =
-# max = the latest value by time.
-SUMMARY_STATS: Final = fill("""
+# max = the latest value by time. Then NaN / ±Inf counts and first steps, as compare gives them.
+SUMMARY_STATS: Final = fill(f"""
 SELECT entity_id, metric, generation, kind, clean AS exact,
        if(kind = 'single', 1, rows_s), if(kind = 'single', latest_s.3, last_s.2),
        if(kind = 'single', latest_s.2, last_s.1),
        if(kind = 'single', latest_s.3, if(finite_s > 0, low_s.1, nan)),
-       if(kind = 'single', latest_s.3, if(finite_s > 0, high_s.1, nan))
+       if(kind = 'single', latest_s.3, if(finite_s > 0, high_s.1, nan)), {_STATS_SPECIALS}
 FROM (<VIEW>)
-""", view=view("1 <SELECT>", rows=("sum", "rows"), finite=("sum", "finite"), last=("max", "last"),
-               low=("min", "low"), high=("max", "high"), latest=("max", "latest", "kind = 'single'")))
+""", view=view("1 <SELECT>", {"last": ("max", "last"), "low": ("min", "low"), "high": ("max", "high"),
+                                   **SPECIALS_PICKS}))
 
 # The same summaries by scanning ``points FINAL`` for the (entity, metric, generation) triples bound as parallel
 # arrays: per step the cross-rank mean (``v``) and the latest value by time (``lv``, for single values); then
-# per series the step count, last, and NaN-free min / max of ``v``, and the latest ``lv`` (ties: higher step).
+# per series the step count, last, NaN-free min / max of ``v``, its NaN / ±Inf counts and first steps, and the
+# latest ``lv`` (ties: higher step).
 # The caller picks the series or the single-value figures by kind.
 SUMMARY_SCAN: Final = f"""
 SELECT entity_id, metric, count(), argMax(v, step), max(step), minIfOrNull(v, NOT isNaN(v)),
-       maxIfOrNull(v, NOT isNaN(v)), argMax(lv, (t, step)), argMax(step, (t, step))
+       maxIfOrNull(v, NOT isNaN(v)), {_SPECIALS}, argMax(lv, (t, step)), argMax(step, (t, step))
 FROM (
     SELECT entity_id, metric, step, if(count() = 1, any(value), avg(value)) AS v, argMax(value, time) AS lv,
            max(time) AS t

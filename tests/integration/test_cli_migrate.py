@@ -83,3 +83,42 @@ def test_migrate_adds_the_write_key_to_a_store_made_before_it(tmp_path: Path) ->
     out = subprocess.run([sys.executable, "-c", read, str(data)], capture_output=True, text=True, check=True,
                          timeout=120)
     assert out.stdout.strip() == "[(0, 9, 'p.points:0:0-9')]"  # an old row: its write was the chunk alone
+
+
+OLD_STATISTICS = """
+import math, sys
+from trackstream.schemas.envelope import EntityRef, MetricBatch
+from trackstream.schemas.processed import EntityState, PointBlock
+from trackstream.sinks.chdb_backend import ChdbBackend
+from trackstream.sinks.sink import Sink
+backend = ChdbBackend(sys.argv[1])
+values = [float(i) for i in range(200)]
+values[50], values[60], values[70] = math.nan, math.inf, math.nan
+batch = MetricBatch("loss", "series", list(range(200)), [10**18 + i for i in range(200)], values)
+ref = EntityRef("p", "run", "r1")
+Sink(backend).write([PointBlock(ref, 0, "producer", 0, [batch], [0])],
+                    entity_states=[EntityState(ref, "r1", "running", {}, {}, 1, 0, [], 0, 1)])
+for table, columns in (("series_stats", ("infinite", "nan_step", "inf_step")), ("series_blocks", ("nans", "infinite"))):
+    backend.command(f"ALTER TABLE {table} " + ", ".join(f"DROP COLUMN {c}" for c in columns))
+"""
+
+
+def test_migrate_adds_nan_statistics_and_old_rows_are_read_from_points(tmp_path: Path) -> None:
+    """A store written before the NaN / ±Inf statistics existed: migrate adds them, and reads of series written
+    before (whose statistics cannot tell) scan points, so nothing reads as NaN-free that is not."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-c", OLD_STATISTICS, str(data)], check=True, timeout=120)
+    before = _run(tmp_path, "compare", "p", "loss", "--data-dir", str(data))
+    assert before.returncode == 1
+    assert "older trackstream" in before.stderr, before.stderr[-2000:]
+    assert "`trackstream migrate`" in before.stderr
+    assert _run(tmp_path, "migrate", "--data-dir", str(data)).returncode == 0
+    compared = _run(tmp_path, "compare", "p", "loss", "--agg", "max", "--json", "--data-dir", str(data))
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    row, = orjson.loads(compared.stdout)
+    assert row["step"] == 60, row  # +inf is the max
+    assert (row["nan_count"], row["inf_count"], row["first_nan_step"], row["first_inf_step"]) == (2, 1, 50, 60)
+    curves = _run(tmp_path, "curves", "p", "loss", "--runs", "r1", "--points", "1", "--json", "--data-dir", str(data))
+    assert curves.returncode == 0, curves.stderr[-2000:]
+    (bucket,), = orjson.loads(curves.stdout).values()
+    assert (bucket["nan_count"], bucket["inf_count"]) == (2, 1)

@@ -17,7 +17,8 @@ import pytest
 from trackstream.schemas.envelope import EntityRef, MetricBatch
 from trackstream.schemas.processed import EntityState, PointBlock
 from trackstream.sinks.backend import Backend
-from trackstream.sinks.query import QueryService, curve_plan
+from trackstream.sinks.curves import curve_plan
+from trackstream.sinks.query import QueryService
 from trackstream.sinks.schema import BLOCK_STEPS
 from trackstream.sinks.sink import Sink
 
@@ -131,6 +132,22 @@ def expected_compare(w: World, entity: str, metric: str, agg: str) -> tuple[floa
     return float(np.max(values[ok])), int(steps[ok][np.argmax(values[ok])])
 
 
+def specials_of(steps: np.ndarray, values: np.ndarray) -> dict[str, Any]:
+    """Brute force: how many of the per-step ``values`` are NaN / ±Inf and the first step of each."""
+    nan, inf = np.isnan(values), np.isinf(values)
+    return {"nan_count": int(nan.sum()), "inf_count": int(inf.sum()),
+            "first_nan_step": int(steps[nan].min()) if nan.any() else None,
+            "first_inf_step": int(steps[inf].min()) if inf.any() else None}
+
+
+def expected_specials(w: World, entity: str, metric: str) -> dict[str, Any]:
+    """:func:`specials_of` a series' per-step values; of a single value's latest value."""
+    steps, values, single = per_step(w, entity, metric)
+    if single is not None:
+        return specials_of(np.array([single[4]]), np.array([single[6]]))
+    return specials_of(steps, values)
+
+
 @pytest.fixture
 def world(backend: Backend) -> World:
     w = generate()
@@ -158,6 +175,8 @@ def test_compare_matches_brute_force(world: World, backend: Backend, agg: str) -
         value, step = expected_compare(world, entity, "loss", agg)
         assert close(rows[entity]["value"], value), (entity, rows[entity], value)
         assert rows[entity]["step"] == step, (entity, rows[entity], step)
+        specials = expected_specials(world, entity, "loss")
+        assert {key: rows[entity][key] for key in specials} == specials, (entity, rows[entity])
         assert rows[entity]["params"]["opt"] == "adam's \\ 'x'); DROP TABLE params; --"
         assert rows[entity]["name"] == f"name of {entity} 'q' \\"
 
@@ -165,6 +184,7 @@ def test_compare_matches_brute_force(world: World, backend: Backend, agg: str) -
 def test_compare_single_values_latest_wins(world: World, backend: Backend) -> None:
     rows = QueryService(backend=backend).compare(PROJECT, "best", agg="min", runs=["run-1", "run-2"])
     assert [(r["id"], r["value"], r["step"]) for r in rows] == [("run-1", 0.2, 1), ("run-2", 0.4, 1)]
+    assert all((r["nan_count"], r["inf_count"], r["first_nan_step"]) == (0, 0, None) for r in rows)
 
 
 def test_compare_grouped_by_params(world: World, backend: Backend) -> None:
@@ -181,6 +201,11 @@ def test_compare_grouped_by_params(world: World, backend: Backend) -> None:
         assert close(row["std"], float(values.std()))
         assert row["min"] == values.min()
         assert row["max"] == values.max()
+        members = [expected_specials(world, e, "loss") for i, e in enumerate(sorted(ENTITIES)) if i % 2 == row["group"]]
+        assert row["nan_count"] == sum(m["nan_count"] for m in members)
+        assert row["inf_count"] == sum(m["inf_count"] for m in members)
+        nan_steps = [m["first_nan_step"] for m in members if m["first_nan_step"] is not None]
+        assert row["first_nan_step"] == min(nan_steps, default=None)
 
 
 def assert_buckets(got: list[dict[str, float]], steps: np.ndarray, values: np.ndarray, points: int,
@@ -192,14 +217,15 @@ def assert_buckets(got: list[dict[str, float]], steps: np.ndarray, values: np.nd
     for b in np.unique(buckets):
         s, v = steps[buckets == b], values[buckets == b]
         ok = v[~np.isnan(v)]
-        expected.append((int(s[0]), int(s[-1]), float(ok.min()) if ok.size else math.nan,
-                         float(ok.max()) if ok.size else math.nan, float(ok.mean()) if ok.size else math.nan,
-                         float(v[-1])))
-    found = [(b["step_from"], b["step_to"], b["min"], b["max"], b["avg"], b["last"]) for b in got]
+        expected.append((int(s[0]), int(s[-1]), int(np.isnan(v).sum()), int(np.isinf(v).sum()),
+                         float(ok.min()) if ok.size else math.nan, float(ok.max()) if ok.size else math.nan,
+                         float(ok.mean()) if ok.size else math.nan, float(v[-1])))
+    found = [(b["step_from"], b["step_to"], b["nan_count"], b["inf_count"], b["min"], b["max"], b["avg"], b["last"])
+             for b in got]
     assert len(found) == len(expected), (context, points)
     for g, e in zip(found, expected, strict=True):
-        assert g[:2] == e[:2], (context, points, g, e)
-        assert all(close(x, y) for x, y in zip(g[2:], e[2:], strict=True)), (context, points, g, e)
+        assert g[:4] == e[:4], (context, points, g, e)
+        assert all(close(x, y) for x, y in zip(g[4:], e[4:], strict=True)), (context, points, g, e)
 
 
 @pytest.mark.parametrize("points", [1, 2, 3, 5, 7, 64, 1000])

@@ -14,16 +14,18 @@ from test_query_bruteforce import ENTITIES, PROJECT, World, backend, close, worl
 
 from trackstream.sinks import sql as q
 from trackstream.sinks.backend import Backend
-from trackstream.sinks.query import AGGREGATES, QueryService, curve_plan
+from trackstream.sinks.curves import curve_plan
+from trackstream.sinks.query import AGGREGATES, QueryService
 from trackstream.sinks.sink import Sink
 
 __all__ = ["backend", "world"]  # fixtures used by the tests below
 
 
-def _scan_compare(backend: Backend, agg: str) -> dict[str, tuple[Any, Any]]:
+def _scan_compare(backend: Backend, agg: str) -> dict[str, tuple[Any, ...]]:
+    """(value, step, nan_count, inf_count, first_nan_step, first_inf_step) per entity, by scanning points."""
     sql = q.compare_sql("metric = {metric:String}", agg)
     rows = backend.query(sql, {"project": PROJECT, "entity_type": "run", "metric": "loss"})[1]
-    return {entity: (value, step) for entity, value, step in rows}
+    return {entity: tuple(rest) for entity, *rest in rows}
 
 
 def _stats_exact(backend: Backend) -> dict[str, bool]:
@@ -43,9 +45,10 @@ def test_stats_path_agrees_with_scan(world: World, backend: Backend, agg: str) -
     assert {e for e, ok in exact.items() if ok} == {"run-0", "run-1", "run-2", "run-over", "run-nan", "run-long"}
     scanned = _scan_compare(backend, agg)
     for row in QueryService(backend=backend).compare(PROJECT, "loss", agg=agg):
-        value, step = scanned[row["id"]]
+        value, step, *specials = scanned[row["id"]]
         assert _same(row["value"], value), (row, value)
         assert row["step"] == (None if value is None else step), (row, step)
+        assert [row["nan_count"], row["inf_count"], row["first_nan_step"], row["first_inf_step"]] == specials, row
 
 
 def test_curves_rollup_path_agrees_with_scan(world: World, backend: Backend) -> None:
@@ -67,8 +70,8 @@ def test_curves_rollup_path_agrees_with_scan(world: World, backend: Backend) -> 
             sql = q.curves_sql("dirty")  # FINAL scan of points: the reference
             rows = backend.query(sql, params | {"ids": [entity], "generations": [0], "los": [origin],
                                                 "widths": [width], "srcs": [0]})[1]
-            scanned = [{"step_from": r[2], "step_to": r[3], "min": r[4], "max": r[5], "avg": r[6], "last": r[7]}
-                       for r in rows]
+            scanned = [{"step_from": r[2], "step_to": r[3], "min": r[4], "max": r[5], "avg": r[6], "last": r[7],
+                        "nan_count": r[8], "inf_count": r[9]} for r in rows]
             _assert_same(fast[entity], scanned)
     assert levels == {1, 2}
 

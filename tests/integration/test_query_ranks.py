@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from test_query_bruteforce import assert_buckets, backend, close
+from test_query_bruteforce import assert_buckets, backend, close, specials_of
 
 from trackstream.schemas import EntityRef, Envelope, Event, MetricBatch, encode
 from trackstream.schemas.processed import EntityState, point_version
@@ -207,6 +207,10 @@ def test_compare_equals_the_oracle_on_every_path(fleet: Fleet, backend: Backend)
             value, step = expected_compare(*per_step(fleet, run), agg)
             assert close(got[run]["value"], value), (run, agg, got[run], value)
             assert got[run]["step"] == step, (run, agg, got[run], step)
+            specials = specials_of(*per_step(fleet, run))
+            assert {key: got[run][key] for key in specials} == specials, (run, agg, got[run])
+    pooled = next(r for r in QueryService(backend=backend).compare(PROJECT, "loss") if r["id"] == "run-pooled")
+    assert (pooled["nan_count"], pooled["first_nan_step"]) == (2, 7)  # NaN at 7, inf + -inf at 8
 
 
 def test_a_step_relogged_after_a_resume_wins_whatever_the_clock(fleet: Fleet, backend: Backend) -> None:
@@ -229,6 +233,8 @@ def test_runs_summaries_equal_the_oracle(fleet: Fleet, backend: Backend) -> None
         assert close(summary["last"], float(values[-1])), (run, summary)
         assert close(summary["min"], float(finite.min())), (run, summary)
         assert close(summary["max"], float(finite.max())), (run, summary)
+        specials = specials_of(steps, values)
+        assert {key: summary[key] for key in specials} == specials, (run, summary)
 
 
 def test_curves_equal_the_oracle_on_every_path(fleet: Fleet, backend: Backend) -> None:

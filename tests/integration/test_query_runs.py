@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 import numpy as np
-from test_query_bruteforce import PROJECT, World, backend, close, generate, per_step
+from test_query_bruteforce import PROJECT, World, backend, close, expected_specials, generate, per_step
 
 from trackstream.schemas.envelope import EntityRef
 from trackstream.schemas.processed import EntityState, PointBlock
@@ -51,13 +51,14 @@ def duplicated_world() -> World:
 
 def expected_summary(w: World, entity: str, metric: str) -> dict[str, Any]:
     steps, values, single = per_step(w, entity, metric)
+    specials = expected_specials(w, entity, metric)
     if single is not None:
         return {"kind": "single", "count": 1, "last": single[6], "last_step": single[4], "min": single[6],
-                "max": single[6]}
+                "max": single[6], **specials}
     finite = values[~np.isnan(values)]
     return {"kind": "series", "count": len(steps), "last": float(values[-1]), "last_step": int(steps[-1]),
             "min": float(finite.min()) if finite.size else math.nan,
-            "max": float(finite.max()) if finite.size else math.nan}
+            "max": float(finite.max()) if finite.size else math.nan, **specials}
 
 
 def test_runs_summaries_match_brute_force_after_duplicate_deliveries(backend: Backend) -> None:
@@ -90,12 +91,16 @@ def test_runs_summaries_match_brute_force_after_duplicate_deliveries(backend: Ba
             assert summary["last_step"] == want["last_step"], (entity, metric, summary, want)
             for key in ("last", "min", "max"):
                 assert close(summary[key], want[key]), (entity, metric, key, summary, want)
+            for key in ("nan_count", "inf_count", "first_nan_step", "first_inf_step"):
+                assert summary[key] == want[key], (entity, metric, key, summary, want)
         assert runs[entity]["params"] == {"i": entities.index(entity)}
         assert runs[entity]["status"] == "running"
         assert runs[entity]["lost_points"] == 0
     assert runs["run-twice"]["metrics"]["loss"]["count"] == 50
     assert runs["run-twice"]["metrics"]["best"] == {"kind": "single", "count": 1, "last": 0.25, "last_step": 3,
-                                                    "min": 0.25, "max": 0.25}
+                                                    "min": 0.25, "max": 0.25, "nan_count": 0, "inf_count": 0,
+                                                    "first_nan_step": None, "first_inf_step": None}
+    assert runs["run-twice"]["metrics"]["acc"]["nan_count"] == 1  # a one-point NaN series
 
 
 def test_runs_summaries_are_unchanged_by_a_resend_from_another_producer(backend: Backend) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trackstream.sinks.rollup import Points, series_blocks, series_stats
-from trackstream.sinks.schema import BLOCK_STEPS
+from trackstream.sinks.schema import BLOCK_STEPS, NO_STEP
 
 
 def _points(segments: list[tuple[int, list[int], list[float]]], single: set[int] | None = None) -> Points:
@@ -39,6 +39,8 @@ def test_stats_of_one_series_across_segments() -> None:
     assert row["last"] == {"1": 12, "2": -1.0}
     assert row["low"] == {"1": -1.0, "2": 0}  # tie: the smallest step
     assert row["high"] == {"1": inf, "2": -1}
+    assert (row["infinite"], row["nan_step"], row["inf_step"]) == (1, 2, 1)  # NaN at steps 10 and 2, inf at 1
+    assert _row(columns, 0)["nan_step"] == _row(columns, 0)["inf_step"] == NO_STEP
 
 
 def test_overlapping_or_unordered_segments_mark_the_series() -> None:
@@ -52,6 +54,7 @@ def test_all_nan_series_has_no_extremes() -> None:
     assert row["finite"] == 0
     assert row["low"]["1"] == math.inf
     assert row["high"]["1"] == -math.inf
+    assert (row["rows"] - row["finite"], row["infinite"], row["nan_step"], row["inf_step"]) == (2, 0, 0, NO_STEP)
 
 
 def test_single_values_latest_by_time_then_step() -> None:
@@ -68,6 +71,7 @@ def test_blocks_match_brute_force(seed: int) -> None:
     steps = np.sort(rng.choice(np.arange(-1300, 1700), 1000, replace=False))
     values = rng.normal(size=1000)
     values[rng.integers(0, 1000, 60)] = math.nan
+    values[rng.integers(0, 1000, 20)] = math.inf  # +inf only: the block totals stay comparable
     cut = int(rng.integers(1, 999))
     p = _points([(0, steps[:cut].tolist(), values[:cut].tolist()), (0, steps[cut:].tolist(), values[cut:].tolist())])
     _sids, columns = series_blocks(p)
@@ -87,6 +91,8 @@ def _check_level(columns: dict, level: int, size: int, steps: np.ndarray, values
         s, v = steps[mask], values[mask]
         rows = got[int(block)]
         assert sum(r["finite"] for r in rows) == np.count_nonzero(~np.isnan(v))
+        assert sum(r["nans"] for r in rows) == np.count_nonzero(np.isnan(v))
+        assert sum(r["infinite"] for r in rows) == np.count_nonzero(np.isinf(v))
         assert math.isclose(sum(r["total"] for r in rows), float(np.nansum(v)), abs_tol=1e-12)
         assert min(r["min_step"] for r in rows) == s.min()
         assert max(r["max_step"] for r in rows) == s.max()
