@@ -1,9 +1,9 @@
 """TrackstreamCallback driven by transformers' own CallbackHandler with real TrainingArguments/TrainerState.
 
-No Trainer: PyTorch on PyPI is the CUDA build (torch plus ~15 nvidia wheels, several GB) and there is no CPU-only
-wheel on PyPI, so the callback is driven through the exact dispatch Trainer uses (``CallbackHandler``) with
-real ``TrainingArguments``, ``TrainerState``, ``TrainerControl`` and a real ``PretrainedConfig``. Tensors are
-represented by one-element NumPy arrays and a minimal object with ``numel()``/``item()``.
+These tests steer each event by hand (ranks, NaN, odd log keys, a second train) through the exact dispatch
+Trainer uses (``CallbackHandler``) with real ``TrainingArguments``, ``TrainerState``, ``TrainerControl`` and a
+real ``PretrainedConfig``; tensors are one-element NumPy arrays and a minimal object with ``numel()``/``item()``.
+A real ``Trainer.train()`` runs in test_integrations_hf_trainer.py.
 """
 
 from __future__ import annotations
@@ -149,6 +149,10 @@ def test_all_ranks_logs_every_rank_with_its_rank(
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     handler, args, state, control = _setup(tmp_path, TrackstreamCallback(project="hf", all_ranks=True), zero=False)
+    # The Trainer's own view of the rank (set by a real launcher): with torch installed, TrainingArguments reads it
+    # from accelerate, which RANK/WORLD_SIZE alone do not make distributed; without torch the SDK reads them.
+    monkeypatch.setattr(type(args), "process_index", property(lambda _self: 1))
+    monkeypatch.setattr(type(args), "world_size", property(lambda _self: 2))
     _train(handler, args, state, control)
     found = envelopes(spool)
     assert found
