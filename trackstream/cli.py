@@ -194,7 +194,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     rows = _reader(args).compare(args.project, args.metric, agg=args.agg, by=args.by, runs=args.runs,
                           entity_type=args.entity_type)
     rows = render.best_first(rows, "mean" if args.by else "value", descending=args.desc)
-    if not args.json and not args.by:
+    if not args.json:
         rows = render.compare_rows(rows)
     render.emit_rows(rows, as_json=args.json, title=f"{args.metric} ({args.agg}) in {args.project}")
     return 0

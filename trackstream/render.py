@@ -21,6 +21,30 @@ def _cell(value: Any) -> str:
 
 
 _WORD = 12  # characters: a word up to this long is never broken across lines
+# The column that marks NaN / ±Inf in a table (:func:`non_finite`), and the per-bucket counts: red when not empty.
+NON_FINITE = "NaN/Inf"
+_MARKED = frozenset({NON_FINITE, "nan_count", "inf_count", "first_nan_step", "first_inf_step"})
+_SPECIAL_KEYS = ("nan_count", "inf_count", "first_nan_step", "first_inf_step")
+
+
+def _red(column: str, value: Any) -> bool:
+    """Whether a cell is drawn in red: a NaN / ±Inf value, or a non-empty NaN / ±Inf marker or count."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return True
+    return column in _MARKED and value not in (None, "", 0)
+
+
+def non_finite(nans: int, infs: int, first_nan: int | None = None, first_inf: int | None = None) -> str:
+    """A short marker of a series' NaN and ±Inf values: ``NaN:3@50 Inf:1@60`` (count, then first step when
+    known); ``""`` when there are none."""
+    parts = [f"{label}:{count}" + ("" if first is None else f"@{first}")
+             for label, count, first in (("NaN", nans, first_nan), ("Inf", infs, first_inf)) if count]
+    return " ".join(parts)
+
+
+def _marker(row: Mapping[str, Any]) -> str:
+    return non_finite(row.get("nan_count") or 0, row.get("inf_count") or 0, row.get("first_nan_step"),
+                      row.get("first_inf_step"))
 
 
 def _json(value: Any) -> None:
@@ -31,8 +55,9 @@ def _json(value: Any) -> None:
 
 
 def table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Any:
-    """A rich Table of dict rows, columns in first-seen key order."""
+    """A rich Table of dict rows, columns in first-seen key order; NaN / ±Inf and their markers in red."""
     from rich.table import Table
+    from rich.text import Text
 
     columns: list[str] = []
     for row in rows:
@@ -45,8 +70,9 @@ def table(rows: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Any
         # words are not broken (a header, a status, a number) unless longer than _WORD; long values fold
         word = max([len(part) for text in (column, *(line[at] for line in cells)) for part in text.split()] or [0])
         result.add_column(column, overflow="fold", min_width=min(word, _WORD))
-    for line in cells:
-        result.add_row(*line)
+    for row, line in zip(rows, cells, strict=True):
+        result.add_row(*(Text(text, style="bold red") if _red(column, row.get(column)) else text
+                         for column, text in zip(columns, line, strict=True)))
     return result
 
 
@@ -94,13 +120,16 @@ def emit_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], *, as_json: b
 def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], *, metric: str, path: Path,
                 title: str | None = None, labels: Mapping[str, str] | None = None) -> Path:
     """One line per run (bucket average) with its min/max band, axis labels and a legend naming each run by
-    ``labels[run]`` (its name) when given, else by its id."""
+    ``labels[run]`` (its name) when given, else by its id. Buckets holding NaN or ±Inf get red markers below the
+    top edge at their steps, one row per run, edged in the run's colour: the line alone would show a gap or a
+    clipped band there and hide them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(10, 6), dpi=110)
+    rows = 0  # each run with NaN / ±Inf gets its own row of markers below the top edge
     for run, buckets in curves.items():
         if not buckets:
             continue
@@ -109,6 +138,13 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], *, metric: st
         line = axes.plot(steps, [b["avg"] for b in buckets], label=label, linewidth=1.4)[0]
         axes.fill_between(steps, [b["min"] for b in buckets], [b["max"] for b in buckets],
                           color=line.get_color(), alpha=0.18, linewidth=0)
+        marked = [step for step, b in zip(steps, buckets, strict=True) if b.get("nan_count") or b.get("inf_count")]
+        if marked:
+            rows += 1
+            axes.plot(marked, [1 - 0.03 * rows] * len(marked), linestyle="none", marker="v", color="red",
+                      markersize=7, markeredgecolor=line.get_color(),
+                      transform=axes.get_xaxis_transform(), clip_on=False,
+                      label=f"{label}: NaN/Inf ({len(marked)} buckets)")
     axes.set_xlabel("step")
     axes.set_ylabel(metric)
     axes.set_title(title or f"{metric}: bucket mean with min/max band")
@@ -137,7 +173,8 @@ def duration(started_at: str | None, ended_at: str | None, *, now: datetime | No
 def runs_rows(rows: Sequence[Mapping[str, Any]], *, params: Sequence[str] | None = None,
               metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
     """What ``trackstream runs`` shows per run: id, name, status, duration, the params that differ across the runs
-    (or the ones named in ``params``), and last/min of each of ``metrics``."""
+    (or the ones named in ``params``), last/min of each of ``metrics``, and, when any run has one, a ``NaN/Inf``
+    column naming each metric holding NaN or ±Inf (:func:`non_finite`, two metrics then ``+N more``)."""
     if params is None:
         params = differing_params(rows)
     out = []
@@ -148,8 +185,18 @@ def runs_rows(rows: Sequence[Mapping[str, Any]], *, params: Sequence[str] | None
         for metric in metrics:
             summary = row.get("metrics", {}).get(metric, {})
             line[f"{metric} last"], line[f"{metric} min"] = summary.get("last"), summary.get("min")
+        marked = [f"{metric} {_marker(summary)}" for metric, summary in sorted(row.get("metrics", {}).items())
+                  if _marker(summary)]
+        line[NON_FINITE] = "; ".join(marked[:2] + ([f"+{len(marked) - 2} more"] if len(marked) > 2 else []))
         out.append(line)
-    return out
+    return _drop_empty(out, NON_FINITE)
+
+
+def _drop_empty(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
+    """``rows`` without ``column`` when no row has a value in it."""
+    if any(row.get(column) for row in rows):
+        return rows
+    return [{key: value for key, value in row.items() if key != column} for row in rows]
 
 
 def differing_params(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -160,16 +207,18 @@ def differing_params(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def compare_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``compare`` rows for a table: the params that differ across the runs as columns instead of one dict."""
+    """``compare`` rows (or groups) for a table: the params that differ across the runs as columns instead of one
+    dict, and the NaN / ±Inf fields as one ``NaN/Inf`` marker column when any row has one."""
     keys = differing_params(rows)
-    return [{**{k: v for k, v in row.items() if k != "params"}, **{key: row.get("params", {}).get(key)
-                                                                     for key in keys}} for row in rows]
+    out = [{**{k: v for k, v in row.items() if k != "params" and k not in _SPECIAL_KEYS},
+            **{key: row.get("params", {}).get(key) for key in keys}, NON_FINITE: _marker(row)} for row in rows]
+    return _drop_empty(out, NON_FINITE)
 
 
 def curve_summaries(curves: Mapping[str, Sequence[Mapping[str, Any]]],
                     names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """One line per run of ``curves()``: id, name, steps covered, buckets, and the curve's first, last, min and
-    max (over the bucket values, NaN skipped)."""
+    """One line per run of ``curves()``: id, name, steps covered, buckets, the curve's first, last, min and
+    max (over the bucket values, NaN skipped), and its NaN / ±Inf counts (a ``NaN/Inf`` column when any)."""
     out = []
     for run, buckets in curves.items():
         line: dict[str, Any] = {"id": run, "name": (names or {}).get(run, "")}
@@ -178,9 +227,11 @@ def curve_summaries(curves: Mapping[str, Sequence[Mapping[str, Any]]],
             highs = [b["max"] for b in buckets if b["max"] == b["max"]]
             line.update({"steps": f"{buckets[0]['step_from']}..{buckets[-1]['step_to']}", "buckets": len(buckets),
                          "first": buckets[0]["avg"], "last": buckets[-1]["last"],
-                         "min": min(lows) if lows else math.nan, "max": max(highs) if highs else math.nan})
+                         "min": min(lows) if lows else math.nan, "max": max(highs) if highs else math.nan,
+                         NON_FINITE: non_finite(sum(b.get("nan_count", 0) for b in buckets),
+                                                sum(b.get("inf_count", 0) for b in buckets))})
         out.append(line)
-    return out
+    return _drop_empty(out, NON_FINITE)
 
 
 def best_first(rows: list[dict[str, Any]], key: str, *, descending: bool = False) -> list[dict[str, Any]]:
