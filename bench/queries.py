@@ -18,7 +18,8 @@ producers and params, which is exactly what ``run_envelopes`` gives for ``RunSpe
 
 After the build the store is left to finish its background merges (at most ``--settle-timeout-s``), then a
 :class:`~trackstream.sinks.query.QueryService` in the same process (the engine's own time) runs each query once to
-warm up and ``--repeat`` times: ``compare("loss", agg="min")``, ``compare("loss", agg="last")``, ``runs()`` and
+warm up and ``--repeat`` times: ``compare("loss", agg="min")``, ``compare("loss", agg="last")``, ``runs()``, a
+search (``runs(params={"lr": 0.001}, order_by="loss.min", limit=10)``) and
 ``curves`` of 10 runs at 1,000 buckets (a query that has spent ``--budget-s`` stops repeating after 5 calls, so a
 read path that takes seconds per call cannot stretch the run for hours). The parent prints build figures and one
 table of p50 / p95 per store with the ratio multi / single. Targets (issue 13): compare p95 <= 50 ms, runs() and
@@ -89,11 +90,14 @@ QUICK = {"runs": 20, "ranks": 4, "steps": 500, "repeat": 5, "steps_per_envelope"
 # Options of the overhead benchmark (issue 12): full size, and --quick.
 OVERHEAD_FULL = {"runs": 100, "steps": 2000, "repeat": 30}
 OVERHEAD_QUICK = {"runs": 20, "steps": 500, "repeat": 10}
+# runs() searched (issue 14): one lr of five, best 10 by a metric summary.
+SEARCH = 'runs(params={"lr": 0.001}, order_by="loss.min", limit=10)'
 # (query, p95 target in ms); the ratio target is the same for all of them.
 TARGETS = {
     'compare(loss, agg="min")': 50.0,
     'compare(loss, agg="last")': 50.0,
     "runs()": 100.0,
+    SEARCH: 100.0,
     f"curves({CURVE_RUNS} runs, loss, points={CURVE_POINTS})": 100.0,
 }
 RATIO_TARGET = 1.5
@@ -268,6 +272,11 @@ def check(name: str, result: Any, *, runs: int, curve_ids: list[str]) -> None:
         longest = max(len(buckets) for buckets in result.values())
         if longest > CURVE_POINTS:
             raise SystemExit(f"{name}: {longest} buckets, more than {CURVE_POINTS}")
+    elif name == SEARCH:
+        lrs = {row["params"]["lr"] for row in result}
+        mins = [row["metrics"]["loss"]["min"] for row in result]
+        if len(result) != min(10, -(-runs // 5)) or lrs != {0.001} or mins != sorted(mins):
+            raise SystemExit(f"{name}: expected the best {min(10, -(-runs // 5))} runs of lr 0.001, got {result}")
     elif len(result) != runs:
         raise SystemExit(f"{name}: {len(result)} rows, expected one per run ({runs})")
 
@@ -287,6 +296,7 @@ def time_queries(backend: Backend, *, label: str, runs: int, repeat: int, budget
         'compare(loss, agg="min")': lambda: service.compare(RANKS_PROJECT, "loss", agg="min"),
         'compare(loss, agg="last")': lambda: service.compare(RANKS_PROJECT, "loss", agg="last"),
         "runs()": lambda: service.runs(RANKS_PROJECT),
+        SEARCH: lambda: service.runs(RANKS_PROJECT, params={"lr": 0.001}, order_by="loss.min", limit=10),
         curves_name: lambda: service.curves(RANKS_PROJECT, curve_ids, "loss", points=CURVE_POINTS),
     }
     times: dict[str, list[float]] = {}
@@ -349,7 +359,8 @@ def ranks_report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -
         lines.append(f"{label:<8}{r['ranks']:>6}{r['points']:>15,}{r['rows']:>15,}{r['build_s']:>10.1f}"
                      f"{r['points'] / r['build_s']:>12,.0f}{r['sink_s']:>9.1f}{r['writes']:>8}"
                      f"{r['settle_s']:>10.1f}{r['parts']:>7}")
-    header = (f"{'query':<36}{'single p50':>11}{'single p95':>11}{'multi p50':>11}{'multi p95':>11}"
+    width = max(map(len, TARGETS)) + 2
+    header = (f"{'query':<{width}}{'single p50':>11}{'single p95':>11}{'multi p50':>11}{'multi p95':>11}"
               f"{'ratio p50':>10}{'ratio p95':>10}{'calls':>8}  {'target':<30}met")
     lines += ["", f"ms, QueryService in-process, p50 / p95 of {args.repeat} calls after one warm-up (fewer, "
                   f"{MIN_CALLS} at least, once a query has spent {args.budget_s:.0f} s: calls single/multi)", header]
@@ -361,8 +372,8 @@ def ranks_report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -
                   if not ok]
         met = "yes" if not misses else "no: " + ", ".join(misses)
         calls = f"{len(single)}/{len(multi)}"
-        lines.append(f"{name:<36}{s50:>11.1f}{s95:>11.1f}{m50:>11.1f}{m95:>11.1f}{ratio50:>10.2f}{ratio95:>10.2f}"
-                     f"{calls:>8}  {f'p95 <= {target:.0f} ms, ratio <= {RATIO_TARGET}':<30}{met}")
+        lines.append(f"{name:<{width}}{s50:>11.1f}{s95:>11.1f}{m50:>11.1f}{m95:>11.1f}{ratio50:>10.2f}"
+                     f"{ratio95:>10.2f}{calls:>8}  {f'p95 <= {target:.0f} ms, ratio <= {RATIO_TARGET}':<30}{met}")
     return "\n".join(lines)
 
 
