@@ -1,9 +1,10 @@
 """A real ``transformers.Trainer.train()`` with :class:`TrackstreamCallback`: a tiny randomly initialised GPT-2 on
 CPU, a dataset made in code, no Hugging Face Hub.
 
-Training runs in the test's process (it writes the spool, as a training job does); what landed is read back through
-the public read API (``trackstream.get_run``) in another process, as test_read_handles.py does, since chDB binds
-one store per process and the session's store belongs to the other tests. Every numeric entry of
+Training runs in a process of its own (it writes the spool, as a training job does; torch stays out of the test
+process); what landed is read back through the public read API (``trackstream.get_run``) in another process, as
+test_read_handles.py does, since chDB binds one store per process and the session's store belongs to the other
+tests. Every numeric entry of
 ``trainer.state.log_history`` must be stored at its step (the last value logged at a step, as reads resolve it),
 the in-training evaluation at its step, and the ``evaluate()`` after training at ``state.global_step``.
 """
@@ -20,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-import transformers
 
-from trackstream.integrations import TrackstreamCallback, to_metric_name
+from trackstream.integrations import to_metric_name
 
 MAX_STEPS = 6
 EVAL_STEPS = 4  # an evaluation during training (step 4), and the final evaluate() at step 6 apart from it
@@ -38,18 +37,51 @@ READ = """
 """
 
 
-class TokenDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
-    """``count`` fixed random sequences of ``length`` tokens, each its own causal-LM labels."""
+TRAIN = """
+    import json, sys, torch, transformers
+    from trackstream.integrations import TrackstreamCallback
+    out, project, max_steps, eval_steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
-    def __init__(self, count: int, length: int, vocab: int, seed: int) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(0, vocab, (count, length), generator=generator)
+    class TokenDataset(torch.utils.data.Dataset):
+        def __init__(self, count, length, vocab, seed):
+            self.ids = torch.randint(0, vocab, (count, length), generator=torch.Generator().manual_seed(seed))
+        def __len__(self):
+            return int(self.ids.shape[0])
+        def __getitem__(self, index):
+            return {"input_ids": self.ids[index], "labels": self.ids[index]}
 
-    def __len__(self) -> int:
-        return int(self.ids.shape[0])
+    transformers.set_seed(0)
+    config = transformers.GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                                     bos_token_id=0, eos_token_id=0)  # GPT-2's 50256 is outside 32
+    args = transformers.TrainingArguments(
+        output_dir=out, run_name="tiny-gpt2", use_cpu=True, report_to=[], max_steps=max_steps,
+        per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=1e-3, warmup_steps=2,
+        logging_steps=1, eval_strategy="steps", eval_steps=eval_steps, save_strategy="no",
+        dataloader_num_workers=0, disable_tqdm=True, seed=0)
+    callback = TrackstreamCallback(project=project)
+    trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
+                                   train_dataset=TokenDataset(16, 8, 32, 1), eval_dataset=TokenDataset(8, 8, 32, 2),
+                                   callbacks=[callback])
+    trainer.train()
+    open_after_train = callback.run is not None
+    run_id = callback.run.id
+    final = trainer.evaluate()
+    callback.finish()
+    assert callback.run is None
+    print(json.dumps({"run_id": run_id, "final": final, "log_history": trainer.state.log_history,
+                      "global_step": trainer.state.global_step, "open_after_train": open_after_train}))
+"""
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[index], "labels": self.ids[index]}
+
+def train(tmp_path: Path) -> dict[str, Any]:
+    """Train in a process of its own (torch stays out of the test process, which runs the rest of the suite);
+    returns what the Trainer logged: run id, log history, the final evaluate()'s metrics."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(TRAIN), str(tmp_path / "out"), PROJECT,
+                           str(MAX_STEPS), str(EVAL_STEPS)], env=dict(os.environ), capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def read_run(run_id: str, names: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -81,31 +113,11 @@ def test_a_real_trainer_lands_every_logged_value_at_its_step(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for name in ("TRACKSTREAM_RUN_ID", "TORCHELASTIC_RUN_ID", "TRACKSTREAM_PROJECT", "RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    transformers.set_seed(0)
-    config = transformers.GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2,
-                                     bos_token_id=0, eos_token_id=0)  # GPT-2's 50256 is outside 32
-    model = transformers.GPT2LMHeadModel(config)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"), run_name="tiny-gpt2", use_cpu=True, report_to=[],
-        max_steps=MAX_STEPS, per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=1e-3,
-        warmup_steps=2, logging_steps=1, eval_strategy="steps", eval_steps=EVAL_STEPS, save_strategy="no",
-        dataloader_num_workers=0, disable_tqdm=True, seed=0,
-    )
-    callback = TrackstreamCallback(project=PROJECT)
-    trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=TokenDataset(16, 8, 32, seed=1),
-        eval_dataset=TokenDataset(8, 8, 32, seed=2), callbacks=[callback],
-    )
-    trainer.train()
-    assert callback.run is not None  # open after training, for the final evaluate()
-    run_id = callback.run.id
-    final = trainer.evaluate()
-    callback.finish()
-    assert callback.run is None
-
-    state = trainer.state
-    assert state.global_step == MAX_STEPS
-    expected = expected_points(state.log_history)
+    trained = train(tmp_path)
+    run_id, final = trained["run_id"], trained["final"]
+    assert trained["open_after_train"]  # the run stays open for the final evaluate()
+    assert trained["global_step"] == MAX_STEPS
+    expected = expected_points(trained["log_history"])
     train_steps = list(range(1, MAX_STEPS + 1))
     for key in ("loss", "learning_rate", "grad_norm", "epoch"):
         assert sorted(expected[key]) == train_steps, key
