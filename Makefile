@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BROKER := $(PY) tests/services/kafka_broker.py
 TEST_BROKER_DIR := .cache/kafka/test-broker
 
-.PHONY: help install lint test test-unit demo kafka-up kafka-down bench-producer bench-streams bench-sinks bench-faults bench-queries clean
+.PHONY: help install ui-assets chromium lint test test-unit demo kafka-up kafka-down bench-producer bench-streams bench-sinks bench-faults bench-queries clean
 
 help:
 	@echo "make demo         create .venv, install, run a simulated sweep through the embedded pipeline"
@@ -17,6 +17,28 @@ help:
 	@echo "make bench-faults  fault table: points sent/stored/DLQ/lost/duplicated per injected fault"
 	@echo "make bench-queries multi-rank vs single-rank read p50/p95 (issue 13); BENCH_ARGS=--overhead: facade cost (issue 12)"
 
+# The live page's browser libraries (uPlot, Tabulator): from npm at the versions of the lockfile, copied into the
+# package (trackstream/ui/static/vendor), so the page loads nothing from the network. Needs Node.js with npm.
+UI := trackstream/ui
+UI_VENDOR := $(UI)/static/vendor/.installed
+$(UI_VENDOR): $(UI)/package.json $(UI)/package-lock.json
+	@command -v npm >/dev/null || { echo "the live page's libraries come from npm: install Node.js (e.g. apt-get install nodejs npm)"; exit 1; }
+	cd $(UI) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@mkdir -p $(UI)/static/vendor
+	cp $(UI)/node_modules/uplot/dist/uPlot.iife.min.js $(UI)/node_modules/uplot/dist/uPlot.min.css \
+	   $(UI)/node_modules/tabulator-tables/dist/js/tabulator.min.js \
+	   $(UI)/node_modules/tabulator-tables/dist/css/tabulator_simple.min.css $(UI)/static/vendor/
+	@touch $(UI_VENDOR)
+
+ui-assets: $(UI_VENDOR)
+
+# The browser tests drive Debian's Chromium through Playwright (Playwright's own browser downloads are not used).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { echo "installing Chromium for the browser tests (apt-get)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
+
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trackstream needs Python >= 3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +46,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[all]"
 	@touch $(STAMP)
 
-install: $(STAMP)
+
+install: $(STAMP) $(UI_VENDOR)
 
 # mypy checks the package as it is installed: trackstream/ with producers/, streams/, sinks/, schemas/ inside it.
 TYPECHECK := .cache/typecheck/trackstream
@@ -39,7 +62,7 @@ test-unit: $(STAMP)
 
 # Uses TRACKSTREAM_KAFKA_BOOTSTRAP when set; otherwise starts the project's own broker for the run and always
 # stops it. If it cannot start, the test fixtures try testcontainers, and under CI=true fail.
-test: lint
+test: lint $(UI_VENDOR) chromium
 	@set -o pipefail; \
 	if [ -z "$$TRACKSTREAM_KAFKA_BOOTSTRAP" ]; then \
 	  echo "starting the project's own Kafka broker"; \
@@ -51,7 +74,7 @@ test: lint
 	fi; \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: $(STAMP)
+demo: $(STAMP) $(UI_VENDOR)
 	$(PY) -m trackstream.cli demo $(DEMO_ARGS)
 
 kafka-up: $(STAMP)

@@ -39,6 +39,16 @@ class Topics:
         return f"{self.prefix}.entities"
 
     @property
+    def alerts(self) -> str:
+        """``<prefix>.alerts``: alert transitions (fired, resolved) the stream evaluates, keyed by entity key."""
+        return f"{self.prefix}.alerts"
+
+    @property
+    def alert_rules(self) -> str:
+        """``<prefix>.alert_rules``: alert rules, keyed by rule id (compacted: the newest version of each)."""
+        return f"{self.prefix}.alert_rules"
+
+    @property
     def sink_dlq(self) -> str:
         """``<prefix>.sink.dlq``: processed records the sink worker could not decode or store."""
         return f"{self.prefix}.sink.dlq"

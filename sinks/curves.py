@@ -29,31 +29,59 @@ def read_curves(rows: RowsFn, project: str, ids: Sequence[str], metric: str, *, 
     """:meth:`trackstream.sinks.query.QueryService.curves` over ``rows`` (runs a query, returns its rows)."""
     if points < 1:
         raise QueryError("points must be >= 1")
-    result: dict[str, list[dict[str, Any]]] = {entity_id: [] for entity_id in ids}
     if not ids:
-        return result
+        return {}
     scope = {"project": project, "entity_type": entity_type}
     lookup.check_ids(rows, scope, ids)
     lookup.check_metric(rows, scope, metric)
-    params: dict[str, Any] = {"project": project, "entity_type": entity_type, "metric": metric}
-    plans: dict[str, list[tuple[str, int, int, int, int]]] = {}
+    plans = plan_curves(rows, project, ids, metric, points=points, entity_type=entity_type)
+    return {entity_id: [] for entity_id in ids} | fetch_buckets(rows, project, metric, plans, entity_type=entity_type)
+
+
+def plan_curves(rows: RowsFn, project: str, ids: Sequence[str], metric: str, *, points: int,
+                entity_type: str) -> dict[str, dict[str, Any]]:
+    """Per entity holding ``metric``, how its curve is bucketed and read: ``{"origin", "width"}`` (steps, see
+    :func:`curve_plan`) and the read path (``category``: rollup1, rollup2, clean, dirty, ranks; ``generation``,
+    ``src``, ``level``). Entities without the metric are left out."""
+    params = {"project": project, "entity_type": entity_type, "metric": metric, "ids": list(ids)}
+    plans: dict[str, dict[str, Any]] = {}
     for entity_id, generation, lo, hi, single, ranks, clean, src in rows(
-            q.fill(q.PLAN, select="metric = {metric:String} AND entity_id IN {ids:Array(String)}"),
-            params | {"ids": ids}):
+            q.fill(q.PLAN, select="metric = {metric:String} AND entity_id IN {ids:Array(String)}"), params):
         origin, width, level = curve_plan(lo, hi, points, clean=bool(clean and not single))
         category = f"rollup{level}" if level else "ranks" if ranks > 1 and not clean else \
             "clean" if clean else "dirty"
-        plans.setdefault(category, []).append((entity_id, generation, origin, width, src))
-    for category, planned in plans.items():
-        ids_, generations, los, widths, srcs = (list(column) for column in zip(*planned, strict=True))
-        bound = params | {"ids": ids_, "generations": generations, "los": los, "widths": widths, "srcs": srcs}
+        plans[entity_id] = {"origin": origin, "width": width, "level": level, "category": category,
+                            "generation": generation, "src": src}
+    return plans
+
+
+def fetch_buckets(rows: RowsFn, project: str, metric: str, plans: Mapping[str, Mapping[str, Any]], *,
+                  since: Mapping[str, int] | None = None, entity_type: str) -> dict[str, list[dict[str, Any]]]:
+    """The buckets of each planned entity (:func:`plan_curves`), in step order; with ``since``, only the buckets
+    of the entities in it from that step on (read from points: a curve's newest buckets, while a run logs).
+
+    A bucket: ``{step_from, step_to, min, max, avg, last, nan_count, inf_count}``."""
+    params: dict[str, Any] = {"project": project, "entity_type": entity_type, "metric": metric}
+    groups: dict[str, list[str]] = {}
+    for entity_id, plan in plans.items():
+        if since is None or entity_id in since:
+            category = plan["category"]
+            groups.setdefault("clean" if since is not None and category.startswith("rollup") else category,
+                              []).append(entity_id)
+    result: dict[str, list[dict[str, Any]]] = {}
+    for category, ids in groups.items():
+        bound = params | {"ids": ids, **{f"{key}s": [plans[i][key] for i in ids]
+                                         for key in ("generation", "origin", "width", "src")}}
+        bound["los"] = bound.pop("origins")
         if category.startswith("rollup"):
             sql, level = q.CURVES_ROLLUP, int(category.removeprefix("rollup"))
             bound |= {"level": level, "block_steps": BLOCK_STEPS[level]}
         else:
-            sql = q.curves_sql(category)
+            sql = q.curves_sql(category, since=since is not None)
+            if since is not None:
+                bound["sinces"] = [since[i] for i in ids]
         for entity_id, *_bucket, step_from, step_to, low, high, avg, last, nans, infs in rows(sql, bound):
-            result[entity_id].append({
+            result.setdefault(entity_id, []).append({
                 "step_from": step_from, "step_to": step_to, "min": as_float(low), "max": as_float(high),
                 "avg": as_float(avg), "last": as_float(last), "nan_count": int(nans), "inf_count": int(infs),
             })

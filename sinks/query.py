@@ -21,7 +21,7 @@ from trackstream.sinks import sql as q
 from trackstream.sinks.backend import Backend, Row
 from trackstream.sinks.batch import param_value
 from trackstream.sinks.connect import open_backend
-from trackstream.sinks.curves import as_float, read_curves
+from trackstream.sinks.curves import as_float, fetch_buckets, plan_curves, read_curves
 from trackstream.sinks.errors import IngestTimeout, QueryError
 from trackstream.sinks.schema import ADDED_COLUMNS
 from trackstream.sinks.sql_guard import check_statement
@@ -207,6 +207,33 @@ class QueryService:
         the project's runs logged (with the closest names). Buckets: :func:`trackstream.sinks.curves.curve_plan`."""
         return read_curves(self._rows, project, [runs] if isinstance(runs, str) else list(runs), metric,
                            points=points, entity_type=entity_type)
+
+    # -- live views (the page's server push, trackstream.api.events) -----------------------------------------
+
+    def projects(self, *, entity_type: str = "run") -> list[str]:
+        """The projects holding runs (or models), sorted."""
+        return [project for (project,) in self._rows(q.PROJECTS, {"entity_type": entity_type})]
+
+    def entities(self, project: str, *, entity_type: str = "run") -> list[dict[str, Any]]:
+        """The rows of :meth:`runs` without params and metric summaries (cheap enough to poll every second)."""
+        return self._entities({"project": project, "entity_type": entity_type}, None)
+
+    def series_heads(self, project: str, metric: str, runs: Sequence[str], *,
+                     entity_type: str = "run") -> dict[str, tuple[int, int]]:
+        """Per run holding ``metric``: (newest generation, its highest step), from ``series_stats``."""
+        params = {"project": project, "entity_type": entity_type, "metric": metric, "ids": list(runs)}
+        return {entity_id: (int(generation), int(step)) for entity_id, generation, step in self._rows(q.HEADS, params)}
+
+    def curve_plans(self, project: str, runs: Sequence[str], metric: str, *, points: int = 1000,
+                    entity_type: str = "run") -> dict[str, dict[str, Any]]:
+        """How each run's ``metric`` curve is bucketed and read (:func:`trackstream.sinks.curves.plan_curves`)."""
+        return plan_curves(self._rows, project, runs, metric, points=points, entity_type=entity_type)
+
+    def curve_buckets(self, project: str, metric: str, plans: Mapping[str, Mapping[str, Any]], *,
+                      since: Mapping[str, int] | None = None,
+                      entity_type: str = "run") -> dict[str, list[dict[str, Any]]]:
+        """Buckets of planned curves, all or from ``since[run]`` on (:func:`trackstream.sinks.curves.fetch_buckets`)."""
+        return fetch_buckets(self._rows, project, metric, plans, since=since, entity_type=entity_type)
 
     # -- SQL escape hatch -----------------------------------------------------------------------------
 

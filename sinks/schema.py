@@ -178,6 +178,28 @@ ORDER BY (project, entity_type, entity_id, producer_id, seq)
 SETTINGS {_DEDUP}
 """
 
+# Alerts fired and resolved by the rules evaluated in the stream (trackstream.streams.alerts): one row per
+# transition. A replayed transition has the same key and lands once. ``value`` may be NaN or ±inf.
+ALERTS: Final = f"""
+CREATE TABLE IF NOT EXISTS alerts (
+    project LowCardinality(String),
+    entity_type LowCardinality(String),
+    entity_id String,
+    rule_id String,
+    condition LowCardinality(String),
+    metric String,
+    state LowCardinality(String),
+    step Nullable(Int64),
+    value Nullable(Float64),
+    rank Nullable(UInt32),
+    threshold Nullable(Float64),
+    time DateTime64(9, 'UTC'),
+    message String
+) ENGINE = ReplacingMergeTree
+ORDER BY (project, entity_type, entity_id, rule_id, time, state)
+SETTINGS {_DEDUP}
+"""
+
 # The sink worker's write-ahead log of chunk boundaries: before a write it records, per topic partition in it,
 # [first_offset, last_offset] and the write's key; after a crash it cuts the replay at the same offsets and
 # regroups the chunks by key, so the replayed inserts carry the same deduplication tokens and land once.
@@ -207,8 +229,8 @@ ADDED: Final = {
                                 "SimpleAggregateFunction(sum, UInt64)" for name in ("nans", "infinite")},
 }
 ADDED_COLUMNS: Final = frozenset(ADDED)
-DDL: Final = (POINTS, SERIES_STATS, SERIES_BLOCKS, ENTITIES, PARAMS, INGESTED, SINK_CHUNKS)
-TABLES: Final = ("points", "series_stats", "series_blocks", "entities", "params", "ingested", "sink_chunks")
+DDL: Final = (POINTS, SERIES_STATS, SERIES_BLOCKS, ENTITIES, PARAMS, INGESTED, ALERTS, SINK_CHUNKS)
+TABLES: Final = ("points", "series_stats", "series_blocks", "entities", "params", "ingested", "alerts", "sink_chunks")
 # Columns a store made by an older trackstream lacks; the tables cannot be altered in place (a new engine version
 # column), so such a store is refused with what to do.
 _REQUIRED: Final = {"points": "version", "series_stats": "covers"}

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from trackstream.schemas.alerts import Alert
 from trackstream.schemas.processed import EntityState, PointBlock, StepAggregate
 from trackstream.schemas.settings import StoreSettings
+from trackstream.sinks.alert_writes import alerts_table
 from trackstream.sinks.backend import Backend
 from trackstream.sinks.batch import PointColumns, entities_tables, points_tables
 from trackstream.sinks.connect import open_backend
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 # (a second copy of the blocks implies a second copy of the statistics, which marks the series unclean), and
 # ``ingested`` last, since it announces everything as queryable.
 _POINT_TABLES = ("points", "series_stats", "series_blocks", "ingested")
-_TABLE_ORDER = (*_POINT_TABLES, "entities", "params")
+_TABLE_ORDER = (*_POINT_TABLES, "entities", "params", "alerts")
 
 
 def dedup_token(*parts: object) -> str:
@@ -101,15 +103,19 @@ class Sink:
         entity_states: Sequence[EntityState] = (),
         *,
         dedup_key: str | None = None,
+        alerts: Sequence[Alert] = (),
     ) -> WriteStats:
         """Insert everything given; returns once ClickHouse acknowledged every table's insert."""
-        return self.write_prepared(self.prepare(point_blocks, steps, entity_states), dedup_key=dedup_key)
+        return self.write_prepared(self.prepare(point_blocks, steps, entity_states, alerts=alerts),
+                                   dedup_key=dedup_key)
 
     @staticmethod
     def prepare(
         point_blocks: Sequence[PointBlock] | PointColumns = (),
         steps: Sequence[StepAggregate] = (),
         entity_states: Sequence[EntityState] = (),
+        *,
+        alerts: Sequence[Alert] = (),
     ) -> Prepared:
         """The columnar batches of a write, without touching the store (so a caller can build the next batch
         while the previous one is being inserted). Empty tables are left out. Points come as blocks or as
@@ -129,6 +135,8 @@ class Sink:
         if entity_states:
             built = entities_tables(entity_states)
             tables += [("entities", built["entities"]), ("params", built["params"])]
+        if alerts:
+            tables.append(("alerts", alerts_table(alerts)))
         steps_added = len(steps) + (point_blocks.steps if isinstance(point_blocks, PointColumns) else 0)
         stats = WriteStats(points=points, steps=steps_added, entity_states=len(entity_states))
         return Prepared([(name, table) for name, table in tables if table.num_rows], stats)

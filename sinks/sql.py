@@ -258,9 +258,12 @@ ORDER BY entity_id, bucket
 """
 
 
-def curves_sql(category: str) -> str:
-    """curves by scanning points for the entities of one plan category (``clean``, ``dirty``, ``ranks``)."""
-    return fill(CURVES, rows=fill(_ROWS[category], where=_ROWS_WHERE), bounds=_BOUNDS)
+def curves_sql(category: str, *, since: bool = False) -> str:
+    """curves by scanning points for the entities of one plan category (``clean``, ``dirty``, ``ranks``); with
+    ``since``, only each entity's steps from ``{sinces:Array(Int64)}`` (parallel to ``ids``) on."""
+    where = _ROWS_WHERE + (" AND step >= {sinces:Array(Int64)}[indexOf({ids:Array(String)}, entity_id)]"
+                           if since else "")
+    return fill(CURVES, rows=fill(_ROWS[category], where=where), bounds=_BOUNDS)
 
 
 # curves from ``series_blocks`` of each entity's source, whose rows go straight into buckets (``lo`` and ``width``
@@ -350,6 +353,19 @@ FROM (
 GROUP BY entity_id, metric
 """
 
+
+# Per entity, the newest generation of a metric and its highest step: what a live view polls.
+HEADS: Final = f"""
+SELECT entity_id, generation, max(max_step) FROM series_stats
+WHERE {_SCOPE} AND metric = {{metric:String}} AND entity_id IN {{ids:Array(String)}}
+GROUP BY entity_id, generation
+ORDER BY generation DESC
+LIMIT 1 BY entity_id
+"""
+
+PROJECTS: Final = """
+SELECT DISTINCT project FROM entities WHERE entity_type = {entity_type:String} ORDER BY project
+"""
 
 INGESTED: Final = """
 SELECT max(seq), count() FROM ingested

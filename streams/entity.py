@@ -20,6 +20,7 @@ from trackstream.schemas.limits import NESTING_MAX, nesting_depth
 from trackstream.schemas.processed import EntityState
 from trackstream.streams import liveness
 from trackstream.streams.aggregate import StepTracker
+from trackstream.streams.alerts import RunAlerts
 from trackstream.streams.dedup import ProducerTrack
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class EntityCtx:
     seen_at: dict[str, int] = field(default_factory=dict)
     # producer id -> incarnation, derived from the order of ``tracks`` (never pruned, kept in order by the state)
     _incarnations: dict[str, int] = field(default_factory=dict)
+    # the alert rules' state for this entity (firing or not, running minimum, last point): checkpointed with it
+    alerts: RunAlerts = field(default_factory=RunAlerts)
+    # when this processor last saw one of its points (processor clock; not checkpointed, like ``seen_at``)
+    last_point_ns: int | None = None
 
     @classmethod
     def new(cls, envelope: Envelope, partition: int) -> EntityCtx:
@@ -148,8 +153,8 @@ class EntityCtx:
     def to_wire(self) -> dict[str, Any]:
         """The whole state as a JSON-ready dict with ``"v": STATE_VERSION`` (4): lifecycle fields, ``tracks`` (in
         the order the producers were first seen), ``generations`` and ``steps`` (only trackers with pending or late
-        steps) keyed by metric, and ``conflicting_resends`` (envelopes dead-lettered as conflicting re-sends of an
-        accepted ``seq``).
+        steps) keyed by metric, ``conflicting_resends`` (envelopes dead-lettered as conflicting re-sends of an
+        accepted ``seq``) and, once an alert rule has state for the entity, ``alerts``.
         """
         state = self.state
         return {
@@ -164,6 +169,7 @@ class EntityCtx:
             "generations": self.generations,
             "steps": {metric: t.to_wire() for metric, t in self.steps.items() if t.pending or t.late},
             "conflicting_resends": self.conflicting_resends,
+            **({"alerts": self.alerts.to_wire()} if self.alerts != RunAlerts() else {}),
         }
 
     @classmethod
@@ -186,6 +192,7 @@ class EntityCtx:
             generations=dict(wire["generations"]),
             steps={metric: StepTracker.from_wire(t) for metric, t in wire["steps"].items()},
             conflicting_resends=wire.get("conflicting_resends", 0),
+            alerts=RunAlerts.from_wire(wire["alerts"]) if "alerts" in wire else RunAlerts(),
         )
 
     def to_bytes(self) -> bytes:

@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
+from trackstream.schemas.alerts import AlertRule
 from trackstream.schemas.envelope import MAX_ENVELOPE_BYTES, EntityRef
 from trackstream.schemas.processed import EntityState, PointBlock
 from trackstream.schemas.validation import Rejection, Validated, validate
 from trackstream.streams.aggregate import Emitted, aggregate_steps
+from trackstream.streams.alerts import AlertEvaluator
 from trackstream.streams.dedup import digest
 from trackstream.streams.entity import EntityCtx
 from trackstream.streams.liveness import DEFAULT_HEARTBEAT_TIMEOUT_MS
@@ -83,6 +85,12 @@ class Processor:
         self._entities: dict[bytes, EntityCtx] = {}
         self._dirty: set[bytes] = set()
         self._with_steps: set[bytes] = set()
+        self.alerts = AlertEvaluator()
+
+    def set_alert_rules(self, rules: Iterable[AlertRule]) -> None:
+        """Evaluate these alert rules from now on (replacing the previous ones; see :mod:`.alerts`). Their
+        transitions come out in ``Output.alerts``."""
+        self.alerts.set_rules(rules)
 
     # --- processing -------------------------------------------------------------------------------------
 
@@ -171,8 +179,14 @@ class Processor:
         generations = []
         cross_rank = ctx.world_size > 1
         now = time.time_ns() if now_ns is None else now_ns
+        if env.metrics:
+            ctx.last_point_ns = now
         for batch in env.metrics:
             name = batch.name
+            if self.alerts.rules_for(entity.project, entity.type, name):
+                self.alerts.observe(ctx.alerts, entity, env.rank, name, batch.steps, batch.times_ns, batch.values,
+                                    into=out.alerts, now_ns=now)
+                self._dirty.add(entity_key)
             generations.append(ctx.generations.get(name, 0))
             if cross_rank and batch.kind == "series":
                 tracker = ctx.steps_for(name)
@@ -205,6 +219,11 @@ class Processor:
                 if held.expire(now, self.heartbeat_timeout_ns, grace=self.restored_grace):
                     self._dirty.add(entity_key)
                     out.entity_states.append(self._bump(held))
+                before = len(out.alerts)
+                self.alerts.sweep(held.alerts, held.state.entity, status=held.state.status,
+                                  last_point_ns=held.last_point_ns, now_ns=now, into=out.alerts)
+                if len(out.alerts) > before:
+                    self._dirty.add(entity_key)
         for entity_key in list(self._with_steps):
             ctx = self._entities.get(entity_key)
             if ctx is None:

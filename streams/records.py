@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from trackstream.schemas.alerts import Alert, encode_alert
 from trackstream.schemas.envelope import EntityRef
 from trackstream.schemas.errors import TrackstreamError
 from trackstream.schemas.floats import exact_float
@@ -50,6 +51,7 @@ class Output:
     step_aggregates: list[StepAggregate] = field(default_factory=list)
     entity_states: list[EntityState] = field(default_factory=list)
     dlq: list[DlqRecord] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
     duplicates: int = 0
     conflicts: int = 0
 
@@ -59,13 +61,14 @@ class Output:
         self.step_aggregates.extend(other.step_aggregates)
         self.entity_states.extend(other.entity_states)
         self.dlq.extend(other.dlq)
+        self.alerts.extend(other.alerts)
         self.duplicates += other.duplicates
         self.conflicts += other.conflicts
 
     def is_empty(self) -> bool:
         """True when there is no record of any kind to send (duplicates alone do not count)."""
         return not (self.point_blocks or self.step_aggregates or self.entity_states
-                    or self.dlq)
+                    or self.dlq or self.alerts)
 
     def point_count(self) -> int:
         """Number of accepted points: the sum over the point blocks of their points."""
@@ -168,6 +171,9 @@ def output_messages(output: Output, topics: Topics, *, limit: int = RECORD_BYTES
     for topic, groups, encode in grouped:
         for key, group in groups.items():
             messages.extend(_record_messages(topic, key, group, encode, limit=limit, dead=dead))
+    for alert in output.alerts:  # one small record each; order within an entity is kept by its key's partition
+        key = orjson.dumps([alert.project, alert.entity_type, alert.entity_id])  # as EntityRef.key()
+        messages.append(OutMessage(topics.alerts, key, encode_alert(alert)))
     messages.extend(OutMessage(topics.dlq, dlq_key(record.key), encode_dlq(record, limit=limit)) for record in dead)
     return messages
 

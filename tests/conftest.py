@@ -270,3 +270,24 @@ def clickhouse_backend(request: pytest.FixtureRequest, chdb_store: Path) -> Clic
     if url is None:
         pytest.skip("no ClickHouse server here: set TRACKSTREAM_CLICKHOUSE_URL or run a Docker engine")
     return ClickHouseTarget(kind="server", database=database, url=url)
+
+
+CHROMIUM = os.environ.get("TRACKSTREAM_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """A headless Chromium driven by Playwright: Debian's build (``make test`` installs it), or
+    ``$TRACKSTREAM_CHROMIUM``; Playwright's own browser downloads are not used."""
+    if not Path(CHROMIUM).exists():
+        service_unavailable(f"no Chromium at {CHROMIUM}: apt-get install chromium (make test does), or set "
+                            "TRACKSTREAM_CHROMIUM")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # --no-sandbox: the suite runs as root in CI, where Chromium's sandbox refuses to start.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()

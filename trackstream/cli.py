@@ -120,7 +120,9 @@ def _cmd_sink_worker(args: argparse.Namespace) -> int:
     with owning_store(data_dir):  # a reader holding the store lets go; another runner: StoreBusyError
         service = QueryService(store)
         server = QueryServer(service, data_dir, host=args.host, port=args.port)
-        server.start()
+        from trackstream.ui.serve import announce
+
+        announce(server.start(), data_dir)
         try:
             run_sink_worker(kafka=kafka, store=store, group_id=group_id)
         finally:
@@ -147,11 +149,18 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
-    from trackstream.local import run_local
+    from trackstream.local import data_path, run_local
+    from trackstream.ui.serve import announce
 
     run_local(spool_dir=args.spool_dir, data_dir=args.data_dir, heartbeat_timeout_ms=args.heartbeat_timeout_ms,
-              host=args.host, port=args.port)
+              host=args.host, port=args.port, on_ready=lambda url: announce(url, data_path(args.data_dir)))
     return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from trackstream.ui.serve import run_ui
+
+    return run_ui(_store(args), host=args.host, port=args.port)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -288,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a run rank silent this long becomes crashed (default 60000)")
     _serve_options(local)
     local.set_defaults(run=_cmd_local)
+
+    ui = commands.add_parser("ui", parents=[common], help="serve the live page: runs, curves, compare (prints its URL)",
+                             description="Serve the live page of a store and print its URL with the access token. "
+                                         "An embedded store's owner (trackstream local) serves it already: then "
+                                         "this prints that address.")
+    _store_options(ui)
+    _serve_options(ui)
+    ui.set_defaults(run=_cmd_ui)
 
     migrate = commands.add_parser("migrate", parents=[common],
                                   help="create the store's database and tables (readers never do)")

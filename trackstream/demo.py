@@ -534,6 +534,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 if bootstrap
                 else _embedded_pipeline(spool_dir, data_dir, logs))
     with pipeline:
+        if args.ui:
+            _announce_page(data_dir, clickhouse_url)
         probe = LatencyProbe(args.project)
         probe.start()
         started, started_wall_s = time.monotonic(), time.time()
@@ -555,12 +557,40 @@ def run_demo(args: argparse.Namespace) -> int:
             for process in processes:
                 if process.poll() is None:
                     process.kill()
+        if args.ui:
+            from trackstream.local import stop_on_signals
+
+            log.info("the live page stays up; Ctrl-C stops the demo")
+            stop_on_signals().wait()
     figures = report.as_dict()
     _print_figures(figures, results, args.plot)
+    store = f"--clickhouse-url {_public(clickhouse_url)}" if clickhouse_url else f"--data-dir {data_dir}"
+    sys.stdout.write(f"Browse the runs on the live page: trackstream ui {store}\n")
     if args.json:
         args.json.write_bytes(orjson.dumps({"figures": figures, **results, "sweep": sweep, "data_dir": str(data_dir)},
                                            option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return 0
+
+
+def _public(url: str) -> str:
+    """``url`` without user and password (they come from the environment, never from a printed line)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _announce_page(data_dir: Path, clickhouse_url: str | None) -> None:
+    """Print the live page's URL: the embedded runner or the chDB sink worker serves it (they own ``data_dir``)."""
+    from trackstream.api.owner import read_owner
+    from trackstream.ui.serve import announce
+
+    owner = read_owner(data_dir)
+    if owner is None:  # a ClickHouse server: no process owns a store here; `trackstream ui` serves its page
+        log.warning("no process serves %s: run `trackstream ui --clickhouse-url %s` to watch the sweep", data_dir,
+                    _public(clickhouse_url or ""))
+        return
+    announce(owner.url, data_dir)
 
 
 def _print_figures(figures: dict[str, Any], results: dict[str, Any], plot: Path) -> None:

@@ -35,3 +35,6 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
                              "measured in the saturated phase)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the simulated curves")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--ui", action="store_true",
+                        help="print the live page's URL as the sweep starts (watch the curves grow) and keep it up "
+                             "after the sweep until Ctrl-C")

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import orjson
 
+from trackstream.alert_rules import RulesFile
 from trackstream.producers.journal import recover_journals
 from trackstream.producers.spool import START, Damage, Frame, SpoolPosition, SpoolReader, list_spools
 from trackstream.producers.spool_scan import segment_name
@@ -78,6 +79,7 @@ class _Batch:
     steps: list[StepAggregate] = field(default_factory=list)
     entity_states: dict[bytes, EntityState] = field(default_factory=dict)
     dlq: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[Any] = field(default_factory=list)  # trackstream.schemas.alerts.Alert, in the order they fired
     entries: list[_Entry] = field(default_factory=list)  # what the batch was made of, to retry one by one
     points: int = 0
     envelopes: int = 0
@@ -91,10 +93,11 @@ class _Batch:
         for state in out.entity_states:
             self.entity_states[state.entity.key()] = state
         self.dlq.extend({**record.to_wire(), "spool": spool()} if spool else record.to_wire() for record in out.dlq)
+        self.alerts.extend(out.alerts)
         self.duplicates += out.duplicates
 
     def empty(self) -> bool:
-        return not (self.point_blocks or self.steps or self.entity_states or self.dlq)
+        return not (self.point_blocks or self.steps or self.entity_states or self.dlq or self.alerts)
 
 
 class _Unwritable(Exception):
@@ -131,7 +134,11 @@ class LocalIngest:
         self._saved_positions: dict[str, SpoolPosition] = {}
         self._entity_blobs: dict[bytes, bytes] = {}
         self._load_state()
+        self._rules_file = RulesFile(data_dir)
+        self._rules: dict[str, Any] = {}  # rule id -> AlertRule, from <data_dir>/alert_rules.jsonl
+        self._notifier: Any = None  # a WebhookNotifier once some rule has a webhook
         self.processor = self._restored_processor()
+        self._refresh_rules()
 
     def _restored_processor(self) -> Any:
         """A processor holding exactly the last saved state."""
@@ -140,7 +147,28 @@ class LocalIngest:
         processor = Processor(step_timeout_ms=self.step_timeout_ms, heartbeat_timeout_ms=self.heartbeat_timeout_ms,
                               restored_grace=self.restored_grace)
         processor.restore(self._entity_blobs)
+        processor.set_alert_rules(getattr(self, "_rules", {}).values())
         return processor
+
+    def _refresh_rules(self) -> None:
+        """Take up the store's alert rules when their file changed (trackstream/alert_rules.py)."""
+        rules = self._rules_file.poll()
+        if rules is None:
+            return
+        self._rules = {rule.id: rule for rule in rules}
+        self.processor.set_alert_rules(rules)
+        log.info("trackstream local: %d alert rule(s) in force", len(rules))
+        if self._notifier is None and any(rule.webhook for rule in rules):
+            from trackstream.streams.webhooks import WebhookNotifier
+
+            self._notifier = WebhookNotifier()
+
+    def _notify(self, alerts: list[Any]) -> None:
+        """POST each durable alert to its rule's webhook (in the background; never raises)."""
+        for alert in alerts:
+            rule = self._rules.get(alert.rule_id)
+            if rule is not None and rule.webhook and self._notifier is not None:
+                self._notifier.notify(rule, alert)
 
     def _load_state(self) -> None:
         path = self.data_dir / STATE_FILE
@@ -174,7 +202,8 @@ class LocalIngest:
             return
         try:
             dirty = self.processor.take_dirty()  # only entities changed since the last save
-            prepared = self.sink.prepare(batch.point_blocks, batch.steps, list(batch.entity_states.values()))
+            prepared = self.sink.prepare(batch.point_blocks, batch.steps, list(batch.entity_states.values()),
+                                         alerts=batch.alerts)
         except Exception as exc:
             raise _Unwritable("encode", exc) from exc
         lines = b"".join(_dlq_line(record) for record in batch.dlq)
@@ -191,6 +220,7 @@ class LocalIngest:
         blobs = {**self._entity_blobs, **dirty}
         self._save_state(blobs)
         self._entity_blobs, self._saved_positions = blobs, dict(self.positions)
+        self._notify(batch.alerts)
         stats.add(PassStats(envelopes=batch.envelopes, points=batch.points, duplicates=batch.duplicates,
                             dead_letters=len(batch.dlq), writes=1, damaged=batch.damaged,
                             insert_s=inserted - began, state_s=time.perf_counter() - inserted))
@@ -220,6 +250,7 @@ class LocalIngest:
     def ingest_pass(self, *, now_ns: int | None = None) -> PassStats:
         """Read every spool from its saved position to its current end, process, write, save."""
         stats = PassStats()
+        self._refresh_rules()
         batch = _Batch()
         readers: list[tuple[str, SpoolReader]] = []
         keep: set[str] = set()
@@ -325,7 +356,10 @@ class LocalIngest:
                 self.positions.pop(producer_id)
 
     def close(self) -> None:
-        """Close the sink and its chDB store handle; positions and state saved by the last write stay on disk."""
+        """Deliver the webhooks still queued (up to 10 s), close the sink and its chDB store handle; positions and
+        state saved by the last write stay on disk."""
+        if self._notifier is not None:
+            self._notifier.close(timeout_s=10.0)
         self.sink.close()
 
 
@@ -374,13 +408,14 @@ def _dlq_line(record: dict[str, Any]) -> bytes:
             return orjson.dumps({**bare, "detail": repr(record.get("detail"))[:4096]}) + b"\n"
 
 
-def _data_path(data_dir: Path | None) -> Path:
+def data_path(data_dir: Path | None) -> Path:
+    """The embedded store's directory: ``data_dir``, else ``$TRACKSTREAM_DATA_DIR``, else the default."""
     return StoreSettings.resolve(data_dir=data_dir).data_path
 
 
 def catch_up(*, spool_dir: Path | None = None, data_dir: Path | None = None) -> PassStats:
     """One ingest pass; the caller holds the store lock (see ``trackstream._query.EmbeddedReader``)."""
-    ingest = LocalIngest(spool_dir=spool_dir_from(spool_dir), data_dir=_data_path(data_dir), restored_grace=False)
+    ingest = LocalIngest(spool_dir=spool_dir_from(spool_dir), data_dir=data_path(data_dir), restored_grace=False)
     try:
         stats = ingest.ingest_pass()
     finally:
@@ -392,7 +427,7 @@ def catch_up(*, spool_dir: Path | None = None, data_dir: Path | None = None) -> 
 
 def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, poll_interval_ms: int = 100,
               step_timeout_ms: int | None = None, stop: threading.Event | None = None,
-              on_ready: Callable[[str], None] | None = None, heartbeat_timeout_ms: int | None = None,
+              on_ready: Callable[[str], object] | None = None, heartbeat_timeout_ms: int | None = None,
               host: str = "127.0.0.1", port: int = 0) -> PassStats:
     """Own the store, ingest the spool continuously and serve the query API until stopped (SIGINT/SIGTERM).
 
@@ -403,8 +438,8 @@ def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, po
     from trackstream.streams import tune_gc
 
     tune_gc()  # a long-lived ingest loop: collections of its many small objects cost ~25% of its CPU
-    spool, data = spool_dir_from(spool_dir), _data_path(data_dir)
-    stop = stop or _stop_on_signals()
+    spool, data = spool_dir_from(spool_dir), data_path(data_dir)
+    stop = stop or stop_on_signals()
     totals = PassStats()
     with owning_store(data):  # a reader holding the store between reads lets it go
         # Queries run in the server's threads beside the ingest loop: the chDB backend serializes its calls.
@@ -435,7 +470,8 @@ def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, po
     return totals
 
 
-def _stop_on_signals() -> threading.Event:
+def stop_on_signals() -> threading.Event:
+    """An event set on SIGINT or SIGTERM (handlers installed only from the main thread)."""
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):

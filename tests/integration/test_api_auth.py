@@ -43,7 +43,8 @@ from trackstream.sinks.sink import Sink
 from trackstream.store import StoreLock
 
 PROJECT = "api"
-ROUTES = ("compare", "curves", "runs", "sql", "sql_table", "entity_metrics", "entity", "history", "wait_ingested")
+ROUTES = ("compare", "curves", "runs", "sql", "sql_table", "entity_metrics", "entity", "history", "wait_ingested",
+          "projects")
 
 
 # --- fixtures shared with test_api_schema.py --------------------------------------------------------------------
@@ -172,6 +173,7 @@ VALID_BODIES: dict[str, Any] = {
     "history": {"project": PROJECT, "entity_id": "run-b", "metric": "loss"},
     "wait_ingested": {"entity": {"project": PROJECT, "type": "run", "id": "run-a"}, "producer_id": "producer-a",
                       "seq": 0, "timeout_s": 5},
+    "projects": {},
 }
 
 
@@ -195,7 +197,7 @@ def test_a_call_without_the_right_token_is_401(served: Served, route: str, autho
 def test_every_get_needs_the_token_too(served: Served, path: str) -> None:
     assert request(served.url, "GET", path).status == 401
     with_token = request(served.url, "GET", path, headers={"Authorization": f"Bearer {served.token}"})
-    assert with_token.status == (200 if path in ("/api/v1/health", "/api/v1/openapi.json") else 404)
+    assert with_token.status == (200 if path in ("/api/v1/health", "/api/v1/openapi.json", "/") else 404)
     if path == "/api/v1/health":
         assert with_token.json() == {"status": "ok"}
 
@@ -211,6 +213,7 @@ def test_the_right_token_gets_the_services_results(served: Served, service: Quer
         "entity": service.entity(PROJECT, "run-a"),
         "history": service.history(PROJECT, "run-b", "loss"),
         "wait_ingested": None,
+        "projects": [PROJECT],
     }
     for route in ROUTES:
         answer = post(served, route, VALID_BODIES[route])

@@ -109,7 +109,7 @@ class MemorySink:
         self.states: dict[str, Any] = {}
         self.inserts = 0
 
-    def prepare(self, point_blocks: Any, steps: Any, entity_states: Any) -> Any:
+    def prepare(self, point_blocks: Any, steps: Any, entity_states: Any, *, alerts: Any = ()) -> Any:
         for block in point_blocks:
             if self.refuse_prepare(block):
                 raise OverflowError(f"rank {block.rank} out of bounds for uint32")
@@ -360,10 +360,10 @@ from trackstream.sinks.sink import Sink
 from trackstream.local import catch_up
 
 original = Sink.prepare
-def prepare(point_blocks=(), steps=(), entity_states=()):
+def prepare(point_blocks=(), steps=(), entity_states=(), *, alerts=()):
     if any(block.entity.id == "unstorable" for block in point_blocks):
         raise OverflowError("value too large to fit in C integer type")
-    return original(point_blocks, steps, entity_states)
+    return original(point_blocks, steps, entity_states, alerts=alerts)
 Sink.prepare = staticmethod(prepare)
 stats = catch_up(spool_dir=Path(sys.argv[1]), data_dir=Path(sys.argv[2]))
 print(stats.points, stats.dead_letters)

@@ -5,9 +5,10 @@ Routes (all behind the guard below; the OpenAPI schema at ``/api/v1/openapi.json
 - ``POST /api/v1/compare``, ``/curves``, ``/runs``, ``/sql``, ``/entity_metrics``, ``/wait_ingested`` and
   ``GET /api/v1/health`` (:mod:`trackstream.api.routes`).
 
-Room is left for what the live page adds: a server-push channel is one more router included into ``api`` (e.g.
-``/api/v1/events``, SSE), and the page itself one mount at ``/``, added after the API router so that ``/api``
-keeps answering. Both sit behind the same guard.
+- ``GET /api/v1/events``: the live page's server push (Server-Sent Events, :mod:`trackstream.api.events`).
+- ``/``: the live page (:mod:`trackstream.ui`), mounted after the API router so that ``/api`` keeps answering.
+
+Everything sits behind the same guard.
 
 The guard (:class:`Guard`, pure ASGI, before any routing, so unknown paths and the schema are covered too):
 
@@ -15,7 +16,12 @@ The guard (:class:`Guard`, pure ASGI, before any routing, so unknown paths and t
    a DNS-rebinding page reaches the port under a name of its own.
 2. ``Origin``, when present, must be ``http://<an allowed host>``, else 403: no cross-origin caller, and CORS
    is never opened (no ``Access-Control-*`` header is ever sent, so preflights fail).
-3. ``Authorization: Bearer <token>`` must carry the store's token (``hmac.compare_digest``), else 401.
+3. ``Authorization: Bearer <token>`` must carry the store's token (``hmac.compare_digest``), else 401. A browser
+   (the live page) carries it in a cookie instead: ``GET <path>?token=<token>`` (the URL the owner prints, as
+   notebook servers do) answers ``303`` to ``<path>`` with the cookie ``trackstream_token_<port>`` set
+   (``HttpOnly; SameSite=Strict; Path=/``: no script reads it and no other site's request carries it), so the
+   token leaves the address bar; later requests of that browser carry the cookie. A wrong token in the URL is
+   401 like any other.
 4. A request with a body (any method but GET, HEAD, OPTIONS) must be ``Content-Type: application/json``, else
    403: ``text/plain`` is what a web page may POST cross-origin without a preflight.
 
@@ -50,15 +56,20 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _SINGLE: Final = (b"host", b"origin", b"authorization", b"content-type")
+COOKIE_PREFIX: Final = "trackstream_token_"  # + the port: cookies are per host, not per port
+
+
+_LOGIN: Final = (303, "login")
 
 
 class Guard:
     """ASGI middleware enforcing the rules of the module docstring on every HTTP and WebSocket request."""
 
-    def __init__(self, app: ASGIApp, *, token: str, allowed_hosts: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, *, token: str, allowed_hosts: Iterable[str], port: int = 0) -> None:
         if not token:
             raise ValueError("the API needs a token")
         self.app = app
+        self.cookie = f"{COOKIE_PREFIX}{port}".encode()
         self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
         if not self.allowed_hosts:
             raise ValueError("the API needs at least one allowed Host")
@@ -75,6 +86,9 @@ class Guard:
         refusal = self.refusal(scope)
         if refusal is None:
             await self.app(scope, receive, send)
+            return
+        if refusal == _LOGIN:
+            await self._login(scope, send)
             return
         status, message = refusal
         if scope["type"] == "websocket":
@@ -105,7 +119,9 @@ class Guard:
         origin = headers.get(b"origin")
         if origin is not None and origin.decode("latin-1").lower() not in self._origins:
             return 403, "cross-origin requests are refused"
-        if not self._authorized(headers.get(b"authorization")):
+        if not self._authorized(headers.get(b"authorization")) and not self._cookie(headers.get(b"cookie")):
+            if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD") and self._url_token(scope):
+                return _LOGIN
             return 401, ("missing or wrong token: send Authorization: Bearer <token>, the token being in the "
                          "store's api.token file (readable only by the account that runs the store's owner)")
         if scope["type"] == "http" and scope.get("method", "GET") not in _SAFE_METHODS:
@@ -113,6 +129,33 @@ class Guard:
             if content_type != b"application/json":
                 return 403, "request bodies must be Content-Type: application/json"
         return None
+
+    def _url_token(self, scope: Scope) -> bool:
+        """True when the query string carries the right ``token``."""
+        from urllib.parse import parse_qs
+
+        values = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1")).get("token", [])
+        return len(values) == 1 and hmac.compare_digest(values[0].encode("latin-1"), self._token)
+
+    def _cookie(self, header: bytes | None) -> bool:
+        """True when the ``Cookie`` header carries the right token under this server's cookie name."""
+        if header is None:
+            return False
+        for part in header.split(b";"):
+            name, _, value = part.strip().partition(b"=")
+            if name == self.cookie and hmac.compare_digest(value, self._token):
+                return True
+        return False
+
+    async def _login(self, scope: Scope, send: Send) -> None:
+        """``303`` to the same path without the query string, setting the token cookie (module docstring)."""
+        path = scope.get("path", "/")
+        location = path if path.startswith("/") and not path.startswith("//") else "/"
+        cookie = self.cookie + b"=" + self._token + b"; HttpOnly; SameSite=Strict; Path=/"
+        headers = [(b"location", location.encode("latin-1", "replace")), (b"set-cookie", cookie),
+                   (b"content-length", b"0"), (b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer")]
+        await send({"type": "http.response.start", "status": 303, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     def _authorized(self, header: bytes | None) -> bool:
         if header is None:
@@ -123,10 +166,12 @@ class Guard:
         return hmac.compare_digest(credentials.strip(), self._token)
 
 
-def create_app(service: Any, *, token: str, allowed_hosts: list[str]) -> FastAPI:
-    """The app serving ``service`` (a ``trackstream.sinks.query.QueryService``) to holders of ``token``.
+def create_app(service: Any, *, token: str, allowed_hosts: list[str], port: int = 0) -> FastAPI:
+    """The app serving ``service`` (a ``trackstream.sinks.query.QueryService``) to holders of ``token``: the query
+    API, its server push (``/api/v1/events``) and the live page at ``/``.
 
-    ``allowed_hosts``: the ``Host`` values accepted (``host:port``). Raises :class:`MissingDependencyError`
+    ``allowed_hosts``: the ``Host`` values accepted (``host:port``); ``port``: the bound port (names the page's
+    cookie). Raises :class:`MissingDependencyError`
     naming the ``server`` extra when FastAPI is not installed.
     """
     require("fastapi", "server")
@@ -134,7 +179,9 @@ def create_app(service: Any, *, token: str, allowed_hosts: list[str]) -> FastAPI
     from fastapi import APIRouter, FastAPI, Security
     from fastapi.security import HTTPBearer
 
+    from trackstream import ui
     from trackstream.api import routes
+    from trackstream.api.events import events_router
 
     app = FastAPI(
         title="trackstream query API", version=API_VERSION, openapi_url=OPENAPI_URL, docs_url=None,
@@ -147,9 +194,9 @@ def create_app(service: Any, *, token: str, allowed_hosts: list[str]) -> FastAPI
     api = APIRouter(prefix=API_PREFIX, dependencies=[Security(bearer)])
     api.include_router(routes.query_router(service))
     api.include_router(routes.health_router())
-    # The live page's server push goes here: api.include_router(events_router(...)) for /api/v1/events.
+    api.include_router(events_router(service))
     app.include_router(api)
-    # The live page itself: app.mount("/", ui) after the API router.
+    ui.mount(app)  # after the API router, so that /api keeps answering
     routes.install_error_handlers(app)
-    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts)
+    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts, port=port)
     return app

@@ -34,6 +34,7 @@ POSITIONAL: Final[dict[str, tuple[str, ...]]] = {
     "entity": ("project", "entity_id"),
     "history": ("project", "entity_id", "metric"),
     "wait_ingested": ("entity", "producer_id", "seq"),
+    "projects": (),
 }
 
 
@@ -80,6 +81,10 @@ class ReadApi:
     def history(self, *args: Any, **kwargs: Any) -> Any:
         """``QueryService.history`` in the store's process: every point of one series in step order."""
         return self._call("history", *args, **kwargs)
+
+    def projects(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.projects`` in the store's process: the project names, sorted."""
+        return self._call("projects", *args, **kwargs)
 
     def wait_ingested(self, *args: Any, **kwargs: Any) -> Any:
         """``QueryService.wait_ingested`` in the store's process; raises ``IngestTimeout`` (retriable)."""

@@ -93,6 +93,10 @@ class HistoryBody(EntityBody):
     ranks: bool = Field(False, description="every rank's rows (with their rank) instead of the per-step mean")
 
 
+class ProjectsBody(_Body):
+    entity_type: Literal["run", "model"] = "run"
+
+
 class EntityMetricsBody(_Body):
     entity: Entity
 
@@ -132,6 +136,10 @@ class SqlResult(BaseModel):
 
 class MetricsResult(BaseModel):
     result: dict[str, Any]
+
+
+class NamesResult(BaseModel):
+    result: list[str]
 
 
 class NoResult(BaseModel):
@@ -218,6 +226,10 @@ def query_router(service: Any) -> APIRouter:
     @router.post("/sql_table", response_model=MetricsResult, summary="sql, with the result's column names")
     def sql_table(body: SqlBody) -> Response:
         return answer(lambda: service.sql_table(body.query, body.parameters), "sql_table")
+
+    @router.post("/projects", response_model=NamesResult, summary="The projects holding runs (or models)")
+    def projects(body: ProjectsBody) -> Response:
+        return answer(lambda: service.projects(entity_type=body.entity_type), "projects")
 
     @router.post("/entity_metrics", response_model=MetricsResult, summary="The metrics of one run or model")
     def entity_metrics(body: EntityMetricsBody) -> Response:

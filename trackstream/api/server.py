@@ -88,13 +88,15 @@ class QueryServer:
     Raises :class:`MissingDependencyError` naming the ``server`` extra when FastAPI or uvicorn is missing.
     """
 
-    def __init__(self, service: Any, data_dir: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, service: Any, data_dir: Path, *, host: str = "127.0.0.1", port: int = 0,
+                 advertise: bool = True) -> None:
         require("fastapi", "server")
         require("uvicorn", "server")
         self.service = service
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
+        self.advertise = advertise  # False: no owner.json (a page over a ClickHouse server owns no store)
         self.url: str | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -126,7 +128,7 @@ class QueryServer:
             port = int(sock.getsockname()[1])
             reach = "127.0.0.1" if self.host == "0.0.0.0" else "::1" if _wildcard(self.host) else self.host
             url = f"http://{netloc(reach, port)}"
-            app = create_app(self.service, token=token, allowed_hosts=allowed_hosts(self.host, port))
+            app = create_app(self.service, token=token, allowed_hosts=allowed_hosts(self.host, port), port=port)
             # log_config=None: uvicorn's records go through the process's own logging setup, untouched;
             # proxy_headers=False: no X-Forwarded-* header is believed.
             config = uvicorn.Config(app, host=self.host, port=port, log_level="warning", log_config=None,
@@ -153,7 +155,8 @@ class QueryServer:
             raise
         self._server, self._thread, self._socket, self.url = server, thread, sock, url
         try:
-            write_owner(self.data_dir, url=url, host=self.host, port=port)
+            if self.advertise:
+                write_owner(self.data_dir, url=url, host=self.host, port=port)
         except BaseException:
             self.stop()
             raise
@@ -166,7 +169,8 @@ class QueryServer:
 
     def stop(self, *, timeout_s: float = 30.0) -> None:
         """Withdraw ``owner.json``, stop serving (requests in flight get up to 5 s), join the thread."""
-        withdraw_owner(self.data_dir)
+        if self.advertise:
+            withdraw_owner(self.data_dir)
         server, thread, sock = self._server, self._thread, self._socket
         if server is None or thread is None:
             return
