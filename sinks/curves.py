@@ -25,29 +25,37 @@ def as_float(value: Any) -> float:
 
 
 def read_curves(rows: RowsFn, project: str, ids: Sequence[str], metric: str, *, points: int,
-                entity_type: str) -> dict[str, list[dict[str, Any]]]:
+                entity_type: str, steps: tuple[int, int] | None = None) -> dict[str, list[dict[str, Any]]]:
     """:meth:`trackstream.sinks.query.QueryService.curves` over ``rows`` (runs a query, returns its rows)."""
     if points < 1:
         raise QueryError("points must be >= 1")
+    if steps is not None and steps[0] > steps[1]:
+        raise QueryError(f"step_from must be <= step_to, not {steps[0]} > {steps[1]}")
     if not ids:
         return {}
     scope = {"project": project, "entity_type": entity_type}
     lookup.check_ids(rows, scope, ids)
     lookup.check_metric(rows, scope, metric)
-    plans = plan_curves(rows, project, ids, metric, points=points, entity_type=entity_type)
-    return {entity_id: [] for entity_id in ids} | fetch_buckets(rows, project, metric, plans, entity_type=entity_type)
+    plans = plan_curves(rows, project, ids, metric, points=points, entity_type=entity_type, steps=steps)
+    since = None if steps is None else dict.fromkeys(plans, steps[0])
+    return {entity_id: [] for entity_id in ids} | fetch_buckets(
+        rows, project, metric, plans, since=since, until=None if steps is None else steps[1], entity_type=entity_type)
 
 
 def plan_curves(rows: RowsFn, project: str, ids: Sequence[str], metric: str, *, points: int,
-                entity_type: str) -> dict[str, dict[str, Any]]:
+                entity_type: str, steps: tuple[int, int] | None = None) -> dict[str, dict[str, Any]]:
     """Per entity holding ``metric``, how its curve is bucketed and read: ``{"origin", "width"}`` (steps, see
     :func:`curve_plan`) and the read path (``category``: rollup1, rollup2, clean, dirty, ranks; ``generation``,
-    ``src``, ``level``). Entities without the metric are left out."""
+    ``src``, ``level``). Entities without the metric are left out; with ``steps`` (first, last), the buckets
+    span only that range (read from points: a zoom), and entities without a point in it are left out."""
     params = {"project": project, "entity_type": entity_type, "metric": metric, "ids": list(ids)}
     plans: dict[str, dict[str, Any]] = {}
-    for entity_id, generation, lo, hi, single, ranks, clean, src in rows(
+    for entity_id, generation, first, last, single, ranks, clean, src in rows(
             q.fill(q.PLAN, select="metric = {metric:String} AND entity_id IN {ids:Array(String)}"), params):
-        origin, width, level = curve_plan(lo, hi, points, clean=bool(clean and not single))
+        lo, hi = (first, last) if steps is None else (max(first, steps[0]), min(last, steps[1]))
+        if lo > hi:
+            continue
+        origin, width, level = curve_plan(lo, hi, points, clean=bool(clean and not single and steps is None))
         category = f"rollup{level}" if level else "ranks" if ranks > 1 and not clean else \
             "clean" if clean else "dirty"
         plans[entity_id] = {"origin": origin, "width": width, "level": level, "category": category,
@@ -56,7 +64,8 @@ def plan_curves(rows: RowsFn, project: str, ids: Sequence[str], metric: str, *, 
 
 
 def fetch_buckets(rows: RowsFn, project: str, metric: str, plans: Mapping[str, Mapping[str, Any]], *,
-                  since: Mapping[str, int] | None = None, entity_type: str) -> dict[str, list[dict[str, Any]]]:
+                  since: Mapping[str, int] | None = None, until: int | None = None,
+                  entity_type: str) -> dict[str, list[dict[str, Any]]]:
     """The buckets of each planned entity (:func:`plan_curves`), in step order; with ``since``, only the buckets
     of the entities in it from that step on (read from points: a curve's newest buckets, while a run logs).
 
@@ -77,9 +86,11 @@ def fetch_buckets(rows: RowsFn, project: str, metric: str, plans: Mapping[str, M
             sql, level = q.CURVES_ROLLUP, int(category.removeprefix("rollup"))
             bound |= {"level": level, "block_steps": BLOCK_STEPS[level]}
         else:
-            sql = q.curves_sql(category, since=since is not None)
+            sql = q.curves_sql(category, since=since is not None, until=until is not None)
             if since is not None:
                 bound["sinces"] = [since[i] for i in ids]
+            if until is not None:
+                bound["until"] = until
         for entity_id, *_bucket, step_from, step_to, low, high, avg, last, nans, infs in rows(sql, bound):
             result.setdefault(entity_id, []).append({
                 "step_from": step_from, "step_to": step_to, "min": as_float(low), "max": as_float(high),

@@ -199,14 +199,20 @@ class QueryService:
     # -- curves ---------------------------------------------------------------------------------------
 
     def curves(
-        self, project: str, runs: Sequence[str] | str, metric: str, *, points: int = 1000, entity_type: str = "run"
+        self, project: str, runs: Sequence[str] | str, metric: str, *, points: int = 1000, entity_type: str = "run",
+        step_from: int | None = None, step_to: int | None = None,
     ) -> dict[str, list[dict[str, Any]]]:
         """Per run at most ``points`` buckets over step: {step_from, step_to, min, max, avg, last, nan_count,
         inf_count} (min / max / avg skip NaN; the counts are of the bucket's per-step values); an empty list
         for a run without ``metric``. Raises NotFoundError for an unknown project, run id, or a metric none of
-        the project's runs logged (with the closest names). Buckets: :func:`trackstream.sinks.curves.curve_plan`."""
+        the project's runs logged (with the closest names). Buckets: :func:`trackstream.sinks.curves.curve_plan`.
+        ``step_from`` / ``step_to`` (inclusive) restrict the buckets to a range of steps, read at full resolution
+        once the range holds at most ``points`` steps (a chart's zoom)."""
+        steps = None
+        if step_from is not None or step_to is not None:
+            steps = (-(2**63) if step_from is None else int(step_from), 2**63 - 1 if step_to is None else int(step_to))
         return read_curves(self._rows, project, [runs] if isinstance(runs, str) else list(runs), metric,
-                           points=points, entity_type=entity_type)
+                           points=points, entity_type=entity_type, steps=steps)
 
     # -- live views (the page's server push, trackstream.api.events) -----------------------------------------
 

@@ -258,11 +258,12 @@ ORDER BY entity_id, bucket
 """
 
 
-def curves_sql(category: str, *, since: bool = False) -> str:
+def curves_sql(category: str, *, since: bool = False, until: bool = False) -> str:
     """curves by scanning points for the entities of one plan category (``clean``, ``dirty``, ``ranks``); with
-    ``since``, only each entity's steps from ``{sinces:Array(Int64)}`` (parallel to ``ids``) on."""
+    ``since``, only each entity's steps from ``{sinces:Array(Int64)}`` (parallel to ``ids``) on; with ``until``,
+    only steps up to ``{until:Int64}``."""
     where = _ROWS_WHERE + (" AND step >= {sinces:Array(Int64)}[indexOf({ids:Array(String)}, entity_id)]"
-                           if since else "")
+                           if since else "") + (" AND step <= {until:Int64}" if until else "")
     return fill(CURVES, rows=fill(_ROWS[category], where=where), bounds=_BOUNDS)
 
 

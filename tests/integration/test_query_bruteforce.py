@@ -209,9 +209,10 @@ def test_compare_grouped_by_params(world: World, backend: Backend) -> None:
 
 
 def assert_buckets(got: list[dict[str, float]], steps: np.ndarray, values: np.ndarray, points: int,
-                   context: object) -> None:
-    """``got`` (curves buckets of one entity) are the brute-force buckets of its per-step ``values`` at ``steps``."""
-    origin, width, _level = curve_plan(int(steps[0]), int(steps[-1]), points, clean=True)
+                   context: object, *, plan: tuple[int, int] | None = None) -> None:
+    """``got`` (curves buckets of one entity) are the brute-force buckets of its per-step ``values`` at ``steps``
+    (bucketed by ``plan`` = (origin, width) when given, else as curves plans the whole series)."""
+    origin, width = plan or curve_plan(int(steps[0]), int(steps[-1]), points, clean=True)[:2]
     buckets = (steps - origin) // width
     expected = []
     for b in np.unique(buckets):
@@ -296,3 +297,24 @@ def test_sql_is_read_only_and_binds_parameters(world: World, backend: Backend) -
         with pytest.raises(Exception, match=r"allowed|one statement"):
             service.sql(bad)
     assert service.sql("SELECT count() FROM points")[0][0] > 0
+
+
+@pytest.mark.parametrize(("step_from", "step_to", "points"), [(0, 99, 1000), (-500, 10, 7), (5, 5, 3), (150, 2999, 64),
+                                                             (2000, 10**9, 1000), (10**6, 10**7, 10)])
+def test_curves_of_a_step_range_match_brute_force(world: World, backend: Backend, step_from: int, step_to: int,
+                                                   points: int) -> None:
+    """A zoom: only the range's steps, in buckets planned over the range (full resolution once it is narrow)."""
+    result = QueryService(backend=backend).curves(PROJECT, list(ENTITIES), "loss", points=points,
+                                                  step_from=step_from, step_to=step_to)
+    for entity in ENTITIES:
+        steps, values, _ = per_step(world, entity, "loss")
+        inside = (steps >= step_from) & (steps <= step_to)
+        if not inside.any():
+            assert result[entity] == [], entity
+            continue
+        lo, hi = max(int(steps[0]), step_from), min(int(steps[-1]), step_to)
+        origin, width, _level = curve_plan(lo, hi, points, clean=False)
+        assert all(b["step_from"] >= step_from and b["step_to"] <= step_to for b in result[entity])
+        assert_buckets(result[entity], steps[inside], values[inside], points, entity, plan=(origin, width))
+    if step_to - step_from < points:  # narrow: one bucket per step
+        assert all(b["step_from"] == b["step_to"] for buckets in result.values() for b in buckets)

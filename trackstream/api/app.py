@@ -62,6 +62,24 @@ COOKIE_PREFIX: Final = "trackstream_token_"  # + the port: cookies are per host,
 _LOGIN: Final = (303, "login")
 
 
+def _wants_html(scope: Scope) -> bool:
+    """A browser navigating to a page (not an API call): ``GET`` outside ``/api`` accepting ``text/html``."""
+    if scope.get("method") not in ("GET", "HEAD") or str(scope.get("path", "")).startswith(API_PREFIX):
+        return False
+    accept = next((bytes(v) for k, v in scope.get("headers", ()) if bytes(k).lower() == b"accept"), b"")
+    return b"text/html" in accept
+
+
+def _refusal_page(status: int, message: str) -> bytes:
+    import html
+
+    hint = ("Open the address that <code>trackstream ui</code> (or <code>trackstream local</code>) printed, with "
+            "its <code>?token=</code>." if status == 401 else "")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>trackstream: {status}</title></head><body "
+            f"style='font-family:system-ui,sans-serif;margin:3em;max-width:40em'><h1>Not authorised</h1><p>{hint}</p>"
+            f"<p style='color:#666'>{html.escape(message)}</p></body></html>").encode()
+
+
 class Guard:
     """ASGI middleware enforcing the rules of the module docstring on every HTTP and WebSocket request."""
 
@@ -97,8 +115,11 @@ class Guard:
             return
         body = orjson.dumps({"error": {"type": "AuthenticationError", "message": message, "retriable": False,
                                        "code": None}})
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"x-content-type-options", b"nosniff")]
+        content_type = b"application/json"
+        if _wants_html(scope):  # a browser opening the page: a readable page, same refusal
+            body, content_type = _refusal_page(status, message), b"text/html; charset=utf-8"
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+                   (b"x-content-type-options", b"nosniff"), (b"content-security-policy", b"default-src 'none'")]
         if status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="trackstream"'))
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -64,6 +64,8 @@ class CurvesBody(_Body):
     metric: str
     points: int = Field(1000, description="at most this many buckets per run (>= 1)")
     entity_type: str = Field("run", description="run or model")
+    step_from: int | None = Field(None, description="only steps from this one (inclusive): a zoom")
+    step_to: int | None = Field(None, description="only steps up to this one (inclusive)")
 
 
 class RunsBody(_Body):
@@ -202,7 +204,8 @@ def query_router(service: Any) -> APIRouter:
     @router.post("/curves", response_model=CurvesResult, summary="Downsampled curves: min/max/avg/last per bucket")
     def curves(body: CurvesBody) -> Response:
         return answer(lambda: service.curves(body.project, body.runs, body.metric, points=body.points,
-                                             entity_type=body.entity_type), "curves")
+                                             entity_type=body.entity_type, step_from=body.step_from,
+                                             step_to=body.step_to), "curves")
 
     @router.post("/runs", response_model=RowsResult, summary="Runs with status, params, tags and metric summaries")
     def runs(body: RunsBody) -> Response:

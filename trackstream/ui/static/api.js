@@ -18,10 +18,20 @@ export class ApiError extends Error {
 const F64 = "$f64";
 const scratch = new DataView(new ArrayBuffer(8));
 
-/** A float from its IEEE-754 bit pattern (a JSON integer, exact because such patterns are exact doubles). */
+/** A float from its IEEE-754 bit pattern: a BigInt (exact), or a JSON number (exact for ±Inf and the usual NaN). */
 export function bitsToFloat(bits) {
   scratch.setBigUint64(0, BigInt(bits));
   return scratch.getFloat64(0);
+}
+
+/**
+ * JSON.parse, keeping the "$f64" integers exact: a NaN with a low payload is not an exact double and would
+ * round to the bits of Infinity. Chromium gives a reviver the source text of each primitive.
+ */
+export function parseJson(text) {
+  if (!text.includes(F64)) return JSON.parse(text);
+  return JSON.parse(text, (key, value, context) =>
+    key === F64 && context && typeof context.source === "string" ? BigInt(context.source) : value);
 }
 
 /** Walks a decoded JSON value and turns every {"$f64": bits} into the number it stands for. */
@@ -61,7 +71,7 @@ export async function api(route, body = {}, { signal } = {}) {
   }
   let payload = null;
   try {
-    payload = await response.json();
+    payload = parseJson(await response.text());
   } catch {
     /* a body that is not JSON: reported below */
   }
@@ -112,7 +122,7 @@ export function openEvents(params, handlers, onState = () => {}) {
         if (closed || !handlers[name]) return;
         let data;
         try {
-          data = fromWire(JSON.parse(event.data));
+          data = fromWire(parseJson(event.data));
         } catch (err) {
           console.warn("bad event", name, err);
           return;

@@ -116,10 +116,10 @@ export async function mount(root, ctx) {
           formatter: (c) => el("span", { text: fmtValue(c.getValue()), title: fmtValue(c.getValue()) }) })),
         { title: "runs", field: "runs", hozAlign: "right", width: 68, sorter: "number", headerTooltip: "runs in the group" },
         { title: "mean", field: "mean", ...common },
+        flag,
         { title: "std", field: "std", ...common },
         { title: "min", field: "min", ...common },
-        { title: "max", field: "max", ...common },
-        flag];
+        { title: "max", field: "max", ...common }];
     }
     return [rankCol,
       { title: "Name", field: "name", width: 170, headerFilter: "input", headerFilterPlaceholder: "filter", headerFilterParams: { elementAttributes: { "aria-label": "filter name" } },

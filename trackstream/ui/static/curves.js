@@ -6,7 +6,7 @@
 import { api, openEvents, mapLimit } from "./api.js";
 import {
   el, field, fieldGroup, select, href, replaceHash, fmtNum, isFiniteNum, statusBadge, assignColors, alpha, pref, setPref,
-  seriesMetricNames, ellip, throttle, fmtDuration,
+  seriesMetricNames, throttle, fmtDuration,
 } from "./util.js";
 
 const POINTS = 1000; // buckets per curve
@@ -18,6 +18,7 @@ const RED = "#d92d20";
 
 export async function mount(root, ctx) {
   const { project, query } = ctx;
+  ctx.crumbs([{ text: "Projects", href: "#/" }, { text: project, href: href(project) }, { text: "Curves" }]);
   root.append(el("div", { class: "loading", text: "Loading…" }));
   const rows = await api("runs", { project });
   if (!ctx.alive()) return null;
@@ -59,7 +60,6 @@ export async function mount(root, ctx) {
   let structureKey = "";
   let perRun = new Map(); // run -> {xs, values, steps} as drawn, for the cursor readout
   let roles = []; // per uPlot series from 1: {run, role}
-  let note = "";
   const disposers = [];
 
   // -- controls ----------------------------------------------------------------------------------------
@@ -130,7 +130,11 @@ export async function mount(root, ctx) {
       fieldGroup("Ranks", ranksLabel),
       el("span", { class: "spacer" }),
       resetButton,
-      el("a", { class: "btn", href: href(project), text: "Choose runs…", title: "Select runs in the runs table" })),
+      el("a", {
+        class: "btn", href: href(project), text: "Choose runs…", title: "Select runs in the runs table",
+        // The runs table starts with these runs selected.
+        on: { click: () => { try { sessionStorage.setItem(`trackstream.selected.${project}`, JSON.stringify(runIds)); } catch { /* ignore */ } } },
+      })),
     el("div", { class: "curves-layout" },
       el("div", { class: "card chart-card" }, chartHost, chartNote),
       el("div", { class: "card legend" },
@@ -521,8 +525,7 @@ export async function mount(root, ctx) {
     } else if (total) parts.push(`up to ${POINTS} buckets per run; band: min–max per bucket; drag to zoom, double-click to reset`);
     if (settings.x !== "step") parts.push("time axis from each run's history (time of each step)");
     if (settings.ranks && [...rankLines.values()].some((ls) => ls.some((l) => l.thinned))) parts.push(`rank lines thinned to ${RANK_POINTS_MAX} points`);
-    note = parts.join(" · ");
-    chartNote.textContent = note;
+    chartNote.textContent = parts.join(" · ");
   }
 
   // -- legend and readout ---------------------------------------------------------------------------------

@@ -183,7 +183,7 @@ export async function mount(root, ctx) {
         formatter: (cell) => el("span", { text: shortDate(cell.getValue()), title: fmtDateTime(cell.getValue()) }),
       },
       {
-        title: "Duration", field: "_duration", width: 84, hozAlign: "right",
+        title: "Duration", field: "_duration", width: 90, hozAlign: "right",
         sorter: (a, b, aRow, bRow, c, dir) => numberSorter(durationMs(aRow.getData()), durationMs(bRow.getData()), aRow, bRow, c, dir),
         formatter: (cell) => {
           const r = cell.getData();
@@ -210,7 +210,7 @@ export async function mount(root, ctx) {
             headerFilter: false, formatter: numberCell,
           })),
           {
-            title: "NaN/Inf", field: `m_${i}_bad`, minWidth: 76, sorter: "number", headerTooltip: `non-finite values of ${m}: count@first step`,
+            title: "NaN/Inf", field: `m_${i}_bad`, minWidth: 86, sorter: "number", headerTooltip: `non-finite values of ${m}: count@first step`,
             formatter: (cell) => {
               const text = cell.getData()[`m_${i}_flag`];
               return text ? el("span", { class: "badge nanflag", text, title: `${m}: ${text} (count@first step)` }) : "";
@@ -247,7 +247,9 @@ export async function mount(root, ctx) {
   function rebuildColumns() {
     const sorters = table.getSorters().map((s) => ({ column: s.field, dir: s.dir }));
     table.setColumns(columns());
-    table.updateOrAddData(rows.map(flatten));
+    const records = rows.map(flatten);
+    table.updateOrAddData(records);
+    for (const rec of records) shown.set(rec.id, rec);
     const fields = new Set(table.getColumns(true).flatMap(flat).map((c) => c.getField()));
     table.setSort(sorters.filter((s) => fields.has(s.column)));
   }
@@ -258,8 +260,10 @@ export async function mount(root, ctx) {
   }
 
   computeParams();
+  const initial = rows.map(flatten);
+  const shown = new Map(initial.map((rec) => [rec.id, rec])); // rows as last given to the table (see push)
   table = new Tabulator(tableHost, {
-    data: rows.map(flatten),
+    data: initial,
     index: "id",
     height: "100%",
     layout: "fitData",
@@ -298,15 +302,42 @@ export async function mount(root, ctx) {
 
   // -- live -----------------------------------------------------------------------------------------------
 
+  // Rows as last given to the table: only the rows that differ are handed to it again (at 10,000 rows,
+  // re-feeding all of them every few seconds would freeze the page).
+  const byId = new Map(rows.map((r) => [r.id, r]));
+
+  function differs(old, rec) {
+    return Object.keys(rec).some((k) => (k === "ranks" ? JSON.stringify(old.ranks) !== JSON.stringify(rec.ranks) : old[k] !== rec[k]));
+  }
+
+  function push(records) {
+    const changedRecords = records.filter((rec) => !shown.has(rec.id) || differs(shown.get(rec.id), rec));
+    if (!changedRecords.length) return;
+    for (const rec of changedRecords) shown.set(rec.id, rec);
+    table.updateOrAddData(changedRecords);
+  }
+
   let fetching = false;
-  async function refetch() {
+  /** Re-reads the runs: every run (`full`), else only the running ones (their summaries move). */
+  async function refetch(full) {
     if (fetching || !ctx.alive()) return;
     fetching = true;
     try {
-      const fresh = await api("runs", { project });
+      const fresh = await api("runs", full ? { project } : { project, status: "running" });
       if (!ctx.alive()) return;
-      rows = fresh;
-      for (const r of rows) statusOf.set(r.id, r.status);
+      if (full) {
+        const known = new Set(fresh.map((r) => r.id));
+        const gone = rows.filter((r) => !known.has(r.id)).map((r) => r.id);
+        if (gone.length) {
+          table.deleteRow(gone);
+          for (const id of gone) { shown.delete(id); byId.delete(id); statusOf.delete(id); }
+        }
+      }
+      for (const r of fresh) {
+        statusOf.set(r.id, r.status);
+        byId.set(r.id, r);
+      }
+      rows = [...byId.values()];
       const oldSignature = JSON.stringify([paramKeys, allMetrics]);
       computeParams();
       allMetrics = metricNames(rows);
@@ -316,10 +347,7 @@ export async function mount(root, ctx) {
         if (!metrics.length && allMetrics.length) metrics = [allMetrics[0]];
         rebuildColumns();
       } else {
-        const known = new Set(rows.map((r) => r.id));
-        const gone = table.getData().filter((r) => !known.has(r.id)).map((r) => r.id);
-        if (gone.length) table.deleteRow(gone);
-        table.updateOrAddData(rows.map(flatten));
+        push(fresh.map(flatten));
       }
       updateCount();
     } catch (err) {
@@ -340,7 +368,6 @@ export async function mount(root, ctx) {
       let unknown = false;
       let ended = false;
       const updates = [];
-      const byId = new Map(rows.map((x) => [x.id, x]));
       for (const r of runs) {
         const row = byId.get(r.id);
         if (!row) {
@@ -353,15 +380,20 @@ export async function mount(root, ctx) {
         statusOf.set(r.id, r.status);
         updates.push(flatten(row));
       }
-      if (updates.length) table.updateData(updates);
-      if (unknown || ended) refetch(); // a new run, or final summaries
+      if (updates.length) push(updates);
+      if (unknown || ended) refetch(true); // a new run, or final summaries
     },
     problem: ({ message }) => ctx.problem(message),
   }, ctx.live);
   disposers.push(() => events.close());
 
   const refresher = setInterval(() => {
-    if ([...statusOf.values()].includes("running")) refetch();
+    for (const st of statusOf.values()) {
+      if (st === "running") {
+        refetch(false);
+        break;
+      }
+    }
   }, REFRESH_MS);
   disposers.push(() => clearInterval(refresher));
 
