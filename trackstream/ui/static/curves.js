@@ -607,6 +607,9 @@ export async function mount(root, ctx) {
     for (const id of runIds) {
       const cell = valueCells.get(id);
       const d = perRun.get(id);
+      const own = buckets.get(id) || [];
+      // the newest step drawn, for scripts and tests that watch the page (data-last-step)
+      if (cell && own.length) cell.dataset.lastStep = String(own[own.length - 1].step_to);
       if (!cell || !d || !d.xs.length) {
         if (cell) cell.textContent = "";
         continue;

@@ -1,0 +1,160 @@
+"""The live page in a real browser (Playwright driving Debian's Chromium) against `trackstream local`, with runs
+logged by the SDK in other processes, as a user would watch them. Each test saves a screenshot under
+``.cache/test-artifacts/ui/`` (the README's image comes from there)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from test_alerts_local import Hook
+from test_local import _env, _owner_url, _start_local, _wait_for
+
+from trackstream.alert_rules import save_rule
+from trackstream.schemas.alerts import make_rule
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".cache" / "test-artifacts" / "ui"
+PROJECT = "browser"
+
+SWEEP = """
+import math, trackstream as ts
+for i, lr in enumerate([0.1, 0.01, 0.001]):
+    with ts.start_run("browser", name=f"lr-{lr}", run_id=f"r{i}", params={"lr": lr, "bs": 32}) as run:
+        for step in range(300):
+            value = 2.0 / (1 + step * lr * 10) + 0.01 * i
+            run.log_metric("loss", math.nan if (i == 0 and step >= 200) else value, step=step)
+"""
+
+# A training process that keeps its run open and logs one point per line it reads, flushing each to the spool.
+LIVE = """
+import sys, trackstream as ts
+run = ts.start_run("browser", name="live-run", run_id="live", params={"lr": 0.5, "bs": 32})
+for step in range(50):
+    run.log_metric("loss", 1.0 / (1 + step), step=step)
+run.flush()
+print("ready", flush=True)
+for line in sys.stdin:
+    step, value = line.split()
+    run.log_metric("loss", float(value), step=int(step))
+    run.flush()
+    print("logged", flush=True)
+run.finish()
+"""
+
+
+@dataclass
+class Ui:
+    url: str  # the page's URL with the token, as printed
+    base: str
+    env: dict[str, str]
+    data: Path
+
+
+@pytest.fixture
+def ui(tmp_path: Path) -> Iterator[Ui]:
+    data, spool = tmp_path / "data", tmp_path / "spool"
+    env = _env(spool, data)
+    log = tmp_path / "local.log"
+    local = _start_local(env, log)
+    try:
+        _wait_for(lambda: _owner_url(data) is not None and "trackstream UI: " in log.read_text(), timeout_s=120,
+                  what="the local runner's page")
+        url = log.read_text().split("trackstream UI: ", 1)[1].split()[0]
+        parts = urlsplit(url)
+        yield Ui(url, f"{parts.scheme}://{parts.netloc}", env, data)
+    finally:
+        local.terminate()
+        local.wait(60)
+
+
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield tab
+    finally:
+        context.close()
+    assert not errors, errors  # no uncaught script error on any page
+
+
+def shot(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def test_without_the_token_the_page_and_the_api_refuse(ui: Ui, page: Any) -> None:
+    answer = page.goto(ui.base + "/")
+    assert answer is not None
+    assert answer.status == 401
+    assert "Not authorised" in page.content()
+    assert page.request.get(ui.base + "/app.js").status == 401
+    assert page.request.post(ui.base + "/api/v1/projects", data="{}",
+                             headers={"Content-Type": "application/json"}).status == 401
+    assert page.request.get(ui.base + f"/api/v1/events?project={PROJECT}").status == 401
+    shot(page, "refused-without-token")
+
+
+def test_logged_runs_appear_in_the_runs_table(ui: Ui, page: Any) -> None:
+    subprocess.run([sys.executable, "-c", SWEEP], env=ui.env, check=True, timeout=180)
+    page.goto(ui.url)
+    assert urlsplit(page.url).query == ""  # the token left the address bar for a cookie
+    for name in ("lr-0.1", "lr-0.01", "lr-0.001"):
+        page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+    page.get_by_text("NaN:100@200").first.wait_for(timeout=30_000)  # the diverged run is flagged
+    shot(page, "runs-table")
+    page.goto(ui.base + f"/#/p/{PROJECT}/curves?metric=loss&runs=r0,r1,r2")
+    page.locator(".legend-value[data-last-step='299']").nth(2).wait_for(timeout=30_000)
+    shot(page, "curves")
+
+
+def test_a_point_logged_by_the_sdk_appears_on_an_open_curve(ui: Ui, page: Any) -> None:
+    trainer = subprocess.Popen([sys.executable, "-c", LIVE], env=ui.env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout is not None and trainer.stdin is not None
+        assert trainer.stdout.readline().strip() == "ready"
+        page.goto(ui.url)
+        page.goto(ui.base + f"/#/p/{PROJECT}/curves?metric=loss&runs=live")
+        page.locator(".legend-value[data-last-step='49']").wait_for(timeout=60_000)
+        delays = []
+        for step in range(50, 55):
+            trainer.stdin.write(f"{step} {0.5 / step}\n")
+            trainer.stdin.flush()
+            assert trainer.stdout.readline().strip() == "logged"
+            logged = time.monotonic()
+            page.locator(f".legend-value[data-last-step='{step}']").wait_for(timeout=30_000)
+            delays.append(time.monotonic() - logged)
+        shot(page, "curves-live")
+        sys.stderr.write(f"flushed-to-visible delays (s): {', '.join(f'{d:.2f}' for d in delays)}\n")
+    finally:
+        if trainer.stdin is not None:
+            trainer.stdin.close()
+        trainer.wait(60)
+
+
+def test_a_nan_raises_an_alert_that_the_webhook_receives(ui: Ui, page: Any) -> None:
+    hook = Hook()
+    try:
+        save_rule(ui.data, make_rule(PROJECT, "loss", "nan", webhook=hook.url))
+        subprocess.run([sys.executable, "-c", SWEEP], env=ui.env, check=True, timeout=180)
+        _wait_for(lambda: len(hook.bodies) >= 1, timeout_s=60, what="the webhook's POST")
+        page.goto(ui.url)
+        page.goto(ui.base + f"/#/p/{PROJECT}")
+        page.get_by_text("NaN:100@200").first.wait_for(timeout=30_000)
+        shot(page, "alert")
+    finally:
+        hook.close()
+    assert hook.bodies[0]["entity_id"] == "r0"
+    assert (hook.bodies[0]["state"], hook.bodies[0]["step"]) == ("firing", 200)
