@@ -123,7 +123,8 @@ def test_a_point_logged_by_the_sdk_appears_on_an_open_curve(ui: Ui, page: Any) -
     trainer = subprocess.Popen([sys.executable, "-c", LIVE], env=ui.env, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
     try:
-        assert trainer.stdout is not None and trainer.stdin is not None
+        assert trainer.stdout is not None
+        assert trainer.stdin is not None
         assert trainer.stdout.readline().strip() == "ready"
         page.goto(ui.url)
         page.goto(ui.base + f"/#/p/{PROJECT}/curves?metric=loss&runs=live")
