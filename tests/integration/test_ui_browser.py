@@ -159,3 +159,26 @@ def test_a_nan_raises_an_alert_that_the_webhook_receives(ui: Ui, page: Any) -> N
         hook.close()
     assert hook.bodies[0]["entity_id"] == "r0"
     assert (hook.bodies[0]["state"], hook.bodies[0]["step"]) == ("firing", 200)
+
+
+LONG = """
+import trackstream as ts
+with ts.start_run("browser", name="long", run_id="long") as run:
+    run.log_metrics({"loss": [1.0 / (1 + s) for s in range(5000)]})
+"""
+
+
+def test_a_zoom_reads_the_range_again_down_to_every_step(ui: Ui, page: Any) -> None:
+    subprocess.run([sys.executable, "-c", LONG], env=ui.env, check=True, timeout=180)
+    page.goto(ui.url)
+    page.goto(ui.base + f"/#/p/{PROJECT}/curves?metric=loss&runs=long")
+    page.locator(".legend-value[data-last-step='4999']").wait_for(timeout=60_000)
+    box = page.locator(".u-over").bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.40, y)  # drag over ~1% of 5,000 steps
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.41, y, steps=5)
+    page.mouse.up()
+    page.get_by_text("zoomed: every step (full resolution)").wait_for(timeout=30_000)
+    shot(page, "curves-zoomed")

@@ -56,6 +56,7 @@ export async function mount(root, ctx) {
   const hidden = new Set();
   const pending = new Set(); // history fetches in flight
   let zoom = null; // {min, max} in x units while the user zoomed
+  let zoomed = null; // step axis: {from, to, buckets: Map run -> buckets} re-queried for the zoomed range
   let u = null;
   let structureKey = "";
   let perRun = new Map(); // run -> {xs, values, steps} as drawn, for the cursor readout
@@ -212,10 +213,27 @@ export async function mount(root, ctx) {
     }
   }
 
-  /** Fetches what the current settings need: histories for time axes or a zoom, rank lines. */
+  /** Step axis: the buckets of the zoomed range (and as much again on each side, for panning), from the server:
+   * at most 1000 per run, so a narrow range comes back at full resolution (one bucket per step). */
+  async function loadZoom() {
+    if (!zoom || settings.x !== "step") {
+      zoomed = null;
+      return;
+    }
+    const span = zoom.max - zoom.min;
+    const from = Math.floor(zoom.min - span);
+    const to = Math.ceil(zoom.max + span);
+    if (zoomed && zoomed.from === from && zoomed.to === to) return;
+    const result = await api("curves", { project, runs: runIds, metric, points: 1000, step_from: from, step_to: to });
+    zoomed = { from, to, buckets: new Map(Object.entries(result)) };
+  }
+
+  /** Fetches what the current settings need: histories for time axes, a zoom's buckets, rank lines. */
   async function ensureData() {
     const jobs = [];
     const timeMode = settings.x !== "step";
+    if (!timeMode && zoom) jobs.push(loadZoom);
+    if (!zoom) zoomed = null;
     for (const id of runIds) {
       const count = (summaryOf(id) || {}).count || 0;
       const needHistory = timeMode || (zoom && zoomWantsHistory(id));
@@ -238,7 +256,7 @@ export async function mount(root, ctx) {
     if (count > HISTORY_CAP) return false;
     const b = buckets.get(id) || [];
     if (!b.some((x) => x.step_to > x.step_from)) return false; // already one point per bucket
-    if (settings.x === "step") return Math.floor(zoom.max) - Math.ceil(zoom.min) + 1 <= ZOOM_HISTORY_MAX;
+    if (settings.x === "step") return false; // the step axis re-queries buckets for the range (loadZoom)
     return true; // time axes: decided on the loaded history (pointsIn)
   }
 
@@ -333,8 +351,16 @@ export async function mount(root, ctx) {
         window = { first: h.steps[inWin[0]], last: h.steps[inWin[inWin.length - 1]], idx: inWin };
       }
     }
+    const zb = zoom && zoomed && settings.x === "step" ? zoomed.buckets.get(id) : null;
+    if (zb) {
+      window = { first: zoomed.from, last: zoomed.to, idx: [] };
+      for (const k of zb) {
+        const step = (k.step_from + k.step_to) / 2;
+        pts.push({ x: step, v: clean(k.avg), raw: k.avg, lo: clean(k.min), hi: clean(k.max), flag: k.nan_count > 0 || k.inf_count > 0, step });
+      }
+    }
     for (const k of b) {
-      if (window && k.step_to >= window.first && k.step_from <= window.last) continue; // the history covers it
+      if (window && k.step_to >= window.first && k.step_from <= window.last) continue; // the zoom's points cover it
       const step = (k.step_from + k.step_to) / 2;
       const x = xOfStep(id, step);
       if (x === null) continue;
@@ -517,12 +543,13 @@ export async function mount(root, ctx) {
     const parts = [];
     const total = runIds.filter((id) => (buckets.get(id) || []).length).length;
     if (!total) parts.push(buckets.size ? `No ${metric} points for these runs yet.` : "Waiting for the curves…");
-    if (built.fromHistory) parts.push(`zoomed: ${built.fromHistory} run(s) at full resolution`);
-    else if (zoom) {
-      const why = settings.x === "step" && Math.floor(zoom.max) - Math.ceil(zoom.min) + 1 > ZOOM_HISTORY_MAX
-        ? `more than ${ZOOM_HISTORY_MAX} steps in view` : "no finer points to show";
-      parts.push(`zoomed (downsampled buckets: ${why})`);
-    } else if (total) parts.push(`up to ${POINTS} buckets per run; band: min–max per bucket; drag to zoom, double-click to reset`);
+    if (zoom && zoomed && settings.x === "step") {
+      const widths = [...zoomed.buckets.values()].flat().map((k) => k.step_to - k.step_from + 1);
+      parts.push(widths.length && Math.max(...widths) === 1 ? "zoomed: every step (full resolution)"
+        : `zoomed: buckets re-read for steps ${zoomed.from}–${zoomed.to}`);
+    } else if (built.fromHistory) parts.push(`zoomed: ${built.fromHistory} run(s) at full resolution`);
+    else if (zoom) parts.push("zoomed (downsampled buckets: no finer points to show)");
+    else if (total) parts.push(`up to ${POINTS} buckets per run; band: min–max per bucket; drag to zoom, double-click to reset`);
     if (settings.x !== "step") parts.push("time axis from each run's history (time of each step)");
     if (settings.ranks && [...rankLines.values()].some((ls) => ls.some((l) => l.thinned))) parts.push(`rank lines thinned to ${RANK_POINTS_MAX} points`);
     chartNote.textContent = parts.join(" · ");
