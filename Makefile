@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BROKER := $(PY) tests/services/kafka_broker.py
 TEST_BROKER_DIR := .cache/kafka/test-broker
 
-.PHONY: help install ui-assets chromium lint test test-unit demo kafka-up kafka-down bench-producer bench-streams bench-sinks bench-faults bench-queries clean
+.PHONY: help install ui-assets chromium lint test test-unit demo kafka-up kafka-down bench-producer bench-streams bench-sinks bench-faults bench-queries bench-ui clean
 
 help:
 	@echo "make demo         create .venv, install, run a simulated sweep through the embedded pipeline"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench-producer | bench-streams | bench-sinks   print benchmark figures"
 	@echo "make bench-faults  fault table: points sent/stored/DLQ/lost/duplicated per injected fault"
 	@echo "make bench-queries multi-rank vs single-rank read p50/p95 (issue 13); BENCH_ARGS=--overhead: facade cost (issue 12)"
+	@echo "make bench-ui      the live page in Chromium: emit-to-visible (embedded, Kafka), 10k-run table, 10M-point curves, 100 live runs"
 
 # The live page's browser libraries (uPlot, Tabulator): from npm at the versions of the lockfile, copied into the
 # package (trackstream/ui/static/vendor), so the page loads nothing from the network. Needs Node.js with npm.
@@ -106,6 +107,11 @@ bench-faults: $(STAMP)
 
 bench-queries: $(STAMP)
 	$(PY) bench/queries.py $(BENCH_ARGS)
+
+# The live page in a real browser (Playwright, Debian's Chromium); Kafka as for bench-streams, for emit-kafka.
+# E.g. BENCH_ARGS=--quick (a smoke run) or BENCH_ARGS="--only runs-table".
+bench-ui: $(STAMP) $(UI_VENDOR) chromium
+	@$(WITH_KAFKA) $(PY) bench/ui.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -54,5 +54,11 @@ class Topics:
         return f"{self.prefix}.sink.dlq"
 
     def processed(self) -> tuple[str, str, str]:
-        """The three processed topics the sink consumes: ``(points, steps, entities)``."""
+        """The three topics of processed records: ``(points, steps, entities)`` (the sink worker consumes
+        :meth:`sink_inputs`)."""
         return (self.points, self.steps, self.entities)
+
+    def sink_inputs(self) -> tuple[str, str, str, str]:
+        """Every topic the sink worker consumes: the processed topics and the alerts,
+        ``(points, steps, entities, alerts)``."""
+        return (*self.processed(), self.alerts)

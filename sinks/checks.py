@@ -1,11 +1,11 @@
 """Decode-time checks of processed records: what the store's columns cannot hold is rejected, record by record.
 
 The sink worker decodes every message of ``<prefix>.steps/.entities`` into its records one at a time
-(:func:`decode_records`), and ``<prefix>.points`` messages through
-:meth:`~trackstream.sinks.batch.PointColumns.add_raw`, which calls :func:`check_point_block`. A record that is
-malformed, or holds a value its column cannot store (an integer past UInt32, UInt64 or Int64, a rank or world size
-past :data:`~trackstream.schemas.limits.WORLD_SIZE_MAX`, params nested past
-:data:`~trackstream.schemas.limits.NESTING_MAX`), is rejected with a reason and the field, before any batch is
+(:func:`decode_records`; a ``<prefix>.alerts`` message is one alert, :func:`decode_alert_message`), and
+``<prefix>.points`` messages through :meth:`~trackstream.sinks.batch.PointColumns.add_raw`, which calls
+:func:`check_point_block`. A record that is malformed, or holds a value its column cannot store (an integer past
+UInt32, UInt64 or Int64, a rank or world size past :data:`~trackstream.schemas.limits.WORLD_SIZE_MAX`, params nested
+past :data:`~trackstream.schemas.limits.NESTING_MAX`), is rejected with a reason and the field, before any batch is
 built, so the other records of the same message and chunk are still written. The checks are cheap: per record a
 few comparisons; a point block's columns are checked as they become the batch's numpy arrays.
 
@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import orjson
 
+from trackstream.schemas.alerts import Alert, decode_alert
 from trackstream.schemas.envelope import EntityRef
 from trackstream.schemas.errors import require
 from trackstream.schemas.floats import inexact_float
@@ -190,11 +191,13 @@ class Decoded:
 
 
 def decode_records(kind: str, raw: bytes | None) -> Decoded:
-    """The records of one ``<prefix>.steps/.entities`` message, each checked on its own.
+    """The records of one ``<prefix>.steps/.entities/.alerts`` message, each checked on its own.
 
     Raises :class:`Rejected` (``malformed``, ``unsupported_version``) when the message as a whole cannot be read;
     a bad record inside a good message lands in :attr:`Decoded.rejected` and the others are kept.
     """
+    if kind == "alerts":
+        return Decoded(records=[decode_alert_message(raw)])
     cls = RECORD_TYPES[kind]
     try:
         wire = orjson.loads(raw if raw is not None else b"")
@@ -212,6 +215,25 @@ def decode_records(kind: str, raw: bytes | None) -> Decoded:
             reason = exc.reason if isinstance(exc, Rejected) else "malformed_record"
             decoded.rejected.append((index, reason, str(exc) or type(exc).__name__))
     return decoded
+
+
+def decode_alert_message(raw: bytes | None) -> Alert:
+    """The alert of one ``<prefix>.alerts`` message (:func:`~trackstream.schemas.alerts.decode_alert`), its
+    integers checked against the ``alerts`` table's columns.
+
+    Raises :class:`Malformed` for bytes that are not an alert, :class:`Unstorable` for a step, rank or time its
+    column cannot hold.
+    """
+    try:
+        alert = decode_alert(raw if raw is not None else b"")
+    except ValueError as exc:
+        raise Malformed(str(exc)) from None
+    if alert.step is not None:
+        check_int("step", alert.step, I64)
+    if alert.rank is not None:
+        check_int("rank", alert.rank, U32)
+    check_int("time_ns", alert.time_ns, I64)
+    return alert
 
 
 StepRun = tuple[tuple[str, str, str], str, int, Any, Any, Any, Any]

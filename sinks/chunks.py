@@ -26,7 +26,7 @@ from trackstream.sinks.sink import Prepared, Sink
 
 log = logging.getLogger(__name__)
 
-WRITE_ARG = {"steps": "steps", "entities": "entity_states"}
+WRITE_ARG = {"steps": "steps", "entities": "entity_states", "alerts": "alerts"}  # kind -> Sink.prepare keyword
 
 _CHUNKS_SQL = """
 SELECT first_offset, last_offset, write_key FROM sink_chunks FINAL

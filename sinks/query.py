@@ -18,6 +18,7 @@ from trackstream.schemas.envelope import EntityRef
 from trackstream.schemas.settings import StoreSettings
 from trackstream.sinks import lookup, run_filter
 from trackstream.sinks import sql as q
+from trackstream.sinks.alert_reads import read_alerts
 from trackstream.sinks.backend import Backend, Row
 from trackstream.sinks.batch import param_value
 from trackstream.sinks.connect import open_backend
@@ -240,6 +241,13 @@ class QueryService:
                       entity_type: str = "run") -> dict[str, list[dict[str, Any]]]:
         """Buckets of planned curves, all or from ``since[run]`` on (:func:`trackstream.sinks.curves.fetch_buckets`)."""
         return fetch_buckets(self._rows, project, metric, plans, since=since, entity_type=entity_type)
+
+    def alerts(self, project: str, *, entity_type: str = "run", runs: Sequence[str] | None = None,
+               state: str | None = None, since_ns: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Alert transitions, newest first: {rule_id, when, project, entity_type, run, metric, state, step, value,
+        rank, threshold, time, time_ns, message, active} (:func:`trackstream.sinks.alert_reads.read_alerts`)."""
+        return read_alerts(self._rows, project, entity_type=entity_type, runs=runs, state=state, since_ns=since_ns,
+                           limit=limit)
 
     # -- SQL escape hatch -----------------------------------------------------------------------------
 

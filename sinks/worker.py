@@ -1,6 +1,7 @@
 """Sink worker (``trackstream sink worker``): processed topics -> :class:`trackstream.sinks.sink.Sink`, exactly once.
 
-Per topic partition, messages accumulate into a chunk bounded by rows, bytes and age (:class:`Batcher`). A cut
+Per topic partition (of the processed topics and ``<prefix>.alerts``, ``Topics.sink_inputs``; an alert is a row of
+``alerts``), messages accumulate into a chunk bounded by rows, bytes and age (:class:`Batcher`). A cut
 seals the chunk of every partition at once into one write (:class:`~trackstream.sinks.writes.Write`), written in
 three steps:
 
@@ -70,7 +71,7 @@ DEFAULT_GROUP_ID = "trackstream-sink"
 _INFLIGHT_POLL_MS = 10  # poll timeout while a write is in flight, so its commit follows promptly
 
 class SinkWorker:
-    """One sink process: consumes ``<prefix>.points/.steps/.entities`` and writes through a Sink;
+    """One sink process: consumes ``<prefix>.points/.steps/.entities/.alerts`` and writes through a Sink;
     dead letters go to ``<prefix>.sink.dlq`` (:attr:`dlq_topic`)."""
 
     def __init__(
@@ -95,7 +96,7 @@ class SinkWorker:
         self.consumer_options = consumer_options or {}
         self.stats = WorkerStats()
         self.watch = BrokerWatch(kafka.bootstrap)
-        self._kinds = dict(zip(self.topics.processed(), ("points", "steps", "entities"), strict=True))
+        self._kinds = dict(zip(self.topics.sink_inputs(), ("points", "steps", "entities", "alerts"), strict=True))
         self._held: dict[Any, Held] = {}
         self._pool = ReplayPool()
         self._inflight: tuple[Write, asyncio.Future[None]] | None = None
@@ -123,7 +124,7 @@ class SinkWorker:
             **self.kafka.client_options(), group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", **options,
         )
-        consumer.subscribe(list(self.topics.processed()), listener=rebalance_listener(self.revoked, aiokafka))
+        consumer.subscribe(list(self.topics.sink_inputs()), listener=rebalance_listener(self.revoked, aiokafka))
         # the store's first query pays a one-off setup (~0.2-0.3 s on chDB): overlap it with joining the group
         warm_up = asyncio.ensure_future(asyncio.to_thread(self.sink.backend.query, "SELECT 1"))
         try:

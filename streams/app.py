@@ -29,6 +29,11 @@ lost, and the flush's events are acked only after all of them. A broker outage i
 
 On a rebalance, revoked partitions are flushed and their entities dropped from memory; an assigned partition
 is loaded from the state topic before its first envelope is processed.
+
+Alerts: every worker follows ``<prefix>.alert_rules`` whole (:class:`~trackstream.streams.rules_feed.RulesFeed`, a
+task of its own, no consumer group), read to its end before the first envelope is processed. Alert transitions
+leave with the other outputs (``<prefix>.alerts``); the committer hands a flush's alerts to the rules' webhooks
+once the broker has its outputs, and delivers the webhooks still queued when the worker stops.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any, Final
 import faust
 import faust.transport.drivers.aiokafka  # its aiokafka loggers exist before the log filter is installed
 
+from trackstream.schemas.alerts import Alert
 from trackstream.schemas.envelope import MAX_ENVELOPE_BYTES
 from trackstream.schemas.kafka_clients import pick_compression, topic_durability
 from trackstream.schemas.settings import KafkaSettings, diagnose_connect_failure
@@ -51,6 +57,7 @@ from trackstream.streams.liveness import DEFAULT_HEARTBEAT_TIMEOUT_MS
 from trackstream.streams.outage import BrokerHealth, KafkaLogFilter, install
 from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS, Processor, tune_gc
 from trackstream.streams.records import OutMessage, Output, SourcePosition, StreamsError, output_messages
+from trackstream.streams.rules_feed import RULES_WAIT_S, RulesFeed, warn_unless_compacted
 from trackstream.streams.transport import App
 
 log = logging.getLogger(__name__)
@@ -59,7 +66,7 @@ DEFAULT_APP_ID: Final = "trackstream-streams"
 MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
 PRODUCER_BATCH_BYTES: Final = 1024 * 1024
 PROBE_TIMEOUT_MS: Final = 5_000
-_Flushed = tuple[list[Pending], list[OutMessage], list[Any]]
+_Flushed = tuple[list[Pending], list[OutMessage], list[Any], list[Alert]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,7 @@ class WorkerConfig:
     commit_interval_ms: int = 1_000
     max_envelope_bytes: int = MAX_ENVELOPE_BYTES
     session_timeout_ms: int = 10_000
+    rules_wait_s: float = RULES_WAIT_S
 
 
 class StreamsWorker:
@@ -107,6 +115,8 @@ class StreamsWorker:
         install(self.log_filter)
         self.delivery = Delivery(self._send, health=self.health, rescue=oversize_rescue(self.topics))
         self._commits: asyncio.Queue[_Flushed] = asyncio.Queue()
+        self.rules = RulesFeed(config.kafka, self.topics.alert_rules, self.processor.set_alert_rules)
+        self.app.task(self.rules.run)
         self.app.task(self._committer)
         self.app.task(self._watch_broker)
         self.app.agent(self.source, name="process-envelopes")(self._agent)
@@ -131,6 +141,8 @@ class StreamsWorker:
         manual = stream.noack()
         self._stream = manual
         async for event in manual.events():
+            if not self.rules.waited:  # rules added before the worker started apply from the first envelope
+                await self.rules.wait_ready(self.config.rules_wait_s)
             loading = self._ensure_loaded(event.message.partition)
             if not loading.done():
                 await loading
@@ -180,27 +192,32 @@ class StreamsWorker:
             states = [OutMessage(self.state_topic, key, blob, self.processor.partition_of(key))
                       for key, blob in self.processor.take_dirty().items()]
             events, self._unsnapshotted = self._unsnapshotted, []
-        self._commits.put_nowait((pending, states, events))
+        self._commits.put_nowait((pending, states, events, out.alerts))
 
     async def _send(self, message: OutMessage) -> Any:
         """Hand one message to faust's producer; returns its delivery future."""
         return await self.app.producer.send(message.topic, message.key, message.value, message.partition, None, None)
 
     async def _committer(self) -> None:
-        """Per flush, in order: outputs delivered, then state delivered, then events acked (offsets committable).
+        """Per flush, in order: outputs delivered (then its alerts handed to the webhooks), then state delivered,
+        then events acked (offsets committable). Delivers the queued webhooks when cancelled (the worker stops).
 
         A message that fails is sent again until the broker has it (:class:`Delivery`): a flush's events are acked
         only once all of its outputs, dead letters and state are durable.
         """
-        while True:
-            pending, states, events = await self._commits.get()
-            try:
-                await self.delivery.settle(pending)
-                await self.delivery.deliver(states)
-                for event in events:
-                    await self._stream.ack(event)
-            finally:
-                self._commits.task_done()
+        try:
+            while True:
+                pending, states, events, alerts = await self._commits.get()
+                try:
+                    await self.delivery.settle(pending)
+                    self.rules.notify(alerts)
+                    await self.delivery.deliver(states)
+                    for event in events:
+                        await self._stream.ack(event)
+                finally:
+                    self._commits.task_done()
+        finally:
+            await asyncio.to_thread(self.rules.close)
 
     async def _watch_broker(self) -> None:
         """Probe Kafka when a client reports trouble (and every second while it is away); see :mod:`.outage`."""
@@ -313,9 +330,14 @@ async def _prepare_topics(kafka: KafkaSettings, topics: Topics, partitions: int 
             partitions = found
         partitions = partitions or 3
         replicas, durable = await topic_durability(admin)
-        wanted = [topics.metrics, topics.dlq, topics.sink_dlq, *topics.processed()]
+        wanted = [topics.metrics, topics.dlq, topics.sink_dlq, *topics.sink_inputs()]
         missing = [NewTopic(name, partitions, replicas, topic_configs=dict(durable))
                    for name in wanted if name not in existing]
+        if topics.alert_rules not in existing:  # tiny, read whole by every worker: one partition, newest per id
+            missing.append(NewTopic(topics.alert_rules, 1, replicas,
+                                    topic_configs={**durable, "cleanup.policy": "compact"}))
+        else:
+            await warn_unless_compacted(admin, topics.alert_rules)
         if state not in existing:  # an entity's state is one message: let it be larger than the broker's default
             missing.append(NewTopic(state, partitions, replicas, topic_configs={
                 **durable, "cleanup.policy": "compact", "max.message.bytes": str(MAX_REQUEST_BYTES)}))

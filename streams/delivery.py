@@ -165,11 +165,11 @@ class Delivery:
 def oversize_rescue(topics: Topics) -> Rescue:
     """What the worker does with a message the broker refuses as too large (see :class:`Delivery`).
 
-    A dead letter is encoded again at half its size (its raw payload cut further). A processed-topic message is
-    dead-lettered (``output_too_large``, its bytes as ``raw``, its points as ``count``), so that its records are
-    accounted for rather than retried forever. Anything else (state checkpoints) has no replacement.
+    A dead letter is encoded again at half its size (its raw payload cut further). A processed-topic (or alerts)
+    message is dead-lettered (``output_too_large``, its bytes as ``raw``, its points as ``count``), so that its
+    records are accounted for rather than retried forever. Anything else (state checkpoints) has no replacement.
     """
-    processed = set(topics.processed())
+    processed = set(topics.sink_inputs())
 
     def rescue(message: OutMessage, error: BaseException) -> OutMessage | None:
         if message.topic == topics.dlq:

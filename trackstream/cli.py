@@ -366,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--json", action="store_true", help="print one {column: value} object per row as JSON")
     _store_options(sql)
     sql.set_defaults(run=_cmd_sql)
+    from trackstream.cli_alerts import add_alerts_parser
+    add_alerts_parser(commands, common, store_options=_store_options, store=_store, reader=_reader)
     describe(parser)
     return parser
 

@@ -32,6 +32,7 @@ from trackstream.api.client import AuthenticationError, HttpQueryClient, owner_c
 from trackstream.api.owner import MIN_TOKEN_CHARS, read_owner
 from trackstream.api.server import QueryServer
 from trackstream.api.wire import to_wire
+from trackstream.schemas.alerts import Alert
 from trackstream.schemas.envelope import EntityRef, MetricBatch
 from trackstream.schemas.errors import ConfigError
 from trackstream.schemas.processed import EntityState, PointBlock
@@ -44,14 +45,15 @@ from trackstream.store import StoreLock
 
 PROJECT = "api"
 ROUTES = ("compare", "curves", "runs", "sql", "sql_table", "entity_metrics", "entity", "history", "wait_ingested",
-          "projects")
+          "projects", "alerts")
 
 
 # --- fixtures shared with test_api_schema.py --------------------------------------------------------------------
 
 
 def write_runs(backend: Any) -> None:
-    """Two runs of ``loss`` (run-b with a NaN) and their lifecycle records, through the sink."""
+    """Two runs of ``loss`` (run-b with a NaN, which fired a ``nan`` alert) and their lifecycle records, through
+    the sink."""
     sink = Sink(backend)
     blocks = [
         PointBlock(EntityRef(PROJECT, "run", "run-a"), 0, "producer-a", 0,
@@ -64,6 +66,8 @@ def write_runs(backend: Any) -> None:
         EntityState(EntityRef(PROJECT, "run", run), f"name {run}", "completed", {"lr": lr}, {}, 1, 2, [], 0, 1)
         for run, lr in (("run-a", 0.1), ("run-b", 0.01))
     ])
+    sink.write(alerts=[Alert("rule-nan", "nan", PROJECT, "run", "run-b", "loss", "firing", 1, math.nan, 0, 2,
+                             "loss is NaN at step 1 (rank 0) in run run-b of project api", None)])
 
 
 def open_service(store: Path) -> QueryService:
@@ -174,6 +178,7 @@ VALID_BODIES: dict[str, Any] = {
     "wait_ingested": {"entity": {"project": PROJECT, "type": "run", "id": "run-a"}, "producer_id": "producer-a",
                       "seq": 0, "timeout_s": 5},
     "projects": {},
+    "alerts": {"project": PROJECT, "state": "firing"},
 }
 
 
@@ -214,6 +219,7 @@ def test_the_right_token_gets_the_services_results(served: Served, service: Quer
         "history": service.history(PROJECT, "run-b", "loss"),
         "wait_ingested": None,
         "projects": [PROJECT],
+        "alerts": service.alerts(PROJECT, state="firing"),
     }
     for route in ROUTES:
         answer = post(served, route, VALID_BODIES[route])
@@ -222,6 +228,8 @@ def test_the_right_token_gets_the_services_results(served: Served, service: Quer
         assert answer.json() == {"result": orjson.loads(orjson.dumps(to_wire(expected[route])))}, route
     rows = {row["id"]: row["value"] for row in expected["compare"]}
     assert rows == {"run-a": 1.5, "run-b": 0.5}
+    assert [(row["run"], row["active"], math.isnan(row["value"])) for row in expected["alerts"]] == [
+        ("run-b", True, True)]
 
 
 def test_owner_client_needs_no_configuration_and_matches_the_service(served: Served, service: QueryService) -> None:

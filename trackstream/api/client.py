@@ -28,6 +28,7 @@ POSITIONAL: Final[dict[str, tuple[str, ...]]] = {
     "compare": ("project", "metric"),
     "curves": ("project", "runs", "metric"),
     "runs": ("project",),
+    "alerts": ("project",),
     "sql": ("query", "parameters"),
     "sql_table": ("query", "parameters"),
     "entity_metrics": ("entity",),
@@ -61,6 +62,10 @@ class ReadApi:
     def runs(self, *args: Any, **kwargs: Any) -> Any:
         """``QueryService.runs`` in the store's process: one dict per run."""
         return self._call("runs", *args, **kwargs)
+
+    def alerts(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.alerts`` in the store's process: alert transitions, newest first."""
+        return self._call("alerts", *args, **kwargs)
 
     def sql(self, *args: Any, **kwargs: Any) -> Any:
         """``QueryService.sql`` in the store's process: read-only SQL, rows as lists."""

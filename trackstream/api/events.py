@@ -10,6 +10,12 @@ and the server sends what changed; the page never re-queries whole curves:
   twice ``points`` buckets).
 - ``event: buckets`` ``{"buckets": {run: [bucket, ...]}}``: the newest buckets of a run; they replace the page's
   buckets from the first one's ``step_from`` on (the last bucket fills up while a run logs).
+- ``event: alerts`` ``{"alerts": [row, ...]}``: alert transitions of the project's runs not sent yet, newest first,
+  rows as ``QueryService.alerts`` gives them (rule_id, when, run, metric, state, step, value, time, message,
+  ``active``, ...). The first one holds the rules firing now and the last ``ALERTS_FIRST`` transitions; then,
+  polled every ``ALERTS_INTERVAL_S``, the transitions stored since (one stored late, with a time up to
+  ``ALERTS_LOOKBACK_NS`` before the newest sent, is still sent once). A row's ``active`` is as of when it was
+  sent: a later row of the same rule and run supersedes it. Sent only when there is one.
 - a comment line (``: ping``) every ``PING_S`` so proxies keep the stream open.
 
 Every ``interval_s`` the stream asks the store for the runs' newest steps (one small aggregation over
@@ -36,6 +42,10 @@ log = logging.getLogger(__name__)
 INTERVAL_S: Final = 0.25
 RUNS_INTERVAL_S: Final = 1.0
 PING_S: Final = 15.0
+ALERTS_INTERVAL_S: Final = 0.5
+ALERTS_FIRST: Final = 50
+ALERTS_SEEN_MAX: Final = 10_000
+ALERTS_LOOKBACK_NS: Final = 3600 * 10**9
 
 
 def sse(event: str, data: Any) -> bytes:
@@ -54,6 +64,38 @@ class LiveView:
         self.plans: dict[str, dict[str, int]] = {}
         self.heads: dict[str, tuple[int, int]] = {}  # per run: (generation, highest step) when last sent
         self.tails: dict[str, int] = {}  # per run: the step_from of its last bucket sent
+        self.alerts_sent: dict[tuple[str, str, int, str], int] | None = None  # (rule, run, ns, state) -> ns
+
+    def new_alerts(self) -> list[dict[str, Any]]:
+        """The alert rows not sent yet, newest first (see the module docstring).
+
+        The first call sends the active ones and the newest ``ALERTS_FIRST``, and takes the newest
+        ``ALERTS_SEEN_MAX`` as seen; later calls read the transitions after the newest seen (or now, if earlier)
+        less ``ALERTS_LOOKBACK_NS`` and send those not seen, so one stored late is still sent, once."""
+        alerts, scope, now = self.service.alerts, {"entity_type": self.entity_type}, time.time_ns()
+        seen: list[dict[str, Any]] = []
+        if self.alerts_sent is None:
+            seen = alerts(self.project, limit=ALERTS_SEEN_MAX, **scope)
+            rows = [*alerts(self.project, state="firing", **scope), *seen[:ALERTS_FIRST]]
+            self.alerts_sent = {}
+        else:
+            rows = alerts(self.project, since_ns=self._alerts_since(now), **scope)
+        fresh = []
+        for row in rows:
+            key = (row["rule_id"], row["run"], row["time_ns"], row["state"])
+            if key not in self.alerts_sent:
+                self.alerts_sent[key] = row["time_ns"]
+                fresh.append(row)
+        for row in seen:
+            self.alerts_sent[(row["rule_id"], row["run"], row["time_ns"], row["state"])] = row["time_ns"]
+        if fresh or seen:  # forget what no later call can read again
+            since = self._alerts_since(now)
+            self.alerts_sent = {key: ns for key, ns in self.alerts_sent.items() if ns > since}
+        return sorted(fresh, key=lambda row: row["time_ns"], reverse=True)
+
+    def _alerts_since(self, now: int) -> int:
+        newest = max((self.alerts_sent or {}).values(), default=now)
+        return min(newest, now) - ALERTS_LOOKBACK_NS
 
     def changed_runs(self) -> list[dict[str, Any]]:
         """The entities whose row differs from the last one sent."""
@@ -112,7 +154,7 @@ async def stream(view: LiveView, *, interval_s: float = INTERVAL_S) -> AsyncIter
     """The event stream of ``view`` until the client goes away (then the response's task is cancelled)."""
     import anyio
 
-    last_runs = last_ping = 0.0
+    last_runs = last_ping = last_alerts = 0.0
     while True:
         now = time.monotonic()
         try:
@@ -126,6 +168,16 @@ async def stream(view: LiveView, *, interval_s: float = INTERVAL_S) -> AsyncIter
         except Exception as exc:  # a failed poll (store busy, a run without the metric yet) is retried
             log.debug("live view of %s: %s", view.project, exc)
             yield sse("problem", {"message": str(exc)})
+        if now - last_alerts >= ALERTS_INTERVAL_S:  # apart: a failing curve poll must not hold alerts back
+            last_alerts = now
+            try:
+                fired = await run_in_threadpool(view.new_alerts)
+            except Exception as exc:
+                log.debug("live view of %s, alerts: %s", view.project, exc)
+                yield sse("problem", {"message": f"alerts: {exc}"})
+            else:
+                if fired:
+                    yield sse("alerts", {"alerts": fired})
         if now - last_ping >= PING_S:
             last_ping = now
             yield b": ping\n\n"

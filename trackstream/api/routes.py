@@ -78,6 +78,18 @@ class RunsBody(_Body):
     limit: int | None = Field(None, ge=0, description="at most this many runs")
 
 
+class AlertsBody(_Body):
+    project: str
+    entity_type: str = Field("run", description="run or model")
+    runs: list[str] | None = Field(None, description="only the alerts of these entity ids")
+    state: Literal["firing", "resolved"] | None = Field(
+        None, description="firing: only the rules firing now (their newest transition per run); resolved: only "
+                          "those that resolved since")
+    since_ns: int | None = Field(None, ge=-(2**63), le=2**63 - 1,
+                                 description="only transitions after this time (ns since the epoch)")
+    limit: int = Field(1000, ge=1, le=2**63 - 1, description="at most this many rows, the newest")
+
+
 class SqlBody(_Body):
     query: str = Field(description="one read-only statement with {name:Type} placeholders")
     parameters: dict[str, Any] | None = Field(
@@ -190,7 +202,8 @@ def answer(call: Callable[[], Any], what: str) -> Response:
 
 
 def query_router(service: Any) -> APIRouter:
-    """``POST /compare``, ``/curves``, ``/runs``, ``/sql``, ``/entity_metrics``, ``/wait_ingested`` on ``service``.
+    """``POST /compare``, ``/curves``, ``/runs``, ``/alerts``, ``/sql``, ``/entity_metrics``, ``/wait_ingested``, ...
+    on ``service``.
 
     The endpoints are plain functions: FastAPI runs them in its thread pool, beside the event loop.
     """
@@ -212,6 +225,11 @@ def query_router(service: Any) -> APIRouter:
         return answer(lambda: service.runs(body.project, entity_type=body.entity_type, status=body.status,
                                            params=body.params, tags=body.tags, order_by=body.order_by,
                                            limit=body.limit), "runs")
+
+    @router.post("/alerts", response_model=RowsResult, summary="Alerts fired and resolved, newest first")
+    def alerts(body: AlertsBody) -> Response:
+        return answer(lambda: service.alerts(body.project, entity_type=body.entity_type, runs=body.runs,
+                                             state=body.state, since_ns=body.since_ns, limit=body.limit), "alerts")
 
     @router.post("/sql", response_model=SqlResult, summary="One read-only SQL statement with bound parameters")
     def sql(body: SqlBody) -> Response:
