@@ -275,7 +275,9 @@ def clickhouse_backend(request: pytest.FixtureRequest, chdb_store: Path) -> Clic
 CHROMIUM = os.environ.get("TRACKSTREAM_CHROMIUM", "/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API runs an event loop in this thread while it is up, which would break the
+# asyncio.run() of the tests that follow.
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """A headless Chromium driven by Playwright: Debian's build (``make test`` installs it), or
     ``$TRACKSTREAM_CHROMIUM``; Playwright's own browser downloads are not used."""

@@ -324,7 +324,7 @@ def test_readonly_show_and_exists(fresh: Store) -> None:
 
 # --- what stays possible -------------------------------------------------------------------------------------------
 
-STORE_TABLES = {"points", "series_stats", "series_blocks", "entities", "params", "ingested", "sink_chunks"}
+STORE_TABLES = {"points", "series_stats", "series_blocks", "entities", "params", "ingested", "alerts", "sink_chunks"}
 
 
 @pytest.mark.parametrize(("sql", "params", "expected"), [

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from test_alerts_local import Hook
-from test_local import _env, _owner_url, _start_local, _wait_for
+from test_local import _cli_json, _env, _owner_url, _start_local, _wait_for
 
 from trackstream.alert_rules import save_rule
 from trackstream.schemas.alerts import make_rule
@@ -94,6 +94,12 @@ def shot(page: Any, name: str) -> Path:
     return path
 
 
+def stored(ui: Ui, runs: int) -> None:
+    """Wait until the local runner has stored ``runs`` runs of the project (read through it, by the CLI)."""
+    query = f"SELECT count() AS n FROM entities FINAL WHERE project = '{PROJECT}'"
+    _wait_for(lambda: _cli_json(ui.env, "sql", query)[0]["n"] >= runs, timeout_s=120, what="the runs stored")
+
+
 def test_without_the_token_the_page_and_the_api_refuse(ui: Ui, page: Any) -> None:
     answer = page.goto(ui.base + "/")
     assert answer is not None
@@ -108,6 +114,7 @@ def test_without_the_token_the_page_and_the_api_refuse(ui: Ui, page: Any) -> Non
 
 def test_logged_runs_appear_in_the_runs_table(ui: Ui, page: Any) -> None:
     subprocess.run([sys.executable, "-c", SWEEP], env=ui.env, check=True, timeout=180)
+    stored(ui, 3)  # the page lists the projects it finds when it opens
     page.goto(ui.url)
     assert urlsplit(page.url).query == ""  # the token left the address bar for a cookie
     for name in ("lr-0.1", "lr-0.01", "lr-0.001"):
@@ -126,6 +133,7 @@ def test_a_point_logged_by_the_sdk_appears_on_an_open_curve(ui: Ui, page: Any) -
         assert trainer.stdout is not None
         assert trainer.stdin is not None
         assert trainer.stdout.readline().strip() == "ready"
+        stored(ui, 1)
         page.goto(ui.url)
         page.goto(ui.base + f"/#/p/{PROJECT}/curves?metric=loss&runs=live")
         page.locator(".legend-value[data-last-step='49']").wait_for(timeout=60_000)
@@ -150,6 +158,7 @@ def test_a_nan_raises_an_alert_that_the_webhook_receives(ui: Ui, page: Any) -> N
     try:
         save_rule(ui.data, make_rule(PROJECT, "loss", "nan", webhook=hook.url))
         subprocess.run([sys.executable, "-c", SWEEP], env=ui.env, check=True, timeout=180)
+        stored(ui, 3)
         _wait_for(lambda: len(hook.bodies) >= 1, timeout_s=60, what="the webhook's POST")
         page.goto(ui.url)
         page.goto(ui.base + f"/#/p/{PROJECT}")
@@ -170,6 +179,7 @@ with ts.start_run("browser", name="long", run_id="long") as run:
 
 def test_a_zoom_reads_the_range_again_down_to_every_step(ui: Ui, page: Any) -> None:
     subprocess.run([sys.executable, "-c", LONG], env=ui.env, check=True, timeout=180)
+    stored(ui, 1)
     page.goto(ui.url)
     page.goto(ui.base + f"/#/p/{PROJECT}/curves?metric=loss&runs=long")
     page.locator(".legend-value[data-last-step='4999']").wait_for(timeout=60_000)
