@@ -68,7 +68,6 @@ sys.path.insert(0, str(REPO))
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize
 
-    from trackstream.sinks.backend import Backend
 
 CLI = [sys.executable, "-m", "trackstream.cli"]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -417,7 +416,9 @@ def build_child(args: argparse.Namespace) -> int:
     else:
         points = build_curves(sink, runs=args.runs, steps=args.steps)
     progress("build", f"wrote {points:,} points in {time.perf_counter() - started:.1f} s; waiting for merges")
-    waited = settle(backend, timeout_s=300.0)
+    from queries import settle  # bench/queries.py: the same wait for background merges
+
+    waited = settle(backend, label="build", timeout_s=300.0)
     progress("build", f"store at rest after {waited:.1f} s")
     sink.close()
     print(json.dumps({"points": points, "build_s": time.perf_counter() - started}), flush=True)
@@ -483,23 +484,6 @@ def build_curves(sink: Any, *, runs: int, steps: int) -> int:
         written += steps
         progress("build", f"run {index + 1} / {runs}: {written:,} points")
     return written
-
-
-def settle(backend: Backend, *, timeout_s: float, quiet_s: float = 2.0) -> float:
-    """Wait until the store has had no background merge for ``quiet_s`` (at most ``timeout_s``); returns seconds."""
-    start = time.monotonic()
-    quiet_since: float | None = None
-    while True:
-        now = time.monotonic()
-        if backend.query("SELECT count() FROM system.merges", {})[1][0][0]:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = now
-        elif now - quiet_since >= quiet_s:
-            return now - start
-        if now - start > timeout_s:
-            return now - start
-        time.sleep(0.2)
 
 
 def build_store(kind: str, store: Path, *, runs: int, steps: int) -> dict[str, Any]:
@@ -704,15 +688,20 @@ def emit_scenario(label: str, browser: Browser, url: str, *, env: dict[str, str]
     return figures, details
 
 
-def emit_embedded(browser: Browser, work: Path, args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
-    label = "emit-embedded"
+def start_local(procs: Processes, work: Path) -> tuple[dict[str, str], subprocess.Popen[Any], str]:
+    """`trackstream local` on a fresh spool and store under ``work``: (its environment, the process, the page URL)."""
     data, spool = work / "data", work / "spool"
     spool.mkdir()
     env = base_env(TRACKSTREAM_SPOOL_DIR=str(spool), TRACKSTREAM_DATA_DIR=str(data))
+    local = procs.start([*CLI, "local"], env=env, log=work / "local.log")
+    return env, local, wait_for_url(local, work / "local.log")
+
+
+def emit_embedded(browser: Browser, work: Path, args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
+    label = "emit-embedded"
     procs = Processes()
     try:
-        local = procs.start([*CLI, "local"], env=env, log=work / "local.log")
-        url = wait_for_url(local, work / "local.log")
+        env, _local, url = start_local(procs, work)
         progress(label, "trackstream local is serving the page")
         return emit_scenario(label, browser, url, env=env, procs=procs, work=work, args=args)
     finally:
@@ -938,13 +927,9 @@ def curves_10m(browser: Browser, work: Path, args: argparse.Namespace) -> tuple[
 
 def live_100(browser: Browser, work: Path, args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
     label = "live-100"
-    data, spool = work / "data", work / "spool"
-    spool.mkdir()
-    env = base_env(TRACKSTREAM_SPOOL_DIR=str(spool), TRACKSTREAM_DATA_DIR=str(data))
     procs = Processes()
     try:
-        local = procs.start([*CLI, "local"], env=env, log=work / "local.log")
-        url = wait_for_url(local, work / "local.log")
+        env, local, url = start_local(procs, work)
         trainer = procs.start([sys.executable, "-c", LIVE_TRAINER, LIVE_PROJECT, str(args.live_runs),
                                str(args.live_seconds)], env=env, log=work / "trainer.log", pipes=True)
         lines = Lines(trainer)

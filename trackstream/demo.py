@@ -573,11 +573,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _public(url: str) -> str:
-    """``url`` without user and password (they come from the environment, never from a printed line)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    """``url`` without credentials (user:password@ or ?password=): the settings' own split, never a printed secret."""
+    return StoreSettings.resolve(url=url, environ={}).url or ""
 
 
 def _announce_page(data_dir: Path, clickhouse_url: str | None) -> None:

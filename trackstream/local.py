@@ -147,7 +147,7 @@ class LocalIngest:
         processor = Processor(step_timeout_ms=self.step_timeout_ms, heartbeat_timeout_ms=self.heartbeat_timeout_ms,
                               restored_grace=self.restored_grace)
         processor.restore(self._entity_blobs)
-        processor.set_alert_rules(getattr(self, "_rules", {}).values())
+        processor.set_alert_rules(self._rules.values())
         return processor
 
     def _refresh_rules(self) -> None:
