@@ -153,21 +153,43 @@ def test_a_point_logged_by_the_sdk_appears_on_an_open_curve(ui: Ui, page: Any) -
         trainer.wait(60)
 
 
-def test_a_nan_raises_an_alert_that_the_webhook_receives(ui: Ui, page: Any) -> None:
+def test_a_nan_raises_an_alert_that_the_page_shows_and_the_webhook_receives(ui: Ui, page: Any) -> None:
     hook = Hook()
+    trainer = subprocess.Popen([sys.executable, "-c", LIVE], env=ui.env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
     try:
         save_rule(ui.data, make_rule(PROJECT, "loss", "nan", webhook=hook.url))
-        subprocess.run([sys.executable, "-c", SWEEP], env=ui.env, check=True, timeout=180)
-        stored(ui, 3)
-        _wait_for(lambda: len(hook.bodies) >= 1, timeout_s=60, what="the webhook's POST")
+        assert trainer.stdout is not None
+        assert trainer.stdin is not None
+        assert trainer.stdout.readline().strip() == "ready"
+        stored(ui, 1)
         page.goto(ui.url)
-        page.goto(ui.base + f"/#/p/{PROJECT}")
-        page.get_by_text("NaN:100@200").first.wait_for(timeout=30_000)
+        page.goto(ui.base + f"/#/p/{PROJECT}/curves?metric=loss&runs=live")
+        page.locator(".legend-value[data-last-step='49']").wait_for(timeout=60_000)
+        assert page.locator(".alert-toast").count() == 0
+        trainer.stdin.write("50 nan\n")
+        trainer.stdin.flush()
+        assert trainer.stdout.readline().strip() == "logged"
+        logged = time.monotonic()
+        toast = page.locator(".alert-toast[data-run='live']")
+        toast.wait_for(timeout=30_000)
+        sys.stderr.write(f"flushed-to-alert-shown: {time.monotonic() - logged:.2f} s\n")
+        assert "nan on loss" in toast.inner_text()
+        page.locator("#alerts[data-firing='1']").wait_for(timeout=10_000)
+        _wait_for(lambda: len(hook.bodies) >= 1, timeout_s=60, what="the webhook's POST")
+        page.locator(".alerts-button").click()
+        row = page.locator(".alerts-table tbody tr").first
+        row.wait_for(timeout=10_000)
+        assert "firing" in row.inner_text()
+        assert "50" in row.inner_text()
         shot(page, "alert")
     finally:
         hook.close()
-    assert hook.bodies[0]["entity_id"] == "r0"
-    assert (hook.bodies[0]["state"], hook.bodies[0]["step"]) == ("firing", 200)
+        if trainer.stdin is not None:
+            trainer.stdin.close()
+        trainer.wait(60)
+    assert hook.bodies[0]["entity_id"] == "live"
+    assert (hook.bodies[0]["state"], hook.bodies[0]["step"]) == ("firing", 50)
 
 
 LONG = """
@@ -192,3 +214,65 @@ def test_a_zoom_reads_the_range_again_down_to_every_step(ui: Ui, page: Any) -> N
     page.mouse.up()
     page.get_by_text("zoomed: every step (full resolution)").wait_for(timeout=30_000)
     shot(page, "curves-zoomed")
+
+
+MODELS = """
+import trackstream as ts
+for version in (1, 2, 3):
+    with ts.model("browser", "resnet", version=version) as model:
+        for step in range(20):
+            model.log_metric("val_loss", 1.0 / (1 + step * version), step=step)
+        model.log_metric("accuracy", 0.7 + 0.05 * version)
+"""
+
+
+def test_a_page_opened_before_its_project_exists_shows_it_once_logged(ui: Ui, page: Any) -> None:
+    page.goto(ui.url)
+    page.goto(ui.base + f"/#/p/{PROJECT}/curves?metric=loss&runs=r0,r1,r2")
+    page.get_by_text("Waiting for it to be logged").wait_for(timeout=30_000)
+    subprocess.run([sys.executable, "-c", SWEEP], env=ui.env, check=True, timeout=180)
+    page.locator(".legend-value[data-last-step='299']").nth(2).wait_for(timeout=60_000)
+
+
+def test_models_have_their_table_page_curves_and_comparison(ui: Ui, page: Any) -> None:
+    subprocess.run([sys.executable, "-c", SWEEP + MODELS], env=ui.env, check=True, timeout=180)
+    stored(ui, 3)
+    page.goto(ui.url)
+    page.goto(ui.base + f"/#/p/{PROJECT}")
+    page.get_by_role("tab", name="Models").click()  # the project holds both: a tab for each
+    for version in (1, 2, 3):
+        page.get_by_text(f"resnet:{version}", exact=True).first.wait_for(timeout=60_000)
+    assert page.locator(".count").inner_text() == "3 models"
+    page.goto(ui.base + f"/#/p/{PROJECT}/run/resnet:2?type=model")
+    versions = page.locator(".versions-table tbody tr")
+    versions.nth(2).wait_for(timeout=30_000)
+    assert [versions.nth(i).locator("td").nth(0).inner_text() for i in range(3)] == [
+        "resnet:1", "resnet:2", "resnet:3"]
+    assert versions.nth(2).locator("td").nth(2).inner_text() == "0.85"  # the last accuracy of version 3
+    shot(page, "model")
+    page.goto(ui.base + f"/#/p/{PROJECT}/curves?type=model&metric=val_loss&runs=resnet:1,resnet:3")
+    page.locator(".legend-value[data-last-step='19']").nth(1).wait_for(timeout=30_000)
+    page.goto(ui.base + f"/#/p/{PROJECT}/compare?type=model&metric=accuracy&agg=last")
+    page.locator(".chart-note", has_text="3 models").wait_for(timeout=30_000)
+    page.locator(".tabulator-row", has_text="resnet:3").wait_for(timeout=30_000)
+
+
+PARSE = """async () => {
+  const { parseJson, fromWire } = await import("/api.js");
+  const bits = (x) => {
+    const v = new DataView(new ArrayBuffer(8));
+    v.setFloat64(0, x);
+    return v.getBigUint64(0).toString();
+  };
+  const low = '{"a": [1.5, {"$f64": 9218868437227405313}], "b": {"$f64": 9221120237041090560}}';
+  const usual = '{"a": [1.5, {"$f64": 9218868437227405312}], "b": {"$f64": 18442240474082181120}}';
+  const x = fromWire(parseJson(low)), y = fromWire(parseJson(usual));
+  return [x.a[0], bits(x.a[1]), bits(x.b), y.a[1], bits(y.b)];
+}"""
+
+
+def test_the_page_reads_non_finite_floats_bit_for_bit(ui: Ui, page: Any) -> None:
+    page.goto(ui.url)
+    got = page.evaluate(PARSE)
+    # A NaN whose payload is not an exact double (the reviver's path), the usual NaN, +Inf and -Inf (the fast one).
+    assert got == [1.5, "9218868437227405313", "9221120237041090560", float("inf"), "18442240474082181120"]

@@ -5,16 +5,20 @@
 //   #/p/<project>/run/<id>               one run
 //   #/p/<project>/compare?metric=&agg=&by=
 import { api, ApiError, AUTH_MESSAGE } from "./api.js";
-import { el, href, fmtClock } from "./util.js";
+import { el, href, fmtClock, setKind } from "./util.js";
 import * as runsPage from "./runs.js";
 import * as curvesPage from "./curves.js";
 import * as runPage from "./run.js";
 import * as comparePage from "./compare.js";
+import { createAlerts } from "./alerts.js";
 
 const main = document.getElementById("main");
 const crumbs = document.getElementById("crumbs");
 const live = document.getElementById("live");
 const banner = document.getElementById("banner");
+const alerts = createAlerts(document.getElementById("alerts"), document.getElementById("toasts"));
+
+const NOT_FOUND_RETRY_MS = 1000;
 
 let current = null; // {dispose, token}
 let routeToken = 0;
@@ -99,6 +103,9 @@ async function route() {
   showProblem("");
   main.replaceChildren();
   const r = parseRoute();
+  setKind(r.query.get("type"));
+  r.type = r.query.get("type") === "model" ? "model" : "run";
+  alerts.project(r.project === undefined ? undefined : `${r.type}:${r.project}`, r.project);
   const root = el("div", { class: `page page-${r.page}` });
   main.append(root);
   const ctx = {
@@ -107,6 +114,8 @@ async function route() {
     live: (state, date) => { if (token === routeToken) setLive(state, date); },
     fail: (err) => { if (token === routeToken) showError(err); },
     problem: (message) => { if (token === routeToken) showProblem(message); },
+    alerts: ({ alerts: rows }) => { if (token === routeToken) alerts.add(rows); },
+    firing: (run) => alerts.firing(run),
     alive: () => token === routeToken,
   };
   const pages = { projects: projectsPage, runs: runsPage.mount, curves: curvesPage.mount, run: runPage.mount, compare: comparePage.mount };
@@ -119,6 +128,13 @@ async function route() {
     current = { dispose: dispose || (() => {}) };
   } catch (err) {
     if (token !== routeToken) return;
+    if (err instanceof ApiError && err.type === "NotFoundError" && r.project !== undefined) {
+      // Opened before the training process logged (a bookmarked curve, a run about to start): wait for it.
+      root.replaceChildren(el("div", { class: "empty waiting", text: `${err.message}. Waiting for it to be logged…` }));
+      const retry = setTimeout(() => { if (token === routeToken) route(); }, NOT_FOUND_RETRY_MS);
+      current = { dispose: () => clearTimeout(retry) };
+      return;
+    }
     showError(err);
     root.replaceChildren(el("div", { class: "empty", text: err.message || String(err) }));
   }
@@ -129,10 +145,14 @@ async function route() {
 async function projectsPage(root, ctx) {
   ctx.crumbs([{ text: "Projects", href: "#/" }]);
   root.append(el("div", { class: "loading", text: "Loading projects…" }));
-  const projects = await api("projects", {});
+  const [runProjects, modelProjects] = await Promise.all([
+    api("projects", {}), api("projects", { entity_type: "model" })]);
   if (!ctx.alive()) return null;
+  const projects = [...new Set([...runProjects, ...modelProjects])].sort();
+  const hasRuns = new Set(runProjects);
+  const hasModels = new Set(modelProjects);
   if (projects.length === 1) {
-    location.replace(href(projects[0]));
+    location.replace(href(projects[0], "", { type: hasRuns.has(projects[0]) ? "run" : "model" }));
     return null;
   }
   root.replaceChildren(
@@ -141,10 +161,11 @@ async function projectsPage(root, ctx) {
       projects.length
         ? el("ul", { class: "project-list" }, projects.map((p) =>
           el("li", {},
-            el("a", { href: href(p), class: "ellip project-name", title: `runs of ${p}`, text: p }),
-            el("a", { href: href(p, "curves"), class: "project-sub", text: "curves" }),
-            el("a", { href: href(p, "compare"), class: "project-sub", text: "compare" }))))
-        : el("p", { class: "muted", text: "No project holds runs yet. Runs appear here as soon as a training process logs." })));
+            el("a", { href: href(p, "", { type: hasRuns.has(p) ? "run" : "model" }), class: "ellip project-name", title: `runs of ${p}`, text: p }),
+            hasRuns.has(p) ? el("a", { href: href(p, "curves", { type: "run" }), class: "project-sub", text: "curves" }) : null,
+            hasRuns.has(p) ? el("a", { href: href(p, "compare", { type: "run" }), class: "project-sub", text: "compare" }) : null,
+            hasModels.has(p) ? el("a", { href: href(p, "", { type: "model" }), class: "project-sub", text: "models" }) : null)))
+        : el("p", { class: "muted", text: "No project holds runs or models yet. Runs appear here as soon as a training process logs." })));
   return null;
 }
 

@@ -1,9 +1,9 @@
 // Compare runs on one metric (#/p/<project>/compare?metric=loss&agg=min&by=lr[&runs=a,b][&higher=1]):
 // a Tabulator table of runs or groups, best first, beside a uPlot bar chart of the values (or group means).
-import { api } from "./api.js";
+import { api, openEvents } from "./api.js";
 import {
   el, field, fieldGroup, select, href, replaceHash, fmtNum, isFiniteNum, nanFlagText, multiSelect, metricNames,
-  fmtValue, ellip,
+  fmtValue, ellip, noun,
 } from "./util.js";
 
 const AGGS = ["last", "min", "max", "mean", "first"];
@@ -13,7 +13,8 @@ export async function mount(root, ctx) {
   const { project, query } = ctx;
   ctx.crumbs([{ text: "Projects", href: "#/" }, { text: project, href: href(project) }, { text: "Compare" }]);
   root.append(el("div", { class: "loading", text: "Loading…" }));
-  const runs = await api("runs", { project });
+  const entity_type = ctx.type;
+  const runs = await api("runs", { project, entity_type });
   if (!ctx.alive()) return null;
 
   const metrics = metricNames(runs);
@@ -62,8 +63,8 @@ export async function mount(root, ctx) {
     scope.replaceChildren();
     if (state.runs.length) {
       scope.append(`${state.runs.length} selected runs · `,
-        el("a", { href: href(project, "compare", { ...hashQuery(), runs: [] }), text: "compare all runs" }));
-    } else scope.append(`all ${runs.length} runs of ${project}`);
+        el("a", { href: href(project, "compare", { ...hashQuery(), runs: [] }), text: `compare all ${noun(true)}` }));
+    } else scope.append(`all ${runs.length} ${noun(true)} of ${project}`);
   }
 
   function hashQuery() {
@@ -144,7 +145,7 @@ export async function mount(root, ctx) {
     let result;
     try {
       result = await api("compare", {
-        project, metric: state.metric, agg: state.agg, entity_type: "run",
+        project, metric: state.metric, agg: state.agg, entity_type,
         ...(grouped ? { by: state.by } : {}), ...(state.runs.length ? { runs: state.runs } : {}),
       });
     } catch (err) {
@@ -157,13 +158,14 @@ export async function mount(root, ctx) {
     result.forEach((r, i) => {
       r._rank = i + 1;
       r._id = grouped ? `g${i}` : r.id;
+      if (!grouped && !r.name) r.name = r.id; // a model's name is its id
       for (const p of grouped ? state.by : paramNames) r[`_p_${p}`] = grouped ? r[p] : (r.params || {})[p];
     });
     const differing = grouped ? [] : paramNames.filter((p) => new Set(result.map((r) => JSON.stringify((r.params || {})[p]))).size > 1);
     renderTable(result, grouped, differing);
     renderBars(result, grouped, key);
     const bad = result.filter((r) => r.nan_count > 0 || r.inf_count > 0).length;
-    summary.textContent = `${result.length} ${grouped ? "groups" : "runs"}` +
+    summary.textContent = `${result.length} ${grouped ? "groups" : noun(true)}` +
       (result.length > BARS_MAX ? ` · the best ${BARS_MAX} are drawn` : "") +
       (bad ? ` · ${bad} with NaN/Inf values (red in the table)` : "");
   }
@@ -249,6 +251,10 @@ export async function mount(root, ctx) {
   resize.observe(barsHost);
   disposers.push(() => resize.disconnect());
   disposers.push(() => { if (table) table.destroy(); if (u) u.destroy(); });
+
+  // Only for the project's alerts in the top bar: a comparison is read on demand, not live.
+  const events = openEvents({ project, entity_type }, { alerts: ctx.alerts });
+  disposers.push(() => events.close());
 
   await reload();
   return () => disposers.forEach((d) => d());

@@ -6,7 +6,7 @@
 import { api, openEvents, mapLimit } from "./api.js";
 import {
   el, field, fieldGroup, select, href, replaceHash, fmtNum, isFiniteNum, statusBadge, assignColors, alpha, pref, setPref,
-  seriesMetricNames, throttle, fmtDuration,
+  seriesMetricNames, throttle, fmtDuration, noun,
 } from "./util.js";
 
 const POINTS = 1000; // buckets per curve
@@ -18,9 +18,10 @@ const RED = "#d92d20";
 
 export async function mount(root, ctx) {
   const { project, query } = ctx;
+  const entity_type = ctx.type;
   ctx.crumbs([{ text: "Projects", href: "#/" }, { text: project, href: href(project) }, { text: "Curves" }]);
   root.append(el("div", { class: "loading", text: "Loading…" }));
-  const rows = await api("runs", { project });
+  const rows = await api("runs", { project, entity_type });
   if (!ctx.alive()) return null;
 
   const metrics = seriesMetricNames(rows);
@@ -132,14 +133,14 @@ export async function mount(root, ctx) {
       el("span", { class: "spacer" }),
       resetButton,
       el("a", {
-        class: "btn", href: href(project), text: "Choose runs…", title: "Select runs in the runs table",
+        class: "btn", href: href(project), text: `Choose ${noun(true)}…`, title: `Select ${noun(true)} in the table`,
         // The runs table starts with these runs selected.
         on: { click: () => { try { sessionStorage.setItem(`trackstream.selected.${project}`, JSON.stringify(runIds)); } catch { /* ignore */ } } },
       })),
     el("div", { class: "curves-layout" },
       el("div", { class: "card chart-card" }, chartHost, chartNote),
       el("div", { class: "card legend" },
-        el("h2", { text: `Runs (${runIds.length})` }), readout, legendRows)));
+        el("h2", { text: `${noun(true, true)} (${runIds.length})` }), readout, legendRows)));
   syncControls();
 
   function syncControls() {
@@ -172,7 +173,7 @@ export async function mount(root, ctx) {
     if (pending.has(`h:${id}`)) return;
     pending.add(`h:${id}`);
     try {
-      const pts = await api("history", { project, entity_id: id, metric, ranks: false });
+      const pts = await api("history", { project, entity_id: id, entity_type, metric, ranks: false });
       const n = pts.length;
       const h = { steps: new Float64Array(n), values: new Float64Array(n), times: new Float64Array(n) };
       pts.forEach((p, i) => {
@@ -190,7 +191,7 @@ export async function mount(root, ctx) {
     if (pending.has(`r:${id}`)) return;
     pending.add(`r:${id}`);
     try {
-      const pts = await api("history", { project, entity_id: id, metric, ranks: true });
+      const pts = await api("history", { project, entity_id: id, entity_type, metric, ranks: true });
       const by = new Map();
       for (const p of pts) {
         if (!by.has(p.rank)) by.set(p.rank, []);
@@ -224,7 +225,7 @@ export async function mount(root, ctx) {
     const from = Math.floor(zoom.min - span);
     const to = Math.ceil(zoom.max + span);
     if (zoomed && zoomed.from === from && zoomed.to === to) return;
-    const result = await api("curves", { project, runs: runIds, metric, points: 1000, step_from: from, step_to: to });
+    const result = await api("curves", { project, runs: runIds, entity_type, metric, points: 1000, step_from: from, step_to: to });
     zoomed = { from, to, buckets: new Map(Object.entries(result)) };
   }
 
@@ -592,8 +593,8 @@ export async function mount(root, ctx) {
         el("span", { class: "legend-name ellip", text: nameOf(id) }),
         value,
         el("span", { class: "legend-sub" },
-          r ? statusBadge(r.status) : el("span", { class: "muted", text: "unknown run" }),
-          el("a", { href: href(project, `run/${id}`), text: "run", title: `run page of ${nameOf(id)}`, on: { click: (e) => e.stopPropagation() } }),
+          r ? statusBadge(r.status) : el("span", { class: "muted", text: `unknown ${noun()}` }),
+          el("a", { href: href(project, `run/${id}`), text: noun(), title: `${noun()} page of ${nameOf(id)}`, on: { click: (e) => e.stopPropagation() } }),
           rankCount(id) > 1 ? el("span", { class: "muted", text: `${rankCount(id)} ranks` }) : null,
           !hasData && buckets.size ? el("span", { class: "muted", text: `no ${metric}` }) : null,
           nn ? el("span", { class: "legend-nan", text: nn }) : null));
@@ -677,7 +678,7 @@ export async function mount(root, ctx) {
   }, 5000);
 
   if (metric && runIds.length) {
-    const events = openEvents({ project, metric, runs: runIds, points: POINTS }, {
+    const events = openEvents({ project, entity_type, metric, runs: runIds, points: POINTS }, {
       curves: ({ curves }) => {
         for (const [id, c] of Object.entries(curves)) buckets.set(id, c.buckets);
         afterData();
@@ -695,7 +696,8 @@ export async function mount(root, ctx) {
         for (const r of runs) if (info.has(r.id)) Object.assign(info.get(r.id), r);
         renderLegend();
       },
-      problem: ({ message }) => ctx.problem(message),
+      alerts: ctx.alerts,
+    problem: ({ message }) => ctx.problem(message),
     }, ctx.live);
     disposers.push(() => events.close());
   } else {

@@ -1,7 +1,7 @@
 // One run (#/p/<project>/run/<id>): state, params, tags, ranks, and every metric (sparklines, single values).
 import { api, openEvents, mapLimit } from "./api.js";
 import {
-  el, href, fmtNum, fmtDuration, durationMs, fmtDateTime, fmtValue, isFiniteNum, statusBadge, nanBadge, ellip,
+  el, href, fmtNum, fmtDuration, durationMs, fmtDateTime, fmtValue, isFiniteNum, statusBadge, nanBadge, ellip, noun,
 } from "./util.js";
 
 const SPARK_POINTS = 200;
@@ -12,11 +12,13 @@ const LINE = "#2563eb";
 
 export async function mount(root, ctx) {
   const { project, id } = ctx;
+  const entity_type = ctx.type;
   ctx.crumbs([{ text: "Projects", href: "#/" }, { text: project, href: href(project) }, { text: id }]);
-  root.append(el("div", { class: "loading", text: "Loading run…" }));
-  const [run, metricValues] = await Promise.all([
-    api("entity", { project, entity_id: id, entity_type: "run" }),
-    api("entity_metrics", { entity: { project, type: "run", id } }),
+  root.append(el("div", { class: "loading", text: `Loading ${noun()}…` }));
+  const [run, metricValues, models] = await Promise.all([
+    api("entity", { project, entity_id: id, entity_type }),
+    api("entity_metrics", { entity: { project, type: entity_type, id } }),
+    entity_type === "model" ? api("runs", { project, entity_type }).catch(() => []) : [],
   ]);
   if (!ctx.alive()) return null;
   ctx.crumbs([{ text: "Projects", href: "#/" }, { text: project, href: href(project) }, { text: run.name || id }]);
@@ -39,7 +41,7 @@ export async function mount(root, ctx) {
     el("div", { class: "run-head" },
       el("h1", { text: run.name || id, title: run.name || id }),
       status,
-      el("span", { class: "mono muted", text: id, title: "run id" }),
+      el("span", { class: "mono muted", text: id, title: `${noun()} id` }),
       el("span", { class: "muted", text: "duration" }), duration,
       times),
     el("div", { class: "run-grid" },
@@ -47,7 +49,29 @@ export async function mount(root, ctx) {
         kvCard("Params", run.params || {}),
         kvCard("Tags", run.tags || {}),
         singlesCard),
-      el("div", { class: "run-side" }, seriesCard, ranksCard)));
+      el("div", { class: "run-side" }, seriesCard, versionsCard(), ranksCard)));
+
+  /** A model's versions (ids `name:version` of the same name), each with the last value of every metric. */
+  function versionsCard() {
+    if (entity_type !== "model") return null;
+    const name = id.includes(":") ? id.slice(0, id.lastIndexOf(":")) : id;
+    const versions = models.filter((m) => m.id === name || m.id.startsWith(`${name}:`))
+      .sort((a, b) => String(a.started_at).localeCompare(String(b.started_at)));
+    const names = [...new Set(versions.flatMap((m) => Object.keys(m.metrics || {})))].sort();
+    return el("section", { class: "card versions" },
+      el("h2", { text: `Versions of ${name} (${versions.length})` }),
+      el("table", { class: "kvtable versions-table" },
+        el("thead", {}, el("tr", {}, el("th", { text: "version" }), el("th", { text: "status" }),
+          names.map((m) => el("th", { class: "num", text: m, title: `${m}: last value` })))),
+        el("tbody", {}, versions.map((m) => el("tr", { class: m.id === id ? "current" : "" },
+          el("td", {}, m.id === id ? el("b", { text: m.id }) : el("a", { href: href(project, `run/${m.id}`), text: m.id })),
+          el("td", {}, statusBadge(m.status)),
+          names.map((k) => {
+            const s = (m.metrics || {})[k];
+            const v = s ? s.last : null;
+            return el("td", { class: `num mono ${v === null || isFiniteNum(v) ? "" : "nonfinite"}`, text: fmtNum(v) });
+          }))))));
+  }
 
   function kvCard(title, obj) {
     const entries = Object.entries(obj).sort(([a], [b]) => a.localeCompare(b));
@@ -189,7 +213,7 @@ export async function mount(root, ctx) {
 
   async function loadSparks(names) {
     await mapLimit(names, 4, async (metric) => {
-      const curves = await api("curves", { project, runs: [id], metric, points: SPARK_POINTS });
+      const curves = await api("curves", { project, runs: [id], entity_type, metric, points: SPARK_POINTS });
       if (ctx.alive()) drawSpark(metric, curves[id] || []);
     });
   }
@@ -201,7 +225,7 @@ export async function mount(root, ctx) {
       sparks.set(metric, s);
       seriesGrid.append(s.card);
     }
-    if (!series.length) seriesGrid.replaceChildren(el("p", { class: "muted", text: "This run has logged no series." }));
+    if (!series.length) seriesGrid.replaceChildren(el("p", { class: "muted", text: `This ${noun()} has logged no series.` }));
   }
 
   splitMetrics(metricValues);
@@ -211,7 +235,7 @@ export async function mount(root, ctx) {
   loadSparks(series).catch(ctx.fail);
 
   // -- live ----------------------------------------------------------------------------------------------
-  const events = openEvents({ project }, {
+  const events = openEvents({ project, entity_type }, {
     runs: ({ runs }) => {
       const mine = runs.find((r) => r.id === id);
       if (!mine) return;
@@ -220,6 +244,7 @@ export async function mount(root, ctx) {
       renderState();
       if (ended) loadSparks(series).catch(ctx.fail); // the final points
     },
+    alerts: ctx.alerts,
     problem: ({ message }) => ctx.problem(message),
   }, ctx.live);
   disposers.push(() => events.close());
@@ -230,7 +255,7 @@ export async function mount(root, ctx) {
     try {
       if (Date.now() - lastMetrics >= METRICS_REFRESH_MS) {
         lastMetrics = Date.now();
-        const values = await api("entity_metrics", { entity: { project, type: "run", id } });
+        const values = await api("entity_metrics", { entity: { project, type: entity_type, id } });
         if (!ctx.alive()) return;
         splitMetrics(values);
         renderSingles();

@@ -2,7 +2,7 @@
 import { api, openEvents } from "./api.js";
 import {
   el, field, select, href, fmtNum, fmtDuration, durationMs, fmtDateTime, isFiniteNum, statusBadge,
-  nanFlagText, STATUSES, multiSelect, pref, setPref, metricNames, seriesMetricNames, fmtValue,
+  nanFlagText, STATUSES, multiSelect, pref, setPref, metricNames, seriesMetricNames, fmtValue, noun,
 } from "./util.js";
 
 const REFRESH_MS = 5000; // re-fetch of metric summaries while a run runs
@@ -10,10 +10,14 @@ const CURVES_DEFAULT_RUNS = 10;
 
 export async function mount(root, ctx) {
   const { project } = ctx;
-  ctx.crumbs([{ text: "Projects", href: "#/" }, { text: project, href: href(project) }]);
-  root.append(el("div", { class: "loading", text: "Loading runs…" }));
+  const entity_type = ctx.type;
+  ctx.crumbs([{ text: "Projects", href: "#/" }, { text: project, href: href(project) }, { text: noun(true, true) }]);
+  root.append(el("div", { class: "loading", text: `Loading ${noun(true)}…` }));
 
-  let rows = await api("runs", { project });
+  // The other kind's tab shows when the project holds any (a models-only project opens on its models).
+  const other = entity_type === "run" ? "model" : "run";
+  let [rows, otherProjects] = await Promise.all([
+    api("runs", { project, entity_type }), api("projects", { entity_type: other }).catch(() => [])]);
   if (!ctx.alive()) return null;
 
   const disposers = [];
@@ -40,13 +44,18 @@ export async function mount(root, ctx) {
     },
   });
   const count = el("span", { class: "muted count" });
-  const curvesButton = el("button", { type: "button", class: "btn btn-primary", text: "Curves of selected runs" });
+  const curvesButton = el("button", { type: "button", class: "btn btn-primary", text: `Curves of selected ${noun(true)}` });
+  const kinds = el("div", { class: "seg kinds", role: "tablist" },
+    ["run", "model"].filter((k) => k === entity_type || otherProjects.includes(project)).map((k) =>
+      el("a", { href: href(project, "", { type: k }), role: "tab", class: k === entity_type ? "kind kind-on" : "kind",
+        "aria-selected": String(k === entity_type), text: k === "run" ? "Runs" : "Models" })));
   const compareButton = el("button", { type: "button", class: "btn", text: "Compare" });
   const constants = el("div", { class: "constants muted" });
   const tableHost = el("div", { class: "table-host" });
 
   root.replaceChildren(
     el("div", { class: "toolbar" },
+      kinds.children.length > 1 ? kinds : null,
       field("Search", search),
       field("Status", statusFilter),
       metricPicker,
@@ -141,6 +150,14 @@ export async function mount(root, ctx) {
     return String(a).localeCompare(String(b), undefined, { numeric: true });
   }
 
+  // ISO 8601 UTC times order as strings: a plain comparison (localeCompare is slow over 10,000 rows).
+  function timeSorter(a, b, aRow, bRow, column, dir) {
+    const ea = !a;
+    const eb = !b;
+    if (ea || eb) return ea && eb ? 0 : (ea ? 1 : -1) * (dir === "asc" ? 1 : -1);
+    return a < b ? -1 : a > b ? 1 : 0;
+  }
+
   /** "MM-DD HH:MM" this year, "YYYY-MM-DD" before. */
   function shortDate(iso) {
     const full = fmtDateTime(iso);
@@ -176,10 +193,17 @@ export async function mount(root, ctx) {
       },
       { title: "ID", field: "id", width: 84, ...textFilter("id"), tooltip: true },
       {
-        title: "Status", field: "status", width: 96, formatter: (cell) => statusBadge(cell.getValue()),
+        title: "Status", field: "status", width: 96,
+        formatter: (cell) => {
+          const alerts = ctx.firing(cell.getData().id);
+          if (!alerts.length) return statusBadge(cell.getValue());
+          return el("span", { class: "status-cell" }, statusBadge(cell.getValue()),
+            el("span", { class: "badge status-failed run-alert", text: "!",
+              title: `alert firing: ${alerts.map((a) => `${a.when} on ${a.metric}`).join(", ")}` }));
+        },
       },
       {
-        title: "Started", field: "started_at", width: 96, sorter: "string",
+        title: "Started", field: "started_at", width: 96, sorter: timeSorter,
         formatter: (cell) => el("span", { text: shortDate(cell.getValue()), title: fmtDateTime(cell.getValue()) }),
       },
       {
@@ -237,11 +261,11 @@ export async function mount(root, ctx) {
     if (!tableReady) return;
     const shown = table.getDataCount("active");
     const selected = table.getSelectedRows().length;
-    count.textContent = `${shown === rows.length ? rows.length : `${shown} of ${rows.length}`} runs` +
+    count.textContent = `${shown === rows.length ? rows.length : `${shown} of ${rows.length}`} ${noun(true)}` +
       (selected ? ` · ${selected} selected` : "");
-    curvesButton.title = selected ? `Curves of the ${selected} selected runs`
-      : `Curves of the first ${Math.min(CURVES_DEFAULT_RUNS, shown)} runs shown (select runs to choose)`;
-    compareButton.title = selected > 1 ? `Compare the ${selected} selected runs` : "Compare every run of the project";
+    curvesButton.title = selected ? `Curves of the ${selected} selected ${noun(true)}`
+      : `Curves of the first ${Math.min(CURVES_DEFAULT_RUNS, shown)} ${noun(true)} shown (select some to choose)`;
+    compareButton.title = selected > 1 ? `Compare the ${selected} selected ${noun(true)}` : `Compare every ${noun()} of the project`;
   }
 
   function rebuildColumns() {
@@ -276,7 +300,7 @@ export async function mount(root, ctx) {
     selectableRows: true,
     columnDefaults: { headerTooltip: true, resizable: true },
     initialSort: [{ column: "started_at", dir: "desc" }],
-    placeholder: "No runs match",
+    placeholder: `No ${noun(true)} match`,
     headerFilterLiveFilterDelay: 200,
   });
   // The selection survives a trip to another page and back (this tab only).
@@ -323,7 +347,7 @@ export async function mount(root, ctx) {
     if (fetching || !ctx.alive()) return;
     fetching = true;
     try {
-      const fresh = await api("runs", full ? { project } : { project, status: "running" });
+      const fresh = await api("runs", full ? { project, entity_type } : { project, entity_type, status: "running" });
       if (!ctx.alive()) return;
       if (full) {
         const known = new Set(fresh.map((r) => r.id));
@@ -362,7 +386,7 @@ export async function mount(root, ctx) {
       JSON.stringify(row.tags) !== JSON.stringify(r.tags) || JSON.stringify(row.ranks) !== JSON.stringify(r.ranks);
   }
 
-  const events = openEvents({ project }, {
+  const events = openEvents({ project, entity_type }, {
     runs: ({ runs }) => {
       if (!tableReady) return;
       let unknown = false;
@@ -382,6 +406,12 @@ export async function mount(root, ctx) {
       }
       if (updates.length) push(updates);
       if (unknown || ended) refetch(true); // a new run, or final summaries
+    },
+    alerts: (data) => {
+      ctx.alerts(data);
+      if (!tableReady) return;
+      const touched = [...new Set(data.alerts.map((a) => a.run))].filter((id) => byId.has(id));
+      if (touched.length) push(touched.map((id) => flatten(byId.get(id)))); // the Status cell's alert mark
     },
     problem: ({ message }) => ctx.problem(message),
   }, ctx.live);

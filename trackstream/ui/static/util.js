@@ -52,12 +52,35 @@ export function select(options, value, onChange, props = {}) {
 
 const enc = encodeURIComponent;
 
-/** "#/p/<project>[/<page>][?query]"; `query` values that are arrays are comma-joined, empty ones dropped. */
+// The kind of entity the current view shows: "run", or "model" (a route's `type=model`). Links keep it.
+let entityKind = "run";
+
+export function setKind(kind) {
+  entityKind = kind === "model" ? "model" : "run";
+}
+
+export function kind() {
+  return entityKind;
+}
+
+/** "run" / "runs", "model" / "models", "Runs"…: the current kind's noun. */
+export function noun(plural = false, capital = false) {
+  const word = `${entityKind}${plural ? "s" : ""}`;
+  return capital ? word[0].toUpperCase() + word.slice(1) : word;
+}
+
+/**
+ * "#/p/<project>[/<page>][?query]"; `query` values that are arrays are comma-joined, empty ones dropped. The link
+ * keeps the current kind (`type=model`) unless `query.type` says otherwise ("run" drops it).
+ */
 export function href(project, page = "", query = {}) {
   let h = project === undefined ? "#/" : `#/p/${enc(project)}`;
   if (page) h += `/${page.split("/").map(enc).join("/")}`;
   const q = new URLSearchParams();
+  const type = query.type === undefined ? entityKind : query.type;
+  if (project !== undefined && type === "model") q.set("type", "model");
   for (const [k, v] of Object.entries(query)) {
+    if (k === "type") continue;
     if (v === undefined || v === null || v === "" || (Array.isArray(v) && !v.length)) continue;
     q.set(k, Array.isArray(v) ? v.join(",") : String(v));
   }
