@@ -16,27 +16,19 @@ import orjson
 
 from trackstream.schemas.envelope import EntityRef
 from trackstream.schemas.settings import StoreSettings
-from trackstream.sinks import lookup, run_filter
+from trackstream.sinks import lookup
 from trackstream.sinks import sql as q
 from trackstream.sinks.alert_reads import read_alerts
 from trackstream.sinks.backend import Backend, Row
-from trackstream.sinks.batch import param_value
 from trackstream.sinks.connect import open_backend
 from trackstream.sinks.curves import as_float, fetch_buckets, plan_curves, read_curves
 from trackstream.sinks.errors import IngestTimeout, QueryError
+from trackstream.sinks.run_reads import id_filter, read_entities, read_names, read_params, read_runs, specials
 from trackstream.sinks.schema import ADDED_COLUMNS
 from trackstream.sinks.sql_guard import check_statement
 
 AGGREGATES: Final = ("last", "min", "max", "mean", "first")
 _NAN: Final = math.nan
-
-
-def specials(nans: int, infs: int, nan_step: int | None, inf_step: int | None) -> dict[str, Any]:
-    """The NaN / ±Inf fields of a compare row or metric summary: ``nan_count``, ``inf_count``, ``first_nan_step``
-    and ``first_inf_step`` (None when there is none)."""
-    return {"nan_count": int(nans), "inf_count": int(infs),
-            "first_nan_step": None if nan_step is None else int(nan_step),
-            "first_inf_step": None if inf_step is None else int(inf_step)}
 
 
 class QueryService:
@@ -57,87 +49,22 @@ class QueryService:
         except QueryError as exc:
             raise no_tables_error(exc, self.backend) or exc from exc
 
-    # -- metadata -------------------------------------------------------------------------------------
+    # -- runs ---------------------------------------------------------------------------------------
 
-    def _params(self, scope: dict[str, Any], ids: Sequence[str] | None) -> dict[str, dict[str, Any]]:
-        select, extra = _id_filter(ids)
-        params: dict[str, dict[str, Any]] = {}
-        for entity_id, key, kind, json_text, text in self._rows(q.fill(q.PARAMS, select=select), scope | extra):
-            params.setdefault(entity_id, {})[key] = param_value(kind, json_text, text)
-        return params
-
-    def _entities(self, scope: dict[str, Any], ids: Sequence[str] | None) -> list[dict[str, Any]]:
-        select, extra = _id_filter(ids)
-        rows = self._rows(q.fill(q.RUNS, select=select), scope | extra)
-        return [
-            {
-                "id": entity_id, "name": name, "status": status, "tags": dict(zip(keys, values, strict=True)),
-                "started_at": started, "ended_at": ended, "lost_points": lost, "ranks": ranks,
-            }
-            for entity_id, name, status, keys, values, started, ended, lost, ranks in rows
-        ]
-
-    def _names(self, scope: dict[str, Any], ids: Sequence[str] | None) -> dict[str, str]:
-        select, extra = _id_filter(ids)
-        return dict(self._rows(q.fill(q.NAMES, select=select), scope | extra))
-
-    def runs(self, project: str, *, entity_type: str = "run", status: str | Sequence[str] | None = None,
-             params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
-             order_by: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def runs(self, project: str, *, entity_type: str = "run", runs: Sequence[str] | None = None,
+             status: str | Sequence[str] | None = None, params: Mapping[str, Any] | None = None,
+             tags: Mapping[str, str] | None = None, order_by: str | None = None,
+             limit: int | None = None) -> list[dict[str, Any]]:
         """Runs with id, name, status, params, tags, started_at, ended_at, lost_points, ranks and metric summaries.
 
         ``ranks``: one ``{rank, status, host, producer_id, last_seen_at}`` per producer that wrote to the run
         (a restarted rank shows each incarnation); a rank silent past the heartbeat timeout is ``crashed``.
-        ``status``, ``params``, ``tags``, ``order_by`` (``"loss.min"``, ``"-loss.last"``) and ``limit`` search them
-        (:func:`trackstream.sinks.run_filter.search`).
+        ``runs`` (entity ids) reads only those; ids not stored are left out, so a page may name a run about to
+        start. ``status``, ``params``, ``tags``, ``order_by`` (``"loss.min"``, ``"-loss.last"``) and ``limit``
+        search them (:func:`trackstream.sinks.run_filter.search`). Raises NotFoundError for an unknown project.
         """
-        scope = {"project": project, "entity_type": entity_type}
-        entities = self._entities(scope, None)
-        if not entities:
-            lookup.check_project(self._rows, project)
-        params_filter, params = params, self._params(scope, None)
-        metrics: dict[str, dict[str, Any]] = {}
-        for entity_id, metric, kind, count, last, last_step, low, high, *special in self._summary_rows(scope):
-            metrics.setdefault(entity_id, {})[metric] = {
-                "kind": kind, "count": count, "last": as_float(last), "last_step": last_step, "min": as_float(low),
-                "max": as_float(high), **specials(*special),
-            }
-        for entity in entities:
-            entity["params"] = params.get(entity["id"], {})
-            entity["metrics"] = metrics.get(entity["id"], {})
-        return run_filter.search(entities, status=status, params=params_filter, tags=tags, order_by=order_by,
-                                 limit=limit)
-
-    def _summary_rows(self, scope: dict[str, Any]) -> list[Row]:
-        """Per (entity, metric): kind, count, last, last_step, min, max, then NaN and ±Inf counts and first steps,
-        of the newest generation, exact.
-
-        Read like compare: from ``series_stats`` where that is exact, else by scanning ``points`` (FINAL) for
-        the remaining pairs, so a replay from another producer never counts a point twice. A series counts its
-        distinct steps; with several ranks every figure is over the per-step cross-rank mean.
-        """
-        rows: list[Row] = []
-        scan: dict[tuple[str, str], tuple[int, str]] = {}
-        for entity_id, metric, generation, kind, exact, *summary in self._rows(
-                q.fill(q.SUMMARY_STATS, select=""), scope):
-            if exact:
-                rows.append((entity_id, metric, kind, *summary))
-            else:
-                scan[(entity_id, metric)] = (generation, kind)
-        if scan:
-            ids, names = (list(column) for column in zip(*scan, strict=True))
-            bound = scope | {"scan_ids": ids, "scan_metrics": names,
-                             "scan_generations": [generation for generation, _kind in scan.values()]}
-            for entity_id, metric, count, last, last_step, low, high, *special, latest, at in self._rows(
-                    q.SUMMARY_SCAN, bound):
-                kind = scan[(entity_id, metric)][1]
-                if kind == "single":
-                    nan, inf = math.isnan(latest), math.isinf(latest)
-                    rows.append((entity_id, metric, kind, 1, latest, at, latest, latest, int(nan), int(inf),
-                                 at if nan else None, at if inf else None))
-                else:
-                    rows.append((entity_id, metric, kind, count, last, last_step, low, high, *special))
-        return sorted(rows, key=lambda row: (row[0], row[1]))
+        return read_runs(self._rows, project, entity_type=entity_type, ids=runs, status=status, params=params,
+                         tags=tags, order_by=order_by, limit=limit)
 
     # -- compare --------------------------------------------------------------------------------------
 
@@ -166,14 +93,14 @@ class QueryService:
         scope = {"project": project, "entity_type": entity_type}
         if runs:
             lookup.check_ids(self._rows, scope, list(runs))
-        select, extra = _id_filter(runs)
+        select, extra = id_filter(runs)
         rows = self._compare_rows(scope | extra | {"metric": metric}, "metric = {metric:String}" + select, agg)
         if not rows:
             lookup.check_metric(self._rows, scope, metric)
-        params = self._params(scope, runs) if rows else {}
+        params = read_params(self._rows, scope, runs) if rows else {}
         if by and rows:
             lookup.check_params(sorted({key for found in params.values() for key in found}), list(by), project)
-        names = self._names(scope, runs) if rows else {}
+        names = read_names(self._rows, scope, runs) if rows else {}
         result = []
         for entity_id, value, step, *special in rows:
             result.append({
@@ -221,9 +148,11 @@ class QueryService:
         """The projects holding runs (or models), sorted."""
         return [project for (project,) in self._rows(q.PROJECTS, {"entity_type": entity_type})]
 
-    def entities(self, project: str, *, entity_type: str = "run") -> list[dict[str, Any]]:
-        """The rows of :meth:`runs` without params and metric summaries (cheap enough to poll every second)."""
-        return self._entities({"project": project, "entity_type": entity_type}, None)
+    def entities(self, project: str, *, entity_type: str = "run",
+                 runs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The rows of :meth:`runs` without params and metric summaries (cheap enough to poll every second);
+        ``runs``: only these entity ids."""
+        return read_entities(self._rows, {"project": project, "entity_type": entity_type}, runs)
 
     def series_heads(self, project: str, metric: str, runs: Sequence[str], *,
                      entity_type: str = "run") -> dict[str, tuple[int, int]]:
@@ -277,13 +206,13 @@ class QueryService:
         states travel apart). Raises :class:`~trackstream.schemas.errors.NotFoundError` (with the closest ids)
         when the project holds no such entity."""
         scope = {"project": project, "entity_type": entity_type}
-        found = self._entities(scope, [entity_id])
+        found = read_entities(self._rows, scope, [entity_id])
         if not found:  # unknown (raises), or its points are stored before its state (they travel apart)
             lookup.check_ids(self._rows, scope, [entity_id])
             found = [{"id": entity_id, "name": "", "status": None, "tags": {}, "started_at": None, "ended_at": None,
                       "lost_points": 0, "ranks": []}]
         row = found[0]
-        row["params"] = self._params(scope, [entity_id]).get(entity_id, {})
+        row["params"] = read_params(self._rows, scope, [entity_id]).get(entity_id, {})
         return row
 
     def history(self, project: str, entity_id: str, metric: str, *, entity_type: str = "run",
@@ -370,12 +299,6 @@ def no_tables_error(exc: QueryError, backend: Backend) -> QueryError | None:
     return QueryError(f"the store {backend!r} has no trackstream tables yet ({exc}): nothing has been written to "
                       "it. Log metrics first (writers create the tables) or create them with `trackstream migrate`",
                       code=exc.code)
-
-
-def _id_filter(ids: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
-    if ids is None:
-        return "", {}
-    return " AND entity_id IN {ids:Array(String)}", {"ids": list(ids)}
 
 
 def _grouped(rows: Iterable[dict[str, Any]], by: list[str]) -> list[dict[str, Any]]:

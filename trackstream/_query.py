@@ -102,14 +102,15 @@ def curves(project: str, runs: list[str], metric: str, *, points: int = 1000,
     return result
 
 
-def runs(project: str, *, status: str | list[str] | None = None, params: dict[str, Any] | None = None,
-         tags: dict[str, str] | None = None, order_by: str | None = None, limit: int | None = None,
-         store: StoreSettings | None = None) -> list[dict[str, Any]]:
-    """Runs with status, params, tags, times, lost points, ranks and metric summaries; ``status`` (one or a list),
-    ``params`` and ``tags`` (equality on each key given), ``order_by`` (``"loss.min"``, ``"-loss.last"``
-    descending; runs without the metric last) and ``limit`` search them."""
-    filters: dict[str, Any] = {"status": status, "params": params, "tags": tags, "order_by": order_by,
-                               "limit": limit}
+def runs(project: str, *, runs: list[str] | None = None, status: str | list[str] | None = None,
+         params: dict[str, Any] | None = None, tags: dict[str, str] | None = None, order_by: str | None = None,
+         limit: int | None = None, store: StoreSettings | None = None) -> list[dict[str, Any]]:
+    """Runs with status, params, tags, times, lost points, ranks and metric summaries; ``runs`` (ids: only those,
+    ids not stored left out), ``status`` (one or a list), ``params`` and ``tags`` (equality on each key given),
+    ``order_by`` (``"loss.min"``, ``"-loss.last"`` descending; runs without the metric last) and ``limit`` search
+    them."""
+    filters: dict[str, Any] = {"runs": runs, "status": status, "params": params, "tags": tags,
+                               "order_by": order_by, "limit": limit}
     result: list[dict[str, Any]] = _for(store).runs(project, **{k: v for k, v in filters.items() if v is not None})
     return result
 

@@ -3,8 +3,9 @@
 The page opens one stream per view, ``/api/v1/events?project=P[&metric=M&runs=a,b&points=N&entity_type=run]``,
 and the server sends what changed; the page never re-queries whole curves:
 
-- ``event: runs`` ``{"runs": [row, ...]}``: the runs whose state changed (every run in the first event), rows as
-  ``QueryService.entities`` gives them (id, name, status, tags, started_at, ended_at, lost_points, ranks).
+- ``event: runs`` ``{"runs": [row, ...]}``: the runs whose state changed (every run in the first event; only the
+  view's ``runs`` when it names some), rows as ``QueryService.entities`` gives them (id, name, status, tags,
+  started_at, ended_at, lost_points, ranks).
 - ``event: curves`` ``{"curves": {run: {"plan": {"origin", "width"}, "buckets": [bucket, ...]}}}``: a run's whole
   curve (buckets as ``curves()`` gives them), sent first and again when the run outgrows its plan (more than
   twice ``points`` buckets).
@@ -100,7 +101,7 @@ class LiveView:
     def changed_runs(self) -> list[dict[str, Any]]:
         """The entities whose row differs from the last one sent."""
         changed = []
-        for row in self.service.entities(self.project, entity_type=self.entity_type):
+        for row in self.service.entities(self.project, entity_type=self.entity_type, runs=self.runs or None):
             blob = orjson.dumps(to_wire(row))
             if self.states.get(row["id"]) != blob:
                 self.states[row["id"]] = blob

@@ -71,6 +71,7 @@ class CurvesBody(_Body):
 class RunsBody(_Body):
     project: str
     entity_type: str = Field("run", description="run or model")
+    runs: list[str] | None = Field(None, description="only these entity ids (ids not stored are left out)")
     status: list[str] | str | None = Field(None, description="only runs with this status (or one of these)")
     params: dict[str, Any] | None = Field(None, description="only runs whose params hold these values")
     tags: dict[str, str] | None = Field(None, description="only runs whose tags hold these values")
@@ -222,7 +223,8 @@ def query_router(service: Any) -> APIRouter:
 
     @router.post("/runs", response_model=RowsResult, summary="Runs with status, params, tags and metric summaries")
     def runs(body: RunsBody) -> Response:
-        return answer(lambda: service.runs(body.project, entity_type=body.entity_type, status=body.status,
+        return answer(lambda: service.runs(body.project, entity_type=body.entity_type, runs=body.runs,
+                                           status=body.status,
                                            params=body.params, tags=body.tags, order_by=body.order_by,
                                            limit=body.limit), "runs")
 

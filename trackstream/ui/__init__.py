@@ -47,7 +47,7 @@ def mount(app: Any) -> None:
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"content-security-policy", _CSP),
                                       (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                                      (b"cache-control", b"no-store")]
+                                      (b"cache-control", b"private, no-cache")]
             await send(message)
 
         await files(scope, receive, with_headers)

@@ -21,12 +21,13 @@ export async function mount(root, ctx) {
   const entity_type = ctx.type;
   ctx.crumbs([{ text: "Projects", href: "#/" }, { text: project, href: href(project) }, { text: "Curves" }]);
   root.append(el("div", { class: "loading", text: "Loading…" }));
-  const rows = await api("runs", { project, entity_type });
+  const asked = (query.get("runs") || "").split(",").filter(Boolean);
+  const rows = await api("runs", { project, entity_type, ...(asked.length ? { runs: asked } : {}) }); // those only
   if (!ctx.alive()) return null;
 
   const metrics = seriesMetricNames(rows);
   const metric = query.get("metric") || metrics[0];
-  let runIds = (query.get("runs") || "").split(",").filter(Boolean);
+  let runIds = asked;
   if (!runIds.length) {
     runIds = [...rows].sort((a, b) => String(b.started_at).localeCompare(String(a.started_at)))
       .slice(0, DEFAULT_RUNS).map((r) => r.id);
@@ -693,11 +694,11 @@ export async function mount(root, ctx) {
         afterData();
       },
       runs: ({ runs }) => {
-        for (const r of runs) if (info.has(r.id)) Object.assign(info.get(r.id), r);
+        for (const r of runs) if (runIds.includes(r.id)) info.set(r.id, Object.assign(info.get(r.id) || {}, r));
         renderLegend();
       },
       alerts: ctx.alerts,
-    problem: ({ message }) => ctx.problem(message),
+      problem: ({ message }) => ctx.problem(message),
     }, ctx.live);
     disposers.push(() => events.close());
   } else {
