@@ -24,10 +24,12 @@ from trackstream.sinks.connect import open_backend
 from trackstream.sinks.curves import as_float, fetch_buckets, plan_curves, read_curves
 from trackstream.sinks.errors import IngestTimeout, QueryError
 from trackstream.sinks.run_reads import id_filter, read_entities, read_names, read_params, read_runs, specials
+from trackstream.sinks.runs_table import table_page
 from trackstream.sinks.schema import ADDED_COLUMNS
 from trackstream.sinks.sql_guard import check_statement
 
 AGGREGATES: Final = ("last", "min", "max", "mean", "first")
+LISTING_TTL_S: Final = 30.0
 _NAN: Final = math.nan
 
 
@@ -39,6 +41,7 @@ class QueryService:
 
     def __init__(self, store: StoreSettings | None = None, *, backend: Backend | None = None, **keywords: Any) -> None:
         self.backend = backend if backend is not None else open_backend(store, **keywords)
+        self._listing: tuple[tuple[str, str], float, list[dict[str, Any]]] | None = None  # runs_table's last read
 
     def __repr__(self) -> str:
         return f"QueryService({self.backend!r})"
@@ -65,6 +68,21 @@ class QueryService:
         """
         return read_runs(self._rows, project, entity_type=entity_type, ids=runs, status=status, params=params,
                          tags=tags, order_by=order_by, limit=limit)
+
+    def runs_table(self, project: str, *, entity_type: str = "run", search: str | None = None,
+                   status: Sequence[str] | None = None, filters: Sequence[Mapping[str, Any]] | None = None,
+                   sort: Sequence[Mapping[str, Any]] | None = None, page: int = 1,
+                   size: int = 100) -> dict[str, Any]:
+        """One page of the live page's runs table over :meth:`runs`, searched, filtered and sorted here
+        (:func:`trackstream.sinks.runs_table.table_page`: shapes and errors). Page 1 reads the store; the next
+        pages of the same project reuse that read for up to ``LISTING_TTL_S``, so scrolling is cheap and the pages
+        agree with each other. Raises NotFoundError for an unknown project."""
+        key, now = (project, entity_type), time.monotonic()
+        listing = self._listing
+        if page == 1 or listing is None or listing[0] != key or now - listing[1] > LISTING_TTL_S:
+            listing = self._listing = (key, now, self.runs(project, entity_type=entity_type))
+        return table_page(listing[2], search=search, status=status, filters=filters, sort=sort, page=page,
+                          size=size)
 
     # -- compare --------------------------------------------------------------------------------------
 

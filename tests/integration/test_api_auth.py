@@ -45,7 +45,7 @@ from trackstream.store import StoreLock
 
 PROJECT = "api"
 ROUTES = ("compare", "curves", "runs", "sql", "sql_table", "entity_metrics", "entity", "history", "wait_ingested",
-          "projects", "alerts")
+          "projects", "alerts", "runs_table")
 
 
 # --- fixtures shared with test_api_schema.py --------------------------------------------------------------------
@@ -179,6 +179,7 @@ VALID_BODIES: dict[str, Any] = {
                       "seq": 0, "timeout_s": 5},
     "projects": {},
     "alerts": {"project": PROJECT, "state": "firing"},
+    "runs_table": {"project": PROJECT, "search": "run-b", "sort": [{"field": "metric:loss:min", "dir": "asc"}]},
 }
 
 
@@ -220,6 +221,7 @@ def test_the_right_token_gets_the_services_results(served: Served, service: Quer
         "wait_ingested": None,
         "projects": [PROJECT],
         "alerts": service.alerts(PROJECT, state="firing"),
+        "runs_table": service.runs_table(PROJECT, search="run-b", sort=[{"field": "metric:loss:min", "dir": "asc"}]),
     }
     for route in ROUTES:
         answer = post(served, route, VALID_BODIES[route])
@@ -238,6 +240,9 @@ def test_owner_client_needs_no_configuration_and_matches_the_service(served: Ser
     assert client.url == served.url
     assert same(client.compare(PROJECT, "loss", agg="last"), service.compare(PROJECT, "loss", agg="last"))
     assert same(client.runs(PROJECT), service.runs(PROJECT))
+    assert same(client.runs(PROJECT, runs=["run-b", "run-c"]), service.runs(PROJECT, runs=["run-b"]))
+    assert same(client.runs_table(PROJECT, filters=[{"field": "id", "value": "-A"}], size=1),
+                service.runs_table(PROJECT, filters=[{"field": "id", "value": "-A"}], size=1))
     assert same(client.curves(PROJECT, ["run-b"], "loss", points=3),
                 service.curves(PROJECT, ["run-b"], "loss", points=3))
     assert math.isnan(client.entity_metrics(EntityRef(PROJECT, "run", "run-b"))["loss"][1])

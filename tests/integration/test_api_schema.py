@@ -29,7 +29,7 @@ from trackstream.sinks.query import QueryService
 
 ROUTES = {("POST", f"/api/v1/{name}") for name in
           ("compare", "curves", "runs", "sql", "sql_table", "entity_metrics", "entity", "history",
-           "wait_ingested", "projects", "alerts")} | {
+           "wait_ingested", "projects", "alerts", "runs_table")} | {
               ("GET", "/api/v1/health")}
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))

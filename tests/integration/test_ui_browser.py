@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 from test_alerts_local import Hook
 from test_local import _cli_json, _env, _owner_url, _start_local, _wait_for
@@ -255,6 +256,49 @@ def test_models_have_their_table_page_curves_and_comparison(ui: Ui, page: Any) -
     page.goto(ui.base + f"/#/p/{PROJECT}/compare?type=model&metric=accuracy&agg=last")
     page.locator(".chart-note", has_text="3 models").wait_for(timeout=30_000)
     page.locator(".tabulator-row", has_text="resnet:3").wait_for(timeout=30_000)
+
+
+MANY = """
+import trackstream as ts
+for i in range(450):
+    with ts.start_run("browser", name=f"many-{i:03d}", run_id=f"m{i:03d}",
+                      params={"lr": [0.1, 0.01, 0.001][i % 3], "seed": i}) as run:
+        run.log_metric("loss", 1.0 + i / 1000, step=0)
+        run.log_metric("loss", 0.5 + (i * 7919 % 450) / 1000, step=1)
+"""
+
+
+def test_the_runs_table_searches_sorts_and_pages_on_the_server(ui: Ui, page: Any) -> None:
+    subprocess.run([sys.executable, "-c", MANY], env=ui.env, check=True, timeout=300)
+    stored(ui, 450)
+    asked: list[dict[str, Any]] = []
+    page.on("request", lambda r: asked.append(orjson.loads(r.post_data or "{}"))
+            if r.url.endswith("/api/v1/runs_table") else None)
+    page.goto(ui.url)
+    page.goto(ui.base + f"/#/p/{PROJECT}")
+    count = page.locator(".count")
+    page.wait_for_function("() => document.querySelector('.count')?.textContent === '450 runs'", timeout=60_000)
+    rows = page.locator(".tabulator-row")
+    assert rows.first.inner_text().startswith("many-449")  # newest first
+    page.locator("input.search").fill("lr=0.01 many-0")  # runs 1, 4, ... under 100
+    page.wait_for_function("() => document.querySelector('.count')?.textContent === '33 of 450 runs'",
+                           timeout=30_000)
+    assert asked[-1]["search"] == "lr=0.01 many-0"
+    page.locator("input.search").fill("")
+    page.wait_for_function("() => document.querySelector('.count')?.textContent === '450 runs'", timeout=30_000)
+    page.locator(".tabulator-col[tabulator-field='m_0_min'] .tabulator-col-title").click()
+    # the smallest min of loss: step 1's 0.5 + (i * 7919 % 450) / 1000 is 0.5 at i = 0
+    page.wait_for_function("() => document.querySelector('.tabulator-row .tabulator-cell[tabulator-field=\"name\"]')"
+                           "?.textContent === 'many-000'", timeout=30_000)
+    assert asked[-1]["sort"] == [{"field": "metric:loss:min", "dir": "asc"}]
+    assert all(body.get("page") == 1 for body in asked)  # 200 rows a page: only the first one so far
+    with page.expect_request(lambda r: r.url.endswith("/api/v1/runs_table")
+                             and orjson.loads(r.post_data or "{}").get("page") == 2, timeout=30_000):
+        page.locator(".tabulator-tableholder").evaluate("e => { e.scrollTop = e.scrollHeight; }")
+    page.wait_for_function("() => document.querySelectorAll('.tabulator-row').length > 0", timeout=30_000)
+    assert asked[-1]["sort"] == [{"field": "metric:loss:min", "dir": "asc"}]  # the same order, further on
+    shot(page, "runs-table-sorted")
+    assert count.inner_text() == "450 runs"
 
 
 PARSE = """async () => {

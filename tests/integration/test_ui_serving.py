@@ -149,12 +149,28 @@ def test_run_states_are_sent_when_they_change(service: QueryService) -> None:
     writer = Writer(service.backend)
     writer.state("r1", "running")
     live = LiveView(service, project=PROJECT, metric=None, runs=[], points=10, entity_type="run")
-    assert [row["status"] for row in live.changed_runs()] == ["running"]
-    assert live.changed_runs() == []
+    changed, new = live.changed_runs()
+    assert ([row["status"] for row in changed], new) == (["running"], [])  # the first read: every run, none new
+    assert live.changed_runs() == ([], [])
     writer.state("r1", "crashed")
     writer.state("r2", "running")
-    assert sorted((row["id"], row["status"]) for row in live.changed_runs()) == [("r1", "crashed"),
-                                                                                 ("r2", "running")]
+    changed, new = live.changed_runs()
+    assert sorted((row["id"], row["status"]) for row in changed) == [("r1", "crashed"), ("r2", "running")]
+    assert new == ["r2"]
+
+
+def test_a_changes_only_view_sends_no_first_listing(service: QueryService) -> None:
+    writer = Writer(service.backend)
+    writer.state("r1", "running")
+    writer.state("r2", "running")
+    live = LiveView(service, project=PROJECT, metric=None, runs=[], points=10, entity_type="run",
+                    changes_only=True)
+    assert live.changed_runs() == ([], [])  # the runs table has its rows already
+    writer.state("r2", "completed")
+    writer.state("r3", "running")
+    changed, new = live.changed_runs()
+    assert sorted((row["id"], row["status"]) for row in changed) == [("r2", "completed"), ("r3", "running")]
+    assert new == ["r3"]
 
 
 def read_events(url: str, path: str, cookie: str, count: int) -> list[tuple[str, Any]]:

@@ -46,7 +46,7 @@ def test_positional_arguments_are_sent_by_the_services_parameter_names() -> None
     assert _arguments("sql", ("SELECT {x:Float64}", {"x": float("nan")}), {})["parameters"]["x"] == {
         "$f64": 0x7FF8000000000000}
     assert set(POSITIONAL) == {"compare", "curves", "runs", "sql", "sql_table", "entity_metrics", "entity",
-                               "history", "wait_ingested", "projects", "alerts"}
+                               "history", "wait_ingested", "projects", "alerts", "runs_table"}
     with pytest.raises(TypeError, match="positional"):
         _arguments("runs", ("p", "extra"), {})
     with pytest.raises(TypeError, match="multiple values"):

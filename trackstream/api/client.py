@@ -28,6 +28,7 @@ POSITIONAL: Final[dict[str, tuple[str, ...]]] = {
     "compare": ("project", "metric"),
     "curves": ("project", "runs", "metric"),
     "runs": ("project",),
+    "runs_table": ("project",),
     "alerts": ("project",),
     "sql": ("query", "parameters"),
     "sql_table": ("query", "parameters"),
@@ -62,6 +63,10 @@ class ReadApi:
     def runs(self, *args: Any, **kwargs: Any) -> Any:
         """``QueryService.runs`` in the store's process: one dict per run."""
         return self._call("runs", *args, **kwargs)
+
+    def runs_table(self, *args: Any, **kwargs: Any) -> Any:
+        """``QueryService.runs_table`` in the store's process: one page of the runs table."""
+        return self._call("runs_table", *args, **kwargs)
 
     def alerts(self, *args: Any, **kwargs: Any) -> Any:
         """``QueryService.alerts`` in the store's process: alert transitions, newest first."""

@@ -3,9 +3,10 @@
 The page opens one stream per view, ``/api/v1/events?project=P[&metric=M&runs=a,b&points=N&entity_type=run]``,
 and the server sends what changed; the page never re-queries whole curves:
 
-- ``event: runs`` ``{"runs": [row, ...]}``: the runs whose state changed (every run in the first event; only the
-  view's ``runs`` when it names some), rows as ``QueryService.entities`` gives them (id, name, status, tags,
-  started_at, ended_at, lost_points, ranks).
+- ``event: runs`` ``{"runs": [row, ...], "new": [id, ...]}``: the runs whose state changed (every run in the first
+  event, unless ``changes=true``; only the view's ``runs`` when it names some), rows as ``QueryService.entities``
+  gives them (id, name, status, tags, started_at, ended_at, lost_points, ranks); ``new``: those first seen since
+  the stream opened (a run that started).
 - ``event: curves`` ``{"curves": {run: {"plan": {"origin", "width"}, "buckets": [bucket, ...]}}}``: a run's whole
   curve (buckets as ``curves()`` gives them), sent first and again when the run outgrows its plan (more than
   twice ``points`` buckets).
@@ -58,10 +59,11 @@ class LiveView:
     """What one stream has sent, and what to send next (pure bookkeeping over a ``QueryService``)."""
 
     def __init__(self, service: Any, *, project: str, metric: str | None, runs: list[str], points: int,
-                 entity_type: str) -> None:
+                 entity_type: str, changes_only: bool = False) -> None:
         self.service, self.project, self.metric, self.runs = service, project, metric, runs
         self.points, self.entity_type = points, entity_type
         self.states: dict[str, bytes] = {}
+        self.baseline = changes_only  # the first read only records the states: nothing is sent for it
         self.plans: dict[str, dict[str, int]] = {}
         self.heads: dict[str, tuple[int, int]] = {}  # per run: (generation, highest step) when last sent
         self.tails: dict[str, int] = {}  # per run: the step_from of its last bucket sent
@@ -98,15 +100,22 @@ class LiveView:
         newest = max((self.alerts_sent or {}).values(), default=now)
         return min(newest, now) - ALERTS_LOOKBACK_NS
 
-    def changed_runs(self) -> list[dict[str, Any]]:
-        """The entities whose row differs from the last one sent."""
-        changed = []
+    def changed_runs(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The entities whose row differs from the last one sent, and the ids among them that are new to the view
+        (none on the first read). With ``changes_only``, the first read sends nothing."""
+        changed, new, first = [], [], not self.states
         for row in self.service.entities(self.project, entity_type=self.entity_type, runs=self.runs or None):
             blob = orjson.dumps(to_wire(row))
-            if self.states.get(row["id"]) != blob:
+            seen = self.states.get(row["id"])
+            if seen != blob:
                 self.states[row["id"]] = blob
                 changed.append(row)
-        return changed
+                if seen is None and not first:
+                    new.append(row["id"])
+        if self.baseline:
+            self.baseline = False
+            return [], []
+        return changed, new
 
     def curve_events(self) -> list[tuple[str, Any]]:
         """``curves`` for runs new to the view, overwritten or past their plan; ``buckets`` for runs that logged
@@ -161,9 +170,9 @@ async def stream(view: LiveView, *, interval_s: float = INTERVAL_S) -> AsyncIter
         try:
             if now - last_runs >= RUNS_INTERVAL_S:
                 last_runs = now
-                changed = await run_in_threadpool(view.changed_runs)
+                changed, new = await run_in_threadpool(view.changed_runs)
                 if changed:
-                    yield sse("runs", {"runs": changed})
+                    yield sse("runs", {"runs": changed, "new": new})
             for event, data in await run_in_threadpool(view.curve_events):
                 yield sse(event, data)
         except Exception as exc:  # a failed poll (store busy, a run without the metric yet) is retried
@@ -191,13 +200,15 @@ def events_router(service: Any) -> APIRouter:
 
     # An endless text/event-stream is no JSON operation: left out of the OpenAPI schema (and its fuzzing).
     @router.get("/events", include_in_schema=False)
-    async def events(project: str = Query(description="the project to watch"),
+    async def events(*, project: str = Query(description="the project to watch"),
                      metric: str | None = Query(None, description="the metric whose curves to stream"),
                      runs: str = Query("", description="comma-separated run ids whose curves to stream"),
                      points: int = Query(1000, ge=1, le=100_000, description="buckets per curve"),
-                     entity_type: str = Query("run", pattern="^(run|model)$")) -> StreamingResponse:
+                     entity_type: str = Query("run", pattern="^(run|model)$"),
+                     changes: bool = Query(False, description="no first `runs` event of every run: changes only"),
+                     ) -> StreamingResponse:
         view = LiveView(service, project=project, metric=metric, runs=[r for r in runs.split(",") if r],
-                        points=points, entity_type=entity_type)
+                        points=points, entity_type=entity_type, changes_only=changes)
         return StreamingResponse(stream(view), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 

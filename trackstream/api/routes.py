@@ -79,6 +79,17 @@ class RunsBody(_Body):
     limit: int | None = Field(None, ge=0, description="at most this many runs")
 
 
+class RunsTableBody(_Body):
+    project: str
+    entity_type: str = Field("run", description="run or model")
+    search: str | None = Field(None, description="words that must all occur in name, id, tags or key=value params")
+    status: list[str] | None = Field(None, description="only these statuses")
+    filters: list[dict[str, Any]] | None = Field(None, description="[{field, value}]: substring of a field's text")
+    sort: list[dict[str, Any]] | None = Field(None, description="[{field, dir}]: the first is the main key")
+    page: int = Field(1, ge=1, description="the page, from 1")
+    size: int = Field(100, ge=1, le=1000, description="rows per page")
+
+
 class AlertsBody(_Body):
     project: str
     entity_type: str = Field("run", description="run or model")
@@ -227,6 +238,13 @@ def query_router(service: Any) -> APIRouter:
                                            status=body.status,
                                            params=body.params, tags=body.tags, order_by=body.order_by,
                                            limit=body.limit), "runs")
+
+    @router.post("/runs_table", response_model=MetricsResult,
+                 summary="A page of the runs table: searched, filtered and sorted on the server")
+    def runs_table(body: RunsTableBody) -> Response:
+        return answer(lambda: service.runs_table(body.project, entity_type=body.entity_type, search=body.search,
+                                                 status=body.status, filters=body.filters, sort=body.sort,
+                                                 page=body.page, size=body.size), "runs_table")
 
     @router.post("/alerts", response_model=RowsResult, summary="Alerts fired and resolved, newest first")
     def alerts(body: AlertsBody) -> Response:

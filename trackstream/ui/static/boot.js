@@ -1,19 +1,20 @@
-// Starts the runs table's read as soon as the page's HTML is parsed, while the chart and table libraries are
-// still loading and compiling (this module is `async`: it runs without waiting for them). The runs page takes
-// the answer through api.js's `prefetched`; any other route reads nothing here.
+// Starts the runs table's first read as soon as the page's HTML is parsed, while the chart and table libraries
+// are still loading and compiling (this module is `async`: it runs without waiting for them). The runs page
+// takes the answer through api.js's `prefetched` when it asks for the same page; other routes read nothing here.
+import { pageBody } from "./runs.js";
+
 const raw = location.hash.replace(/^#/, "");
 const [path, queryString = ""] = raw.split("?");
 const parts = path.split("/").filter(Boolean);
 if (parts[0] === "p" && parts.length === 2) {
-  const body = { project: decodeURIComponent(parts[1]),
-    entity_type: new URLSearchParams(queryString).get("type") === "model" ? "model" : "run" };
+  const type = new URLSearchParams(queryString).get("type") === "model" ? "model" : "run";
+  const body = JSON.stringify(pageBody(decodeURIComponent(parts[1]), type));
   window.trackstreamPrefetch = {
-    route: "runs",
+    route: "runs_table",
     at: performance.now(),
-    body: JSON.stringify(body),
-    response: fetch("/api/v1/runs", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-      credentials: "same-origin",
+    body,
+    response: fetch("/api/v1/runs_table", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body, credentials: "same-origin",
     }),
   };
 }

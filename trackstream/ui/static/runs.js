@@ -1,12 +1,25 @@
-// The runs table of a project (#/p/<project>): Tabulator, virtual rendering, live statuses.
+// The runs table of a project (#/p/<project>): Tabulator, virtual rendering, live statuses. Search, filters and
+// sorting run on the server (POST /api/v1/runs_table, sinks/runs_table.py), which sends a page of rows at a time
+// as the table scrolls: a project of 10,000 runs costs the page the rows it shows.
 import { api, openEvents } from "./api.js";
 import {
   el, field, select, href, fmtNum, fmtDuration, durationMs, fmtDateTime, isFiniteNum, statusBadge,
-  nanFlagText, STATUSES, multiSelect, pref, setPref, metricNames, seriesMetricNames, fmtValue, noun,
+  nanFlagText, STATUSES, multiSelect, pref, setPref, fmtValue, noun,
 } from "./util.js";
 
-const REFRESH_MS = 5000; // re-fetch of metric summaries while a run runs
+export const PAGE_SIZE = 200; // rows per request (boot.js asks for the first page with the same body)
+export const FIRST_SORT = [{ field: "started_at", dir: "desc" }];
+const REFRESH_MS = 5000; // re-read of the loaded running rows' metric summaries
 const CURVES_DEFAULT_RUNS = 10;
+
+/** The body of a runs_table request; boot.js builds the first page's the same way. */
+export function pageBody(project, entity_type, { search = "", status = null, filters = [], sort = FIRST_SORT, page = 1 } = {}) {
+  const body = { project, entity_type, page, size: PAGE_SIZE, sort };
+  if (search) body.search = search;
+  if (status) body.status = status;
+  if (filters.length) body.filters = filters;
+  return body;
+}
 
 export async function mount(root, ctx) {
   const { project } = ctx;
@@ -16,25 +29,27 @@ export async function mount(root, ctx) {
 
   // The other kind's tab shows when the project holds any (a models-only project opens on its models).
   const other = entity_type === "run" ? "model" : "run";
-  let [rows, otherProjects] = await Promise.all([
-    api("runs", { project, entity_type }), api("projects", { entity_type: other }).catch(() => [])]);
+  let [first, otherProjects] = await Promise.all([
+    api("runs_table", pageBody(project, entity_type)), api("projects", { entity_type: other }).catch(() => [])]);
   if (!ctx.alive()) return null;
 
   const disposers = [];
   let table = null;
   let tableReady = false;
-  let paramKeys = [];
-  let constantParams = {};
-  let allMetrics = metricNames(rows);
+  let paramKeys = first.params.differ;
+  let allMetrics = first.metrics;
+  let seriesMetrics = first.series;
   const storedMetrics = pref(`runs.metrics.${project}`, null);
   let metrics = (storedMetrics || []).filter((m) => allMetrics.includes(m));
   if (!metrics.length && allMetrics.length) metrics = [allMetrics[0]];
-  const statusOf = new Map(rows.map((r) => [r.id, r.status]));
+  const loaded = new Map(); // id -> runs() row, for the rows the table holds or is about to
+  let inTable = new Set(); // the ids the table holds (updates go to these only)
+  let fresh = 0; // runs started since the table was read
 
   // -- toolbar ---------------------------------------------------------------------------------------
   const search = el("input", { type: "search", placeholder: "name, id, params, tags…", class: "search" });
   const statusFilter = select([["", "any"], ...STATUSES.map((s) => [s, s]), ["failed,crashed", "failed or crashed"]],
-    "", () => applyFilters());
+    "", () => reload());
   const metricPicker = multiSelect({
     label: "Metrics", options: allMetrics, selected: metrics, empty: "none",
     onChange: (chosen) => {
@@ -44,6 +59,7 @@ export async function mount(root, ctx) {
     },
   });
   const count = el("span", { class: "muted count" });
+  const newButton = el("button", { type: "button", class: "btn-link new-runs", hidden: true, on: { click: () => reload() } });
   const curvesButton = el("button", { type: "button", class: "btn btn-primary", text: `Curves of selected ${noun(true)}` });
   const kinds = el("div", { class: "seg kinds", role: "tablist" },
     ["run", "model"].filter((k) => k === entity_type || otherProjects.includes(project)).map((k) =>
@@ -60,6 +76,7 @@ export async function mount(root, ctx) {
       field("Status", statusFilter),
       metricPicker,
       el("span", { class: "spacer" }),
+      newButton,
       count,
       curvesButton,
       compareButton),
@@ -69,13 +86,13 @@ export async function mount(root, ctx) {
   let searchTimer = null;
   search.addEventListener("input", () => {
     clearTimeout(searchTimer);
-    searchTimer = setTimeout(applyFilters, 200);
+    searchTimer = setTimeout(reload, 200);
   });
 
   curvesButton.addEventListener("click", () => {
-    const metric = metrics.find((m) => seriesMetricNames(rows).includes(m)) || seriesMetricNames(rows)[0] || metrics[0];
+    const metric = metrics.find((m) => seriesMetrics.includes(m)) || seriesMetrics[0] || metrics[0];
     let ids = table.getSelectedData().map((r) => r.id);
-    if (!ids.length) ids = table.getData("active").slice(0, CURVES_DEFAULT_RUNS).map((r) => r.id);
+    if (!ids.length) ids = table.getData().slice(0, CURVES_DEFAULT_RUNS).map((r) => r.id);
     location.hash = href(project, "curves", { metric, runs: ids });
   });
   compareButton.addEventListener("click", () => {
@@ -86,22 +103,10 @@ export async function mount(root, ctx) {
 
   // -- rows and columns ---------------------------------------------------------------------------------
 
-  function computeParams() {
-    const values = new Map();
-    for (const r of rows) {
-      for (const [k, v] of Object.entries(r.params || {})) {
-        if (!values.has(k)) values.set(k, new Set());
-        values.get(k).add(JSON.stringify(v));
-      }
-    }
-    const keys = [...values.keys()].sort();
-    // A param differs when it has two values, or some runs lack it.
-    paramKeys = keys.filter((k) => values.get(k).size > 1 || rows.some((r) => !r.params || !(k in r.params)));
-    constantParams = {};
-    for (const k of keys) if (!paramKeys.includes(k)) constantParams[k] = rows[0].params[k];
-    const entries = Object.entries(constantParams);
+  function showConstants(same) {
+    const entries = Object.entries(same);
     constants.replaceChildren(...(entries.length
-      ? [el("span", { text: "Same in every run: " }),
+      ? [el("span", { text: `Same in every ${noun()}: ` }),
         ...entries.map(([k, v]) => el("span", { class: "kv", text: `${k}=${fmtValue(v)}`, title: `${k}=${fmtValue(v)}` }))]
       : []));
     constants.hidden = !entries.length;
@@ -117,8 +122,6 @@ export async function mount(root, ctx) {
       id: r.id, name: r.name || r.id, status: r.status, started_at: r.started_at, ended_at: r.ended_at,
       tags: tagsText(r.tags), ranks: r.ranks, lost_points: r.lost_points,
     };
-    rec._search = [r.name, r.id, rec.tags,
-      ...Object.entries(r.params || {}).map(([k, v]) => `${k}=${fmtValue(v)}`)].join(" ").toLowerCase();
     paramKeys.forEach((k, i) => {
       const v = r.params ? r.params[k] : undefined;
       rec[`p_${i}`] = v === undefined ? null : typeof v === "object" && v !== null ? JSON.stringify(v) : v;
@@ -134,28 +137,14 @@ export async function mount(root, ctx) {
     return rec;
   }
 
-  // Empty, NaN and missing values sort last whatever the direction.
-  function numberSorter(a, b, aRow, bRow, column, dir) {
-    const ea = a === null || a === undefined || Number.isNaN(a);
-    const eb = b === null || b === undefined || Number.isNaN(b);
-    if (ea || eb) return ea && eb ? 0 : (ea ? 1 : -1) * (dir === "asc" ? 1 : -1);
-    return a < b ? -1 : a > b ? 1 : 0;
-  }
-
-  function mixedSorter(a, b, aRow, bRow, column, dir) {
-    if (typeof a === "number" && typeof b === "number") return numberSorter(a, b, aRow, bRow, column, dir);
-    const ea = a === null || a === undefined;
-    const eb = b === null || b === undefined;
-    if (ea || eb) return ea && eb ? 0 : (ea ? 1 : -1) * (dir === "asc" ? 1 : -1);
-    return String(a).localeCompare(String(b), undefined, { numeric: true });
-  }
-
-  // ISO 8601 UTC times order as strings: a plain comparison (localeCompare is slow over 10,000 rows).
-  function timeSorter(a, b, aRow, bRow, column, dir) {
-    const ea = !a;
-    const eb = !b;
-    if (ea || eb) return ea && eb ? 0 : (ea ? 1 : -1) * (dir === "asc" ? 1 : -1);
-    return a < b ? -1 : a > b ? 1 : 0;
+  /** The server's name of a column's field (sinks/runs_table.py). */
+  function serverField(f) {
+    if (f === "_duration") return "duration";
+    let m = /^p_(\d+)$/.exec(f);
+    if (m) return `param:${paramKeys[Number(m[1])]}`;
+    m = /^m_(\d+)_(last|min|max|bad)$/.exec(f);
+    if (m) return `metric:${metrics[Number(m[1])]}:${m[2]}`;
+    return f;
   }
 
   /** "MM-DD HH:MM" this year, "YYYY-MM-DD" before. */
@@ -172,27 +161,27 @@ export async function mount(root, ctx) {
     return node;
   }
 
-  // Widths set from the header and a sample of values, not measured: measuring 10,000 rows' cells on every
-  // build ("fitData") is most of the table's first paint.
+  /** A header filter (substring, case-insensitive, applied by the server) with an accessible name. */
+  function textFilter(what) {
+    return {
+      headerFilter: "input", headerFilterPlaceholder: "filter",
+      headerFilterParams: { elementAttributes: { "aria-label": `filter ${what}`, title: `filter ${what} (contains)` } },
+    };
+  }
+
+  // Widths set from the header and the first page's values, not measured: measuring cells on every build
+  // ("fitData") is most of a table's first paint.
   function paramWidth(key) {
     let chars = key.length + 2; // the sort arrow
-    for (const r of rows.slice(0, 500)) {
+    for (const r of first.data) {
       const v = r.params ? r.params[key] : undefined;
       if (v !== undefined) chars = Math.max(chars, fmtValue(v).length);
     }
     return Math.round(Math.min(180, Math.max(56, chars * 7.5 + 22)));
   }
 
-  /** A header filter (substring, case-insensitive) with an accessible name. */
-  function textFilter(what) {
-    return {
-      headerFilter: "input", headerFilterPlaceholder: "filter", headerFilterFunc: "like",
-      headerFilterParams: { elementAttributes: { "aria-label": `filter ${what}`, title: `filter ${what} (contains)` } },
-    };
-  }
-
   function columns() {
-    const cols = [
+    return [
       {
         title: "Name", field: "name", frozen: true, width: 176, ...textFilter("name"),
         formatter: (cell) => {
@@ -214,12 +203,11 @@ export async function mount(root, ctx) {
         },
       },
       {
-        title: "Started", field: "started_at", width: 96, sorter: timeSorter,
+        title: "Started", field: "started_at", width: 96,
         formatter: (cell) => el("span", { text: shortDate(cell.getValue()), title: fmtDateTime(cell.getValue()) }),
       },
       {
         title: "Duration", field: "_duration", width: 90, hozAlign: "right",
-        sorter: (a, b, aRow, bRow, c, dir) => numberSorter(durationMs(aRow.getData()), durationMs(bRow.getData()), aRow, bRow, c, dir),
         formatter: (cell) => {
           const r = cell.getData();
           const live = r.status === "running" && !r.ended_at;
@@ -230,7 +218,7 @@ export async function mount(root, ctx) {
       },
       ...paramKeys.map((k, i) => ({
         title: k, field: `p_${i}`, width: paramWidth(k), hozAlign: "right", ...textFilter(`param ${k}`),
-        sorter: mixedSorter, headerTooltip: `param ${k}`,
+        headerTooltip: `param ${k}`,
         formatter: (cell) => el("span", { text: fmtValue(cell.getValue()), title: fmtValue(cell.getValue()) }),
       })),
       {
@@ -241,11 +229,10 @@ export async function mount(root, ctx) {
         title: m, headerTooltip: `metric ${m}`,
         columns: [
           ...["last", "min", "max"].map((stat) => ({
-            title: stat, field: `m_${i}_${stat}`, width: 78, hozAlign: "right", sorter: numberSorter,
-            headerFilter: false, formatter: numberCell,
+            title: stat, field: `m_${i}_${stat}`, width: 78, hozAlign: "right", headerFilter: false, formatter: numberCell,
           })),
           {
-            title: "NaN/Inf", field: `m_${i}_bad`, width: 96, sorter: "number", headerTooltip: `non-finite values of ${m}: count@first step`,
+            title: "NaN/Inf", field: `m_${i}_bad`, width: 96, headerTooltip: `non-finite values of ${m}: count@first step`,
             formatter: (cell) => {
               const text = cell.getData()[`m_${i}_flag`];
               return text ? el("span", { class: "badge nanflag", text, title: `${m}: ${text} (count@first step)` }) : "";
@@ -254,51 +241,82 @@ export async function mount(root, ctx) {
         ],
       })),
     ];
-    return cols;
   }
 
-  function applyFilters() {
-    if (!tableReady) return;
-    const words = search.value.trim().toLowerCase().split(/\s+/).filter(Boolean);
-    const statuses = statusFilter.value ? statusFilter.value.split(",") : null;
-    if (!words.length && !statuses) {
-      table.clearFilter(false);
-      return;
-    }
-    table.setFilter((data) => (!statuses || statuses.includes(data.status)) && words.every((w) => data._search.includes(w)));
-  }
+  let lastCounts = { shown: first.last_row, total: first.total };
 
   function updateCount() {
     if (!tableReady) return;
-    const shown = table.getDataCount("active");
+    const { shown, total } = lastCounts;
     const selected = table.getSelectedRows().length;
-    count.textContent = `${shown === rows.length ? rows.length : `${shown} of ${rows.length}`} ${noun(true)}` +
+    count.textContent = `${shown === total ? total : `${shown} of ${total}`} ${noun(true)}` +
       (selected ? ` · ${selected} selected` : "");
     curvesButton.title = selected ? `Curves of the ${selected} selected ${noun(true)}`
       : `Curves of the first ${Math.min(CURVES_DEFAULT_RUNS, shown)} ${noun(true)} shown (select some to choose)`;
     compareButton.title = selected > 1 ? `Compare the ${selected} selected ${noun(true)}` : `Compare every ${noun()} of the project`;
+    newButton.hidden = !fresh;
+    newButton.textContent = `${fresh} new ${fresh === 1 ? noun() : noun(true)}: show`;
+  }
+
+  /** The table's data source: a page of the server's answer (the first one is already here). */
+  async function requestPage(url, config, params) {
+    const body = pageBody(project, entity_type, {
+      search: search.value.trim(),
+      status: statusFilter.value ? statusFilter.value.split(",") : null,
+      filters: (params.filter || []).filter((f) => f.value !== "" && f.value !== undefined)
+        .map((f) => ({ field: serverField(f.field), value: String(f.value) })),
+      sort: (params.sort || []).length ? params.sort.map((s) => ({ field: serverField(s.field), dir: s.dir })) : FIRST_SORT,
+      page: params.page || 1,
+    });
+    let answer;
+    if (first && JSON.stringify(body) === JSON.stringify(pageBody(project, entity_type))) {
+      answer = first;
+    } else {
+      answer = await api("runs_table", body);
+    }
+    first = null;
+    if (body.page === 1) {
+      for (const id of loaded.keys()) loaded.delete(id);
+      fresh = 0;
+      adoptColumns(answer);
+    }
+    for (const r of answer.data) loaded.set(r.id, r);
+    lastCounts = { shown: answer.last_row, total: answer.total };
+    setTimeout(updateCount);
+    return { last_page: answer.last_page, last_row: answer.last_row, data: answer.data.map(flatten) };
+  }
+
+  /** New params or metrics in the project (a run with new keys): the columns follow, then the rows again. */
+  function adoptColumns(answer) {
+    showConstants(answer.params.same);
+    seriesMetrics = answer.series;
+    const before = JSON.stringify([paramKeys, allMetrics]);
+    if (JSON.stringify([answer.params.differ, answer.metrics]) === before) return;
+    paramKeys = answer.params.differ;
+    allMetrics = answer.metrics;
+    metricPicker.setOptions(allMetrics, metrics.filter((m) => allMetrics.includes(m)));
+    metrics = metricPicker.selected();
+    if (!metrics.length && allMetrics.length) metrics = [allMetrics[0]];
+    if (tableReady) setTimeout(rebuildColumns);
   }
 
   function rebuildColumns() {
-    const sorters = table.getSorters().map((s) => ({ column: s.field, dir: s.dir }));
     table.setColumns(columns());
-    const records = rows.map(flatten);
-    table.updateOrAddData(records);
-    for (const rec of records) shown.set(rec.id, rec);
-    const fields = new Set(table.getColumns(true).flatMap(flat).map((c) => c.getField()));
-    table.setSort(sorters.filter((s) => fields.has(s.column)));
+    reload();
   }
 
-  function flat(col) {
-    const sub = col.getSubColumns ? col.getSubColumns() : [];
-    return sub.length ? sub.flatMap(flat) : [col];
+  function reload() {
+    if (tableReady) table.setData();
   }
 
-  computeParams();
-  const initial = rows.map(flatten);
-  const shown = new Map(initial.map((rec) => [rec.id, rec])); // rows as last given to the table (see push)
+  showConstants(first.params.same);
   table = new Tabulator(tableHost, {
-    data: initial,
+    ajaxURL: "runs_table", // the request is requestPage's
+    ajaxRequestFunc: requestPage,
+    progressiveLoad: "scroll",
+    paginationSize: PAGE_SIZE,
+    sortMode: "remote",
+    filterMode: "remote",
     index: "id",
     height: "100%",
     layout: "fitColumns",
@@ -310,23 +328,26 @@ export async function mount(root, ctx) {
     },
     selectableRows: true,
     columnDefaults: { headerTooltip: true, resizable: true },
-    initialSort: [{ column: "started_at", dir: "desc" }],
+    initialSort: FIRST_SORT.map((s) => ({ column: s.field, dir: s.dir })),
     placeholder: `No ${noun(true)} match`,
-    headerFilterLiveFilterDelay: 200,
+    headerFilterLiveFilterDelay: 300,
   });
   // The selection survives a trip to another page and back (this tab only).
   const selectionKey = `trackstream.selected.${project}`;
   table.on("tableBuilt", () => {
     tableReady = true;
+    updateCount();
+  });
+  table.on("dataProcessed", () => {
+    inTable = new Set(table.getData().map((r) => r.id));
     try {
-      const kept = JSON.parse(sessionStorage.getItem(selectionKey) || "[]").filter((id) => statusOf.has(id));
+      const kept = JSON.parse(sessionStorage.getItem(selectionKey) || "[]").filter((id) => loaded.has(id));
       if (kept.length) table.selectRow(kept);
     } catch {
       /* nothing kept */
     }
     updateCount();
   });
-  table.on("dataFiltered", () => setTimeout(updateCount));
   table.on("rowSelectionChanged", (data) => {
     if (tableReady) {
       try { sessionStorage.setItem(selectionKey, JSON.stringify(data.map((r) => r.id))); } catch { /* private mode */ }
@@ -337,104 +358,61 @@ export async function mount(root, ctx) {
 
   // -- live -----------------------------------------------------------------------------------------------
 
-  // Rows as last given to the table: only the rows that differ are handed to it again (at 10,000 rows,
-  // re-feeding all of them every few seconds would freeze the page).
-  const byId = new Map(rows.map((r) => [r.id, r]));
-
-  function differs(old, rec) {
-    return Object.keys(rec).some((k) => (k === "ranks" ? JSON.stringify(old.ranks) !== JSON.stringify(rec.ranks) : old[k] !== rec[k]));
+  /** Rows the table holds that changed: handed to it again. */
+  function update(rows) {
+    const records = rows.filter((r) => inTable.has(r.id)).map(flatten);
+    if (records.length) table.updateData(records);
   }
 
-  function push(records) {
-    const changedRecords = records.filter((rec) => !shown.has(rec.id) || differs(shown.get(rec.id), rec));
-    if (!changedRecords.length) return;
-    for (const rec of changedRecords) shown.set(rec.id, rec);
-    table.updateOrAddData(changedRecords);
-  }
+  const atTop = () => {
+    const holder = tableHost.querySelector(".tabulator-tableholder");
+    return !holder || holder.scrollTop < 40;
+  };
 
-  let fetching = false;
-  /** Re-reads the runs: every run (`full`), else only the running ones (their summaries move). */
-  async function refetch(full) {
-    if (fetching || !ctx.alive()) return;
-    fetching = true;
+  let reading = false;
+  /** Re-reads the loaded rows among `ids` (their summaries moved, or they ended). */
+  async function reread(ids) {
+    if (reading || !ids.length || !ctx.alive()) return;
+    reading = true;
     try {
-      const fresh = await api("runs", full ? { project, entity_type } : { project, entity_type, status: "running" });
+      const rows = await api("runs", { project, entity_type, runs: ids });
       if (!ctx.alive()) return;
-      if (full) {
-        const known = new Set(fresh.map((r) => r.id));
-        const gone = rows.filter((r) => !known.has(r.id)).map((r) => r.id);
-        if (gone.length) {
-          table.deleteRow(gone);
-          for (const id of gone) { shown.delete(id); byId.delete(id); statusOf.delete(id); }
-        }
-      }
-      for (const r of fresh) {
-        statusOf.set(r.id, r.status);
-        byId.set(r.id, r);
-      }
-      rows = [...byId.values()];
-      const oldSignature = JSON.stringify([paramKeys, allMetrics]);
-      computeParams();
-      allMetrics = metricNames(rows);
-      if (JSON.stringify([paramKeys, allMetrics]) !== oldSignature) {
-        metricPicker.setOptions(allMetrics, metrics.filter((m) => allMetrics.includes(m)));
-        metrics = metricPicker.selected();
-        if (!metrics.length && allMetrics.length) metrics = [allMetrics[0]];
-        rebuildColumns();
-      } else {
-        push(fresh.map(flatten));
-      }
-      updateCount();
+      for (const r of rows) loaded.set(r.id, r);
+      update(rows);
     } catch (err) {
       ctx.fail(err);
     } finally {
-      fetching = false;
+      reading = false;
     }
   }
 
-  function changed(row, r) {
-    return ["status", "name", "started_at", "ended_at", "lost_points"].some((k) => row[k] !== r[k]) ||
-      JSON.stringify(row.tags) !== JSON.stringify(r.tags) || JSON.stringify(row.ranks) !== JSON.stringify(r.ranks);
-  }
-
-  const events = openEvents({ project, entity_type }, {
-    runs: ({ runs }) => {
-      if (!tableReady) return;
-      let unknown = false;
-      let ended = false;
-      const updates = [];
+  const events = openEvents({ project, entity_type, changes: true }, { // the table has its rows: changes only
+    runs: ({ runs, new: started }) => {
+      const ended = [];
+      const changed = [];
+      fresh += started.length;
       for (const r of runs) {
-        const row = byId.get(r.id);
-        if (!row) {
-          unknown = true;
-          continue;
-        }
-        if (!changed(row, r)) continue; // the first event lists every run
-        if (row.status === "running" && r.status !== "running") ended = true;
+        const row = loaded.get(r.id);
+        if (!row) continue;
+        if (row.status === "running" && r.status !== "running") ended.push(r.id);
         Object.assign(row, r); // params and metrics are not in the event: kept
-        statusOf.set(r.id, r.status);
-        updates.push(flatten(row));
+        changed.push(row);
       }
-      if (updates.length) push(updates);
-      if (unknown || ended) refetch(true); // a new run, or final summaries
+      if (tableReady) update(changed);
+      if (ended.length) reread(ended); // the final summaries
+      if (fresh && atTop() && !table.getSelectedRows().length) reload(); // new runs come first
+      else updateCount();
     },
     alerts: (data) => {
       ctx.alerts(data);
-      if (!tableReady) return;
-      const touched = [...new Set(data.alerts.map((a) => a.run))].filter((id) => byId.has(id));
-      if (touched.length) push(touched.map((id) => flatten(byId.get(id)))); // the Status cell's alert mark
+      if (tableReady) update([...new Set(data.alerts.map((a) => a.run))].map((id) => loaded.get(id)).filter(Boolean));
     },
     problem: ({ message }) => ctx.problem(message),
   }, ctx.live);
   disposers.push(() => events.close());
 
   const refresher = setInterval(() => {
-    for (const st of statusOf.values()) {
-      if (st === "running") {
-        refetch(false);
-        break;
-      }
-    }
+    reread([...loaded.values()].filter((r) => r.status === "running").map((r) => r.id));
   }, REFRESH_MS);
   disposers.push(() => clearInterval(refresher));
 
