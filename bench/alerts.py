@@ -17,7 +17,8 @@ import time
 
 from trackstream.schemas.alerts import AlertRule, make_rule
 from trackstream.schemas.envelope import EntityRef
-from trackstream.streams.alerts import AlertEvaluator, RunAlerts
+from trackstream.streams.alert_state import RunAlerts
+from trackstream.streams.alerts import AlertEvaluator
 
 RULES = [make_rule("bench", "loss", "nan"), make_rule("bench", "loss", "inf"),
          make_rule("bench", "loss", "above", value=50.0), make_rule("bench", "loss", "below", value=1e-9),

@@ -714,7 +714,7 @@ def emit_kafka(browser: Browser, work: Path, args: argparse.Namespace) -> tuple[
     if not args.bootstrap:
         return [Figure(label, "skipped: no broker (--bootstrap or TRACKSTREAM_KAFKA_BOOTSTRAP; make bench-ui "
                               "starts one)", "-", "p99 <= 1 s", None)], []
-    from trackstream.demo import kafka_workers
+    from trackstream.demo_pipeline import kafka_workers
     from trackstream.schemas.settings import KafkaSettings
 
     prefix = f"benchui{uuid.uuid4().hex[:8]}"

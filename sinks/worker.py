@@ -19,9 +19,9 @@ the writes in order. While the writer is idle, a cut happens as soon as the olde
 chunks grow (up to ``max_rows`` or ``linger_ms``) only while the writer is busy.
 
 A crash after 2 replays the write from the committed offsets; on assignment the worker reads the recorded
-boundaries, cuts the replay at the same offsets and regroups the chunks by write (:mod:`.writes`), so the
-replayed inserts carry the same token and ClickHouse drops them: even a raw ``SELECT count() FROM points`` sees
-every point once. (Reads use ``FINAL`` on top, which covers the remaining windows, e.g. a crash between 1 and 2
+boundaries (:mod:`.intake`), cuts the replay at the same offsets and regroups the chunks by write (:mod:`.writes`),
+so the replayed inserts carry the same token and ClickHouse drops them: even a raw ``SELECT count() FROM points``
+sees every point once. (Reads use ``FINAL`` on top, which covers the remaining windows, e.g. a crash between 1 and 2
 followed by a differently cut replay, or a write whose partitions moved to several workers.)
 
 ClickHouse unavailable: the worker pauses its partitions, keeps polling (so the group keeps it), retries the
@@ -48,19 +48,10 @@ from trackstream.schemas.kafka_clients import FETCH_MAX_WAIT_MS
 from trackstream.schemas.settings import KafkaSettings, StoreSettings, diagnose_connect_failure
 from trackstream.schemas.topics import Topics
 from trackstream.sinks.batch import Batcher, BatchLimits
-from trackstream.sinks.checks import decode_records, reason_of
-from trackstream.sinks.chunks import (
-    Chunk,
-    Held,
-    Message,
-    no_write,
-    prepare_chunk,
-    rebalance_listener,
-    record_chunks,
-    recorded_chunks,
-)
-from trackstream.sinks.dlq import DeadLetter, DeadLetterSender, count_points, sink_dlq_topic
+from trackstream.sinks.chunks import Chunk, Held, no_write, prepare_chunk, rebalance_listener, record_chunks
+from trackstream.sinks.dlq import DeadLetter, DeadLetterSender, sink_dlq_topic
 from trackstream.sinks.errors import SinkError, require
+from trackstream.sinks.intake import decode_message, load_plans
 from trackstream.sinks.outage import BrokerWatch, quiet_here, stop_consumer
 from trackstream.sinks.sink import Sink
 from trackstream.sinks.writes import ReplayPool, WorkerStats, Write
@@ -166,7 +157,9 @@ class SinkWorker:
             return
         held = self._held.get(tp) or await self._open(tp, messages[0].offset)
         for message in messages:
-            item, rows = self._decode(held, message)
+            item, rows, letters = decode_message(held, message)
+            for letter in letters:
+                self._dead_letter(held, letter)
             held.batcher.add(item, rows=rows, nbytes=len(message.value or b""))
             if held.planned_cut(message.offset):
                 self._pool.add(held.seal(tp), self._consumer.assignment())
@@ -174,29 +167,6 @@ class SinkWorker:
                     await self._start(write, stop)
             elif (held.batcher.full() or self._idle(held)) and tp in self._cuttable():
                 await self._cut(stop)
-
-    def _decode(self, held: Held, message: Any) -> tuple[Message, int]:
-        """The message's records (points and step aggregates: into the chunk's columns); what cannot be stored is
-        dead-lettered."""
-        raw, source = message.value, (held.topic, held.partition, message.offset)
-        item = Message(message.offset, [], raw, message.key)
-        try:
-            if held.kind == "points":
-                return item, held.columns.add_raw(raw if raw is not None else b"")
-            if held.kind == "steps" and (count := held.columns.add_steps_raw(raw)) is not None:
-                return item, count  # column-wise; the records are decoded again only if the chunk fails to build
-            decoded = decode_records(held.kind, raw)
-        except Exception as exc:
-            item.stored = False
-            detail, points = f"{type(exc).__name__}: {exc}", count_points(raw) if held.kind == "points" else 0
-            self._dead_letter(held, DeadLetter.message(reason_of(exc), detail, source, raw, message.key, points=points))
-            return item, 0
-        item.records = decoded.records
-        if decoded.rejected:
-            rejected = {index for index, _, _ in decoded.rejected}
-            item.indices = [i for i in range(len(decoded.records) + len(rejected)) if i not in rejected]
-            self._dead_letter(held, DeadLetter.some_records(decoded.rejected, source, raw, message.key))
-        return item, len(decoded.records)
 
     def _cuttable(self) -> dict[Any, Held]:
         """Partitions whose messages may be cut now: not replaying recorded chunks, none waiting in the pool."""
@@ -343,19 +313,8 @@ class SinkWorker:
     async def _open(self, tp: Any, offset: int) -> Held:
         """Start holding a partition whose next message is at ``offset``; load recorded chunk boundaries."""
         held = Held(tp.topic, tp.partition, self._kinds[tp.topic], Batcher(write=no_write, limits=self.limits))
-        delay = 0.1
-        while True:  # ClickHouse away: retried like a write, polling (paused) meanwhile
-            try:
-                held.plans.extend(await asyncio.to_thread(recorded_chunks, self.sink, self.group_id, tp, offset))
-                break
-            except SinkError as exc:
-                log.warning("reading the recorded chunks of %s[%d] failed (%s); retrying in %.1fs", tp.topic,
-                            tp.partition, exc, delay)
-                await self._backoff(delay)
-                delay = min(delay * 2, self.max_backoff_s)
-        if held.plans:
-            log.info("%s[%d]: replaying %d recorded chunk(s) from offset %d with their original boundaries",
-                     tp.topic, tp.partition, len(held.plans), offset)
+        held.plans.extend(await load_plans(self.sink, self.group_id, tp, offset, backoff=self._backoff,
+                                           max_backoff_s=self.max_backoff_s))
         self._held[tp] = held
         return held
 

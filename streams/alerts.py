@@ -1,7 +1,7 @@
 """Alert rules evaluated over metric columns as they stream by (issue 15): pure, deterministic, no clock reads.
 
-:class:`AlertEvaluator` holds the rules; :class:`RunAlerts` is what one entity (run or model) remembers about
-them, checkpointed with the entity (:meth:`RunAlerts.to_wire`). The stream calls
+:class:`AlertEvaluator` holds the rules; :class:`~trackstream.streams.alert_state.RunAlerts` is what one entity
+(run or model) remembers about them, checkpointed with the entity. The stream calls
 :meth:`AlertEvaluator.observe` for each metric group of each accepted envelope, and
 :meth:`AlertEvaluator.sweep` now and then for ``stalled`` rules; both append :class:`Alert` records to ``into``.
 
@@ -26,122 +26,21 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import filterfalse
-from typing import Any, Final
+from typing import Final
 
 from trackstream.schemas.alerts import ANY_METRIC, Alert, AlertRule, rule_problem
 from trackstream.schemas.envelope import EntityRef
-from trackstream.schemas.floats import exact_float, inexact_float
+from trackstream.streams.alert_state import RuleState, RunAlerts
 
-__all__ = ["AlertEvaluator", "RunAlerts"]
+__all__ = ["AlertEvaluator"]
 
 log = logging.getLogger(__name__)
 
-ALERTS_STATE_VERSION: Final = 1
 _CACHE_MAX: Final = 65_536
 _NS: Final = 1_000_000_000
-
-
-class _RuleState:
-    """One rule's memory for one entity: the (metric, rank) keys inside its condition, the running minimum and the
-    finite points seen (diverge), the last matching point's time and whether it fires (stalled)."""
-
-    __slots__ = ("breaching", "last_ns", "minimum", "seen", "stalled")
-
-    def __init__(self) -> None:
-        self.breaching: set[tuple[str, int]] = set()
-        self.minimum: float | None = None
-        self.seen = 0
-        self.last_ns: int | None = None
-        self.stalled = False
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {}
-        if self.breaching:
-            wire["breaching"] = [list(key) for key in sorted(self.breaching)]
-        if self.minimum is not None:
-            wire["min"] = exact_float(self.minimum)
-        if self.seen:
-            wire["seen"] = self.seen
-        if self.last_ns is not None:
-            wire["last_ns"] = self.last_ns
-        if self.stalled:
-            wire["stalled"] = True
-        return wire
-
-
-class RunAlerts:
-    """The alert state of one entity, for every rule: mutated by :class:`AlertEvaluator`, checkpointed as JSON.
-
-    Rules the evaluator no longer has are dropped from it on the evaluator's next call with it.
-    """
-
-    __slots__ = ("_rule_ids", "_rules")
-
-    def __init__(self) -> None:
-        self._rules: dict[str, _RuleState] = {}
-        self._rule_ids: Collection[str] | None = None  # the evaluator's rule set this state was last pruned to
-
-    def firing(self) -> list[str]:
-        """Ids of the rules firing for this entity, sorted."""
-        return sorted(rule_id for rule_id, rs in self._rules.items() if rs.breaching or rs.stalled)
-
-    def is_firing(self, rule_id: str) -> bool:
-        """True while rule ``rule_id`` fires for this entity (it fired and has not resolved)."""
-        rs = self._rules.get(rule_id)
-        return rs is not None and (bool(rs.breaching) or rs.stalled)
-
-    def retain(self, rule_ids: Collection[str]) -> None:
-        """Forget every rule whose id is not in ``rule_ids`` (firing ones too, without a resolved alert)."""
-        for rule_id in [rule_id for rule_id in self._rules if rule_id not in rule_ids]:
-            del self._rules[rule_id]
-        self._rule_ids = rule_ids
-
-    def _entry(self, rule_id: str) -> _RuleState:
-        rs = self._rules.get(rule_id)
-        if rs is None:
-            rs = self._rules[rule_id] = _RuleState()
-        return rs
-
-    def to_wire(self) -> dict[str, Any]:
-        """``{"v": 1, "rules": {rule_id: {"breaching": [[metric, rank], ...], "min": float, "seen": int,
-        "last_ns": int, "stalled": true}}}``, each key left out at its default (and rules with nothing to remember);
-        JSON-able, ``min`` an exact float (:func:`~trackstream.schemas.floats.exact_float`), in sorted order."""
-        rules = {rule_id: wire for rule_id in sorted(self._rules) if (wire := self._rules[rule_id].to_wire())}
-        return {"v": ALERTS_STATE_VERSION, "rules": rules}
-
-    @classmethod
-    def from_wire(cls, wire: Any) -> RunAlerts:
-        """Inverse of :meth:`to_wire`; raises :class:`ValueError` for a mapping it did not write."""
-        rules = wire.get("rules") if isinstance(wire, dict) and wire.get("v") == ALERTS_STATE_VERSION else None
-        if not isinstance(rules, dict):
-            raise ValueError(f"not an alert state of version {ALERTS_STATE_VERSION}: {str(wire)[:80]}")
-        state = cls()
-        try:
-            for rule_id, item in rules.items():
-                rs = state._entry(str(rule_id))
-                rs.breaching = {(str(metric), int(rank)) for metric, rank in item.get("breaching", ())}
-                minimum = inexact_float(item.get("min"))
-                rs.minimum = None if minimum is None else float(minimum)
-                rs.seen = int(item.get("seen", 0))
-                rs.last_ns = None if item.get("last_ns") is None else int(item["last_ns"])
-                rs.stalled = bool(item.get("stalled", False))
-        except (AttributeError, TypeError, ValueError, OverflowError, struct.error) as exc:
-            raise ValueError(f"not an alert state: {type(exc).__name__}: {exc}") from None
-        return state
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, RunAlerts):
-            return NotImplemented
-        return self.to_wire() == other.to_wire()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
-
-    def __repr__(self) -> str:
-        return f"RunAlerts({self.to_wire()['rules']})"
 
 
 @dataclass(slots=True)
@@ -190,21 +89,21 @@ def _flag_transitions(enter: list[bool], leave: Callable[[], list[bool]], leave_
     return found
 
 
-def _nan_transitions(rule: AlertRule, rs: _RuleState, batch: _Batch, inside: bool) -> list[_Transition]:
+def _nan_transitions(rule: AlertRule, rs: RuleState, batch: _Batch, inside: bool) -> list[_Transition]:
     if batch.finite:
         return [(0, False, None)] if inside else []
     flags = list(map(math.isnan, batch.values))
     return _flag_transitions(flags, lambda: flags, False, inside)
 
 
-def _inf_transitions(rule: AlertRule, rs: _RuleState, batch: _Batch, inside: bool) -> list[_Transition]:
+def _inf_transitions(rule: AlertRule, rs: RuleState, batch: _Batch, inside: bool) -> list[_Transition]:
     if batch.finite:
         return [(0, False, None)] if inside else []
     values = batch.values
     return _flag_transitions(list(map(math.isinf, values)), lambda: list(map(math.isfinite, values)), True, inside)
 
 
-def _threshold_transitions(rule: AlertRule, rs: _RuleState, batch: _Batch, inside: bool) -> list[_Transition]:
+def _threshold_transitions(rule: AlertRule, rs: RuleState, batch: _Batch, inside: bool) -> list[_Transition]:
     values, limit = batch.values, float(rule.value or 0.0)
     above = rule.when == "above"
     present = values if batch.finite else list(filterfalse(math.isnan, values))  # NaN neither enters nor leaves
@@ -221,7 +120,7 @@ def _threshold_transitions(rule: AlertRule, rs: _RuleState, batch: _Batch, insid
             for index, entered, _ in _flag_transitions(enter, lambda: list(map(leave, values)), True, inside)]
 
 
-def _diverge_transitions(rule: AlertRule, rs: _RuleState, batch: _Batch, inside: bool) -> list[_Transition]:
+def _diverge_transitions(rule: AlertRule, rs: RuleState, batch: _Batch, inside: bool) -> list[_Transition]:
     factor, after, values = float(rule.value or 0.0), rule.after_steps, batch.values
     minimum, seen = rs.minimum, rs.seen
     finite = values if batch.finite else list(filter(math.isfinite, values))
@@ -354,10 +253,6 @@ class AlertEvaluator:
             self._cache[key] = found
         return found
 
-    def _sync(self, state: RunAlerts) -> None:
-        if state._rule_ids is not self._ids:
-            state.retain(self._ids)
-
     def observe(self, state: RunAlerts, entity: EntityRef, rank: int, metric: str,  # noqa: PLR0917
                 steps: Sequence[int], times_ns: Sequence[int], values: Sequence[float], *, into: list[Alert],
                 now_ns: int | None = None) -> None:
@@ -372,12 +267,12 @@ class AlertEvaluator:
         rules = self.rules_for(entity.project, entity.type, metric)
         if not rules or not values:
             return
-        self._sync(state)
+        state.prune_to(self._ids)
         batch = _Batch(entity, rank, metric, steps, times_ns, values)
         key = (metric, rank)
         found: list[tuple[int, Alert]] = []
         for rule in rules:
-            rs = state._entry(rule.id)
+            rs = state.rule_state(rule.id)
             if rule.when == "stalled":
                 latest = max(times_ns) if now_ns is None else now_ns
                 rs.last_ns = latest if rs.last_ns is None else max(rs.last_ns, latest)
@@ -417,9 +312,9 @@ class AlertEvaluator:
         rules = self._stalled.get((entity.project, entity.type))
         if not rules:
             return
-        self._sync(state)
+        state.prune_to(self._ids)
         for rule in rules:
-            rs = state._entry(rule.id)
+            rs = state.rule_state(rule.id)
             last = rs.last_ns
             if rule.metric == ANY_METRIC and last_point_ns is not None and (last is None or last_point_ns > last):
                 last = last_point_ns

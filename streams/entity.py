@@ -20,7 +20,7 @@ from trackstream.schemas.limits import NESTING_MAX, nesting_depth
 from trackstream.schemas.processed import EntityState
 from trackstream.streams import liveness
 from trackstream.streams.aggregate import StepTracker
-from trackstream.streams.alerts import RunAlerts
+from trackstream.streams.alert_state import RunAlerts
 from trackstream.streams.dedup import ProducerTrack
 
 log = logging.getLogger(__name__)

@@ -149,7 +149,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
-    from trackstream.local import data_path, run_local
+    from trackstream.local import data_path
+    from trackstream.local_serve import run_local
     from trackstream.ui.serve import announce
 
     run_local(spool_dir=args.spool_dir, data_dir=args.data_dir, heartbeat_timeout_ms=args.heartbeat_timeout_ms,

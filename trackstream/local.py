@@ -14,8 +14,8 @@ frames from the same state, which yields the same records, and the sink's idempo
 Spool segments are deleted only after the save (damaged ones are kept for ``trackstream sync --discard-damaged``),
 and a dead producer's directory once it is fully ingested and holds no damaged segment.
 
-``trackstream local`` (:func:`run_local`) owns the store, ingests continuously and serves the query API on
-localhost; :func:`catch_up` is one pass, used by readers when no process owns the store.
+``trackstream local`` (:func:`trackstream.local_serve.run_local`) owns the store, ingests continuously and serves
+the query API on localhost; :func:`catch_up` is one pass, used by readers when no process owns the store.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -34,12 +32,12 @@ from typing import Any, Final
 import orjson
 
 from trackstream.alert_rules import RulesFile
+from trackstream.local_dlq import damage_record, dlq_line, spool_position, unstorable_record
 from trackstream.producers.journal import recover_journals
 from trackstream.producers.spool import START, Damage, Frame, SpoolPosition, SpoolReader, list_spools
-from trackstream.producers.spool_scan import segment_name
 from trackstream.schemas.processed import EntityState, PointBlock, StepAggregate
 from trackstream.schemas.settings import StoreSettings
-from trackstream.store import owning_store, spool_dir_from
+from trackstream.store import spool_dir_from
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +204,7 @@ class LocalIngest:
                                          alerts=batch.alerts)
         except Exception as exc:
             raise _Unwritable("encode", exc) from exc
-        lines = b"".join(_dlq_line(record) for record in batch.dlq)
+        lines = b"".join(dlq_line(record) for record in batch.dlq)
         began = time.perf_counter()
         try:
             self.sink.write_prepared(prepared)
@@ -240,10 +238,10 @@ class LocalIngest:
                 log.exception("trackstream local: processing the frame at %s failed", source)
                 out = Output(dlq=[DlqRecord("internal_error", f"{type(exc).__name__}: {exc}", source,
                                             entry.payload, key=entry.key)])
-            batch.add(out, lambda: _spool_position(producer_id, start))
+            batch.add(out, lambda: spool_position(producer_id, start))
             batch.envelopes += 1
         else:
-            batch.dlq.append(_damage_record(producer_id, entry, torn=torn))
+            batch.dlq.append(damage_record(producer_id, entry, torn=torn))
             batch.damaged += 1
         self.positions[producer_id] = entry.after
 
@@ -322,7 +320,7 @@ class LocalIngest:
                     refused_at = len(deferred)
                 log.warning("trackstream local: set aside the frame of %s at %s: %s", producer_id,
                             getattr(entry, "start", entry), exc)
-                deferred.append((producer_id, entry, _unstorable_record(producer_id, entry, exc)))
+                deferred.append((producer_id, entry, unstorable_record(producer_id, entry, exc)))
                 self._rollback(deferred)
                 continue
             deferred, refused_at = [], None
@@ -363,51 +361,6 @@ class LocalIngest:
         self.sink.close()
 
 
-def _spool_position(producer_id: str, position: SpoolPosition) -> dict[str, Any]:
-    return {"producer_id": producer_id, "segment": segment_name(position.segment), "offset": position.offset}
-
-
-def _damage_record(producer_id: str, damage: Damage, *, torn: bool) -> dict[str, Any]:
-    """The dead letter of a damaged range (``spool_damaged``) or of a dead producer's torn tail."""
-    from trackstream.streams.records import DLQ_VERSION
-
-    what = "the torn final frame of a dead producer" if torn else "no valid frame; reading resumed after it"
-    return {
-        "v": DLQ_VERSION, "reason": "spool_torn_tail" if torn else "spool_damaged",
-        "detail": f"{damage.size} bytes at [{damage.start}, {damage.end}) of {damage.file}: {what}",
-        "source": {"topic": f"spool/{producer_id}", "partition": damage.segment, "offset": damage.start},
-        "raw": base64.b64encode(damage.sample).decode("ascii"), "raw_bytes": damage.size,
-        "raw_sha256": damage.sha256, "metric": None, "count": 0, "time_ns": time.time_ns(),
-        "spool": _spool_position(producer_id, SpoolPosition(damage.segment, damage.start)),
-        "range": damage.to_json(),
-    }
-
-
-def _unstorable_record(producer_id: str, entry: Frame | Damage, exc: _Unwritable) -> dict[str, Any]:
-    from trackstream.streams.records import DlqRecord, SourcePosition
-
-    if isinstance(entry, Damage):  # never: writing a damaged range's dead letter inserts nothing
-        return _damage_record(producer_id, entry, torn=False)
-    source = SourcePosition(f"spool/{producer_id}", entry.start.segment, entry.start.offset)
-    record = DlqRecord("unstorable", str(exc), source, entry.payload, key=entry.key)
-    return {**record.to_wire(), "spool": _spool_position(producer_id, entry.start)}
-
-
-def _dlq_line(record: dict[str, Any]) -> bytes:
-    """One ``dlq.jsonl`` line; a record too deep for orjson loses its ``points`` copy (``raw`` keeps the bytes)."""
-    try:
-        return orjson.dumps(record) + b"\n"
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        slim = {k: v for k, v in record.items() if k != "points"}
-        slim["points_dropped"] = f"{type(exc).__name__}: {exc}"
-        try:
-            return orjson.dumps(slim) + b"\n"
-        except (TypeError, orjson.JSONEncodeError):
-            keep = ("v", "reason", "source", "raw", "count", "time_ns", "spool")
-            bare = {k: record[k] for k in keep if k in record}
-            return orjson.dumps({**bare, "detail": repr(record.get("detail"))[:4096]}) + b"\n"
-
-
 def data_path(data_dir: Path | None) -> Path:
     """The embedded store's directory: ``data_dir``, else ``$TRACKSTREAM_DATA_DIR``, else the default."""
     return StoreSettings.resolve(data_dir=data_dir).data_path
@@ -423,57 +376,3 @@ def catch_up(*, spool_dir: Path | None = None, data_dir: Path | None = None) -> 
     if stats.envelopes:
         log.info("caught up with the spool: %d envelopes, %d points", stats.envelopes, stats.points)
     return stats
-
-
-def run_local(*, spool_dir: Path | None = None, data_dir: Path | None = None, poll_interval_ms: int = 100,
-              step_timeout_ms: int | None = None, stop: threading.Event | None = None,
-              on_ready: Callable[[str], object] | None = None, heartbeat_timeout_ms: int | None = None,
-              host: str = "127.0.0.1", port: int = 0) -> PassStats:
-    """Own the store, ingest the spool continuously and serve the query API until stopped (SIGINT/SIGTERM).
-
-    The API listens on ``host:port`` (loopback and a free port by default; see ``trackstream.api.server``).
-    """
-    from trackstream.api.server import QueryServer
-    from trackstream.sinks.query import QueryService
-    from trackstream.streams import tune_gc
-
-    tune_gc()  # a long-lived ingest loop: collections of its many small objects cost ~25% of its CPU
-    spool, data = spool_dir_from(spool_dir), data_path(data_dir)
-    stop = stop or stop_on_signals()
-    totals = PassStats()
-    with owning_store(data):  # a reader holding the store between reads lets it go
-        # Queries run in the server's threads beside the ingest loop: the chDB backend serializes its calls.
-        ingest = LocalIngest(spool_dir=spool, data_dir=data, step_timeout_ms=step_timeout_ms,
-                             heartbeat_timeout_ms=heartbeat_timeout_ms)
-        service = QueryService(data_dir=str(data))
-        server = QueryServer(service, data, host=host, port=port)
-        url = server.start()
-        log.info("trackstream local: ingesting %s into %s; queries at %s", spool, data, url)
-        if on_ready is not None:
-            on_ready(url)
-        try:
-            while not stop.is_set():
-                began = time.perf_counter()
-                stats = ingest.ingest_pass()
-                totals.add(stats)
-                if stats.envelopes:
-                    log.info("ingested %d envelopes, %d points (%d duplicates dropped, %d dead letters) in %.0f ms "
-                             "(insert %.0f ms, state %.0f ms)", stats.envelopes, stats.points, stats.duplicates,
-                             stats.dead_letters, (time.perf_counter() - began) * 1000, stats.insert_s * 1000,
-                             stats.state_s * 1000)
-                if not stats.envelopes:  # a pass that found work is followed at once: the next has arrived
-                    stop.wait(poll_interval_ms / 1000)
-        finally:
-            server.stop()
-            service.close()
-            ingest.close()
-    return totals
-
-
-def stop_on_signals() -> threading.Event:
-    """An event set on SIGINT or SIGTERM (handlers installed only from the main thread)."""
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
-    return stop

@@ -98,8 +98,8 @@ def test_rows_come_newest_first_with_their_fields_and_the_active_flag(service: Q
     assert (newest["step"], newest["rank"], newest["value"], newest["metric"]) == (None, None, 302.5, "")
     assert rows[1]["value"] is None
     assert newest["time"].endswith("Z")
-    assert datetime.fromisoformat(newest["time"].replace("Z", "+00:00")).timestamp() == pytest.approx(
-        (T0 + 7 * S) / S, abs=1e-6)
+    parsed = datetime.fromisoformat(newest["time"].replace("Z", "+00:00"))  # whole microseconds: compared exactly
+    assert (int(parsed.timestamp()) * 10**6 + parsed.microsecond) * 1000 == (T0 + 7 * S) // 1000 * 1000
 
 
 def test_filters_firing_since_runs_limit(service: QueryService) -> None:

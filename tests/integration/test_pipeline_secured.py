@@ -23,7 +23,7 @@ import pytest
 
 import trackstream as ts
 from trackstream import _query
-from trackstream.demo import kafka_workers
+from trackstream.demo_pipeline import kafka_workers
 from trackstream.schemas.settings import KafkaSettings, Secret, StoreSettings
 from trackstream.schemas.topics import Topics
 

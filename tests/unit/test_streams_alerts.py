@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from trackstream.schemas.alerts import Alert, AlertRule, encode_alert, make_rule
 from trackstream.schemas.envelope import EntityRef
-from trackstream.streams.alerts import AlertEvaluator, RunAlerts
+from trackstream.streams.alert_state import RunAlerts
+from trackstream.streams.alerts import AlertEvaluator
 
 NAN, INF = math.nan, math.inf
 RUN = EntityRef("p", "run", "r1")

@@ -49,7 +49,7 @@ def run_ui(store: Any, *, host: str = "127.0.0.1", port: int = 0, stop: threadin
         if on_ready is not None:
             on_ready(url)
         return 0
-    from trackstream.local import run_local
+    from trackstream.local_serve import run_local
 
     def ready(api_url: str) -> None:
         url = announce(api_url, data_dir)
@@ -62,7 +62,7 @@ def run_ui(store: Any, *, host: str = "127.0.0.1", port: int = 0, stop: threadin
 
 def _serve_server(store: Any, *, host: str, port: int, stop: threading.Event | None, on_ready: Any) -> int:
     from trackstream.api.server import QueryServer
-    from trackstream.local import stop_on_signals
+    from trackstream.local_serve import stop_on_signals
     from trackstream.sinks.query import QueryService
 
     state = store.data_path / "ui-server"
