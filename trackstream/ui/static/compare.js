@@ -2,7 +2,7 @@
 // a Tabulator table of runs or groups, best first, beside a uPlot bar chart of the values (or group means).
 import { api, openEvents } from "./api.js";
 import {
-  el, field, fieldGroup, select, href, replaceHash, fmtNum, isFiniteNum, nanFlagText, multiSelect, metricNames,
+  el, field, fieldGroup, select, href, replaceHash, fmtNum, isFiniteNum, nanFlagText, multiSelect, orderMetrics,
   fmtValue, ellip, noun,
 } from "./util.js";
 
@@ -14,11 +14,12 @@ export async function mount(root, ctx) {
   ctx.crumbs([{ text: "Projects", href: "#/" }, { text: project, href: href(project) }, { text: "Compare" }]);
   root.append(el("div", { class: "loading", text: "Loading…" }));
   const entity_type = ctx.type;
-  const runs = await api("runs", { project, entity_type });
+  // The project's metrics, params and run count: the first row of the runs table carries them for every run.
+  const listing = await api("runs_table", { project, entity_type, size: 1 });
   if (!ctx.alive()) return null;
 
-  const metrics = metricNames(runs);
-  const paramNames = [...new Set(runs.flatMap((r) => Object.keys(r.params || {})))].sort();
+  const metrics = orderMetrics(listing.metrics);
+  const paramNames = [...listing.params.differ, ...Object.keys(listing.params.same)].sort();
   const state = {
     metric: query.get("metric") || metrics[0],
     agg: AGGS.includes(query.get("agg")) ? query.get("agg") : "last",
@@ -64,7 +65,7 @@ export async function mount(root, ctx) {
     if (state.runs.length) {
       scope.append(`${state.runs.length} selected runs · `,
         el("a", { href: href(project, "compare", { ...hashQuery(), runs: [] }), text: `compare all ${noun(true)}` }));
-    } else scope.append(`all ${runs.length} ${noun(true)} of ${project}`);
+    } else scope.append(`all ${listing.total} ${noun(true)} of ${project}`);
   }
 
   function hashQuery() {

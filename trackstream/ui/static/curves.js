@@ -6,7 +6,7 @@
 import { api, openEvents, mapLimit } from "./api.js";
 import {
   el, field, fieldGroup, select, href, replaceHash, fmtNum, isFiniteNum, statusBadge, assignColors, alpha, pref, setPref,
-  seriesMetricNames, throttle, fmtDuration, noun,
+  seriesMetricNames, throttle, fmtDuration, noun, orderMetrics,
 } from "./util.js";
 
 const POINTS = 1000; // buckets per curve
@@ -22,15 +22,16 @@ export async function mount(root, ctx) {
   ctx.crumbs([{ text: "Projects", href: "#/" }, { text: project, href: href(project) }, { text: "Curves" }]);
   root.append(el("div", { class: "loading", text: "Loading…" }));
   const asked = (query.get("runs") || "").split(",").filter(Boolean);
-  const rows = await api("runs", { project, entity_type, ...(asked.length ? { runs: asked } : {}) }); // those only
+  // The runs named (only those are read), else the newest ones (the runs table's first rows).
+  const newest = asked.length ? null : await api("runs_table", { project, entity_type, size: DEFAULT_RUNS });
+  const rows = newest ? newest.data : await api("runs", { project, entity_type, runs: asked });
   if (!ctx.alive()) return null;
 
-  const metrics = seriesMetricNames(rows);
+  const metrics = newest ? orderMetrics(newest.series) : seriesMetricNames(rows);
   const metric = query.get("metric") || metrics[0];
   let runIds = asked;
   if (!runIds.length) {
-    runIds = [...rows].sort((a, b) => String(b.started_at).localeCompare(String(a.started_at)))
-      .slice(0, DEFAULT_RUNS).map((r) => r.id);
+    runIds = rows.map((r) => r.id);
     replaceHash(href(project, "curves", { metric, runs: runIds }));
   }
   ctx.crumbs([{ text: "Projects", href: "#/" }, { text: project, href: href(project) },

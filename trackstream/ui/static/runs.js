@@ -4,7 +4,7 @@
 import { api, openEvents } from "./api.js";
 import {
   el, field, select, href, fmtNum, fmtDuration, durationMs, fmtDateTime, isFiniteNum, statusBadge,
-  nanFlagText, STATUSES, multiSelect, pref, setPref, fmtValue, noun,
+  nanFlagText, STATUSES, multiSelect, pref, setPref, fmtValue, noun, orderMetrics,
 } from "./util.js";
 
 export const PAGE_SIZE = 200; // rows per request (boot.js asks for the first page with the same body)
@@ -37,8 +37,9 @@ export async function mount(root, ctx) {
   let table = null;
   let tableReady = false;
   let paramKeys = first.params.differ;
-  let allMetrics = first.metrics;
-  let seriesMetrics = first.series;
+  let allMetrics = orderMetrics(first.metrics);
+  let seriesMetrics = orderMetrics(first.series);
+  let sampleRows = first.data; // for the param columns' widths
   const storedMetrics = pref(`runs.metrics.${project}`, null);
   let metrics = (storedMetrics || []).filter((m) => allMetrics.includes(m));
   if (!metrics.length && allMetrics.length) metrics = [allMetrics[0]];
@@ -173,7 +174,7 @@ export async function mount(root, ctx) {
   // ("fitData") is most of a table's first paint.
   function paramWidth(key) {
     let chars = key.length + 2; // the sort arrow
-    for (const r of first.data) {
+    for (const r of sampleRows) {
       const v = r.params ? r.params[key] : undefined;
       if (v !== undefined) chars = Math.max(chars, fmtValue(v).length);
     }
@@ -276,6 +277,7 @@ export async function mount(root, ctx) {
     }
     first = null;
     if (body.page === 1) {
+      sampleRows = answer.data;
       for (const id of loaded.keys()) loaded.delete(id);
       fresh = 0;
       adoptColumns(answer);
@@ -289,11 +291,11 @@ export async function mount(root, ctx) {
   /** New params or metrics in the project (a run with new keys): the columns follow, then the rows again. */
   function adoptColumns(answer) {
     showConstants(answer.params.same);
-    seriesMetrics = answer.series;
+    seriesMetrics = orderMetrics(answer.series);
     const before = JSON.stringify([paramKeys, allMetrics]);
-    if (JSON.stringify([answer.params.differ, answer.metrics]) === before) return;
+    if (JSON.stringify([answer.params.differ, orderMetrics(answer.metrics)]) === before) return;
     paramKeys = answer.params.differ;
-    allMetrics = answer.metrics;
+    allMetrics = orderMetrics(answer.metrics);
     metricPicker.setOptions(allMetrics, metrics.filter((m) => allMetrics.includes(m)));
     metrics = metricPicker.selected();
     if (!metrics.length && allMetrics.length) metrics = [allMetrics[0]];

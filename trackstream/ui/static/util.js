@@ -301,14 +301,11 @@ export function throttle(fn, ms) {
 }
 
 /** Metric names of runs rows, `loss` first when present. */
-export function metricNames(rows) {
-  const names = new Set();
-  for (const r of rows) for (const m of Object.keys(r.metrics || {})) names.add(m);
-  return [...names].sort((a, b) => (a === "loss" ? -1 : b === "loss" ? 1 : a.localeCompare(b)));
+/** Metric names in the order the pages offer them: "loss" first (the usual default), then by name. */
+export function orderMetrics(names) {
+  return [...new Set(names)].sort((a, b) => (a === "loss" ? -1 : b === "loss" ? 1 : a.localeCompare(b)));
 }
 
 export function seriesMetricNames(rows) {
-  const names = new Set();
-  for (const r of rows) for (const [m, s] of Object.entries(r.metrics || {})) if (s.kind !== "single") names.add(m);
-  return [...names].sort((a, b) => (a === "loss" ? -1 : b === "loss" ? 1 : a.localeCompare(b)));
+  return orderMetrics(rows.flatMap((r) => Object.entries(r.metrics || {}).filter(([, s]) => s.kind !== "single").map(([m]) => m)));
 }
