@@ -284,8 +284,10 @@ def test_the_runs_table_searches_sorts_and_pages_on_the_server(ui: Ui, page: Any
     page.wait_for_function("() => document.querySelector('.count')?.textContent === '33 of 450 runs'",
                            timeout=30_000)
     assert asked[-1]["search"] == "lr=0.01 many-0"
+    page.locator(".tabulator-row", has_text="many-004").locator(".tabulator-cell").first.click()  # select a run
     page.locator("input.search").fill("")
-    page.wait_for_function("() => document.querySelector('.count')?.textContent === '450 runs'", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('.count')?.textContent === '450 runs · 1 selected'",
+                           timeout=30_000)  # the selection outlives the search
     page.locator(".tabulator-col[tabulator-field='m_0_min'] .tabulator-col-title").click()
     # the smallest min of loss: step 1's 0.5 + (i * 7919 % 450) / 1000 is 0.5 at i = 0
     page.wait_for_function("() => document.querySelector('.tabulator-row .tabulator-cell[tabulator-field=\"name\"]')"
@@ -298,7 +300,9 @@ def test_the_runs_table_searches_sorts_and_pages_on_the_server(ui: Ui, page: Any
     page.wait_for_function("() => document.querySelectorAll('.tabulator-row').length > 0", timeout=30_000)
     assert asked[-1]["sort"] == [{"field": "metric:loss:min", "dir": "asc"}]  # the same order, further on
     shot(page, "runs-table-sorted")
-    assert count.inner_text() == "450 runs"
+    assert count.inner_text() == "450 runs · 1 selected"
+    page.get_by_role("button", name="Curves of selected runs").click()
+    page.wait_for_url("**/curves?metric=loss&runs=m004", timeout=30_000)
 
 
 PARSE = """async () => {

@@ -60,6 +60,12 @@ export async function mount(root, ctx) {
     },
   });
   const count = el("span", { class: "muted count" });
+  const clearButton = el("button", { type: "button", class: "btn-link", text: "clear", hidden: true,
+    title: "Deselect every run, also those the search hides", on: { click: () => {
+      chosen.clear();
+      table.deselectRow();
+      keepSelection();
+    } } });
   const newButton = el("button", { type: "button", class: "btn-link new-runs", hidden: true, on: { click: () => reload() } });
   const curvesButton = el("button", { type: "button", class: "btn btn-primary", text: `Curves of selected ${noun(true)}` });
   const kinds = el("div", { class: "seg kinds", role: "tablist" },
@@ -79,6 +85,7 @@ export async function mount(root, ctx) {
       el("span", { class: "spacer" }),
       newButton,
       count,
+      clearButton,
       curvesButton,
       compareButton),
     constants,
@@ -92,13 +99,13 @@ export async function mount(root, ctx) {
 
   curvesButton.addEventListener("click", () => {
     const metric = metrics.find((m) => seriesMetrics.includes(m)) || seriesMetrics[0] || metrics[0];
-    let ids = table.getSelectedData().map((r) => r.id);
+    let ids = [...chosen];
     if (!ids.length) ids = table.getData().slice(0, CURVES_DEFAULT_RUNS).map((r) => r.id);
     location.hash = href(project, "curves", { metric, runs: ids });
   });
   compareButton.addEventListener("click", () => {
     const metric = metrics[0] || allMetrics[0];
-    const ids = table.getSelectedData().map((r) => r.id);
+    const ids = [...chosen];
     location.hash = href(project, "compare", { metric, runs: ids.length > 1 ? ids : [] });
   });
 
@@ -249,12 +256,13 @@ export async function mount(root, ctx) {
   function updateCount() {
     if (!tableReady) return;
     const { shown, total } = lastCounts;
-    const selected = table.getSelectedRows().length;
+    const selected = chosen.size;
     count.textContent = `${shown === total ? total : `${shown} of ${total}`} ${noun(true)}` +
       (selected ? ` · ${selected} selected` : "");
     curvesButton.title = selected ? `Curves of the ${selected} selected ${noun(true)}`
       : `Curves of the first ${Math.min(CURVES_DEFAULT_RUNS, shown)} ${noun(true)} shown (select some to choose)`;
     compareButton.title = selected > 1 ? `Compare the ${selected} selected ${noun(true)}` : `Compare every ${noun()} of the project`;
+    clearButton.hidden = !selected;
     newButton.hidden = !fresh;
     newButton.textContent = `${fresh} new ${fresh === 1 ? noun() : noun(true)}: show`;
   }
@@ -311,6 +319,16 @@ export async function mount(root, ctx) {
     if (tableReady) table.setData();
   }
 
+  const selectionKey = `trackstream.selected.${project}`;
+  const chosen = new Set((() => {
+    try { return JSON.parse(sessionStorage.getItem(selectionKey) || "[]"); } catch { return []; }
+  })());
+
+  function keepSelection() {
+    try { sessionStorage.setItem(selectionKey, JSON.stringify([...chosen])); } catch { /* private mode */ }
+    updateCount();
+  }
+
   showConstants(first.params.same);
   table = new Tabulator(tableHost, {
     ajaxURL: "runs_table", // the request is requestPage's
@@ -334,27 +352,25 @@ export async function mount(root, ctx) {
     placeholder: `No ${noun(true)} match`,
     headerFilterLiveFilterDelay: 300,
   });
-  // The selection survives a trip to another page and back (this tab only).
-  const selectionKey = `trackstream.selected.${project}`;
   table.on("tableBuilt", () => {
     tableReady = true;
     updateCount();
   });
+  // The selection is the user's, not the loaded rows': it survives searches, sorts and pages (rows leaving the
+  // table are not deselected) and a trip to another page and back (this tab only).
   table.on("dataProcessed", () => {
     inTable = new Set(table.getData().map((r) => r.id));
-    try {
-      const kept = JSON.parse(sessionStorage.getItem(selectionKey) || "[]").filter((id) => loaded.has(id));
-      if (kept.length) table.selectRow(kept);
-    } catch {
-      /* nothing kept */
-    }
+    const again = [...chosen].filter((id) => inTable.has(id));
+    if (again.length) table.selectRow(again);
     updateCount();
   });
-  table.on("rowSelectionChanged", (data) => {
-    if (tableReady) {
-      try { sessionStorage.setItem(selectionKey, JSON.stringify(data.map((r) => r.id))); } catch { /* private mode */ }
-    }
-    updateCount();
+  table.on("rowSelected", (row) => {
+    chosen.add(row.getData().id);
+    keepSelection();
+  });
+  table.on("rowDeselected", (row) => { // a user's click: new data replaces rows without deselecting them
+    chosen.delete(row.getData().id);
+    keepSelection();
   });
   disposers.push(() => table.destroy());
 
@@ -402,7 +418,7 @@ export async function mount(root, ctx) {
       }
       if (tableReady) update(changed);
       if (ended.length) reread(ended); // the final summaries
-      if (fresh && atTop() && !table.getSelectedRows().length) reload(); // new runs come first
+      if (fresh && atTop()) reload(); // new runs come first
       else updateCount();
     },
     alerts: (data) => {
