@@ -92,7 +92,7 @@ QUICK: dict[str, Any] = {
 }
 # Searches typed in the runs table (narrow, broad, cleared again) and the columns clicked to sort.
 SEARCHES = ("run-0042", "optimizer=sgd", "")
-SORTS = (("Name", "name"), ("loss min", "m_0_min"), ("lr", None))
+SORTS = (("Name", "name"), ("loss min", "metric:loss:min"), ("lr", None))
 
 # Installed in every page before its own scripts (Playwright's init script; the page's CSP does not apply).
 # window.__bench: `rows` (ms after navigation start at which the first runs-table row was painted), `seen`

@@ -24,12 +24,11 @@ from trackstream.sinks.connect import open_backend
 from trackstream.sinks.curves import as_float, fetch_buckets, plan_curves, read_curves
 from trackstream.sinks.errors import IngestTimeout, QueryError
 from trackstream.sinks.run_reads import id_filter, read_entities, read_names, read_params, read_runs, specials
-from trackstream.sinks.runs_table import table_page
+from trackstream.sinks.runs_table import Listings, table_page
 from trackstream.sinks.schema import ADDED_COLUMNS
 from trackstream.sinks.sql_guard import check_statement
 
 AGGREGATES: Final = ("last", "min", "max", "mean", "first")
-LISTING_TTL_S: Final = 30.0
 _NAN: Final = math.nan
 
 
@@ -41,7 +40,7 @@ class QueryService:
 
     def __init__(self, store: StoreSettings | None = None, *, backend: Backend | None = None, **keywords: Any) -> None:
         self.backend = backend if backend is not None else open_backend(store, **keywords)
-        self._listing: tuple[tuple[str, str], float, list[dict[str, Any]]] | None = None  # runs_table's last read
+        self._listings = Listings()  # runs_table's recent reads
 
     def __repr__(self) -> str:
         return f"QueryService({self.backend!r})"
@@ -71,18 +70,17 @@ class QueryService:
 
     def runs_table(self, project: str, *, entity_type: str = "run", search: str | None = None,
                    status: Sequence[str] | None = None, filters: Sequence[Mapping[str, Any]] | None = None,
-                   sort: Sequence[Mapping[str, Any]] | None = None, page: int = 1,
-                   size: int = 100) -> dict[str, Any]:
+                   sort: Sequence[Mapping[str, Any]] | None = None, page: int = 1, size: int = 100,
+                   listing: str | None = None) -> dict[str, Any]:
         """One page of the live page's runs table over :meth:`runs`, searched, filtered and sorted here
-        (:func:`trackstream.sinks.runs_table.table_page`: shapes and errors). Page 1 reads the store; the next
-        pages of the same project reuse that read for up to ``LISTING_TTL_S``, so scrolling is cheap and the pages
-        agree with each other. Raises NotFoundError for an unknown project."""
-        key, now = (project, entity_type), time.monotonic()
-        listing = self._listing
-        if page == 1 or listing is None or listing[0] != key or now - listing[1] > LISTING_TTL_S:
-            listing = self._listing = (key, now, self.runs(project, entity_type=entity_type))
-        return table_page(listing[2], search=search, status=status, filters=filters, sort=sort, page=page,
-                          size=size)
+        (:func:`trackstream.sinks.runs_table.table_page`: shapes and errors), plus ``"listing"`` (a token) and
+        ``"read_at"`` (ms since the epoch). Page 1 reads the store; a later page that brings the token back reads
+        the same rows (:class:`~trackstream.sinks.runs_table.Listings`), so the pages agree and scrolling is cheap.
+        Raises NotFoundError for an unknown project."""
+        token, read_at, rows = self._listings.rows(None if page == 1 else listing,
+                                                   lambda: self.runs(project, entity_type=entity_type))
+        return {**table_page(rows, search=search, status=status, filters=filters, sort=sort, page=page, size=size),
+                "listing": token, "read_at": read_at}
 
     # -- compare --------------------------------------------------------------------------------------
 

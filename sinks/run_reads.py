@@ -74,7 +74,7 @@ def read_runs(rows: RowsFn, project: str, *, entity_type: str = "run", ids: Sequ
     entities = read_entities(rows, scope, ids)
     if not entities:
         lookup.check_project(rows, project)
-        return []
+        return run_filter.search([], status=status, params=params, tags=tags, order_by=order_by, limit=limit)
     params_filter, found = params, read_params(rows, scope, ids)
     metrics: dict[str, dict[str, Any]] = {}
     for entity_id, metric, kind, count, last, last_step, low, high, *special in summary_rows(rows, scope, ids):

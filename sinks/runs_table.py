@@ -9,8 +9,11 @@ its columns: ``name``, ``id``, ``status``, ``started_at``, ``duration``, ``tags`
 from __future__ import annotations
 
 import math
+import secrets
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -19,6 +22,39 @@ import orjson
 from trackstream.sinks.errors import QueryError
 
 PAGE_MAX: Final = 1000
+LISTINGS_KEPT: Final = 16
+LISTING_TTL_S: Final = 300.0
+
+
+class Listings:
+    """Recent runs listings by token, so that every page of one table comes from the same read: page 1 reads the
+    store and answers a token; later pages that bring it back read the same rows (or, once it has expired or been
+    pushed out by ``kept`` newer ones, a fresh read under a new token). Thread-safe."""
+
+    def __init__(self, *, kept: int = LISTINGS_KEPT, ttl_s: float = LISTING_TTL_S) -> None:
+        self._kept, self._ttl_s = kept, ttl_s
+        self._lock = threading.Lock()
+        self._rows: OrderedDict[str, tuple[float, int, list[dict[str, Any]]]] = OrderedDict()
+
+    def rows(self, token: str | None, read: Callable[[], list[dict[str, Any]]]) -> tuple[str, int, Any]:
+        """``(token, read time in ms since the epoch, rows)``: those of ``token`` if still kept, else ``read()``'s."""
+        now = time.monotonic()
+        with self._lock:
+            for old in [key for key, (at, _ms, _rows) in self._rows.items() if now - at > self._ttl_s]:
+                del self._rows[old]
+            if token is not None and token in self._rows:
+                self._rows.move_to_end(token)
+                _at, read_ms, rows = self._rows[token]
+                return token, read_ms, rows
+        read_ms = time.time_ns() // 10**6
+        rows = read()
+        token = secrets.token_hex(8)
+        with self._lock:
+            self._rows[token] = (now, read_ms, rows)
+            while len(self._rows) > self._kept:
+                self._rows.popitem(last=False)
+        return token, read_ms, rows
+
 STATS: Final = ("last", "min", "max", "bad")
 
 

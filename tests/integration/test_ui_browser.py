@@ -288,7 +288,7 @@ def test_the_runs_table_searches_sorts_and_pages_on_the_server(ui: Ui, page: Any
     page.locator("input.search").fill("")
     page.wait_for_function("() => document.querySelector('.count')?.textContent === '450 runs · 1 selected'",
                            timeout=30_000)  # the selection outlives the search
-    page.locator(".tabulator-col[tabulator-field='m_0_min'] .tabulator-col-title").click()
+    page.locator(".tabulator-col[tabulator-field='metric:loss:min'] .tabulator-col-title").click()
     # the smallest min of loss: step 1's 0.5 + (i * 7919 % 450) / 1000 is 0.5 at i = 0
     page.wait_for_function("() => document.querySelector('.tabulator-row .tabulator-cell[tabulator-field=\"name\"]')"
                            "?.textContent === 'many-000'", timeout=30_000)

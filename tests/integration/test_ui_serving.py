@@ -7,6 +7,7 @@ import http.client
 import logging
 import math
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -161,16 +162,31 @@ def test_run_states_are_sent_when_they_change(service: QueryService) -> None:
 
 def test_a_changes_only_view_sends_no_first_listing(service: QueryService) -> None:
     writer = Writer(service.backend)
-    writer.state("r1", "running")
-    writer.state("r2", "running")
     live = LiveView(service, project=PROJECT, metric=None, runs=[], points=10, entity_type="run",
                     changes_only=True)
-    assert live.changed_runs() == ([], [])  # the runs table has its rows already
-    writer.state("r2", "completed")
-    writer.state("r3", "running")
+    assert live.changed_runs() == ([], [])  # an empty project: the first run to start is still new
+    writer.state("r1", "running")
     changed, new = live.changed_runs()
-    assert sorted((row["id"], row["status"]) for row in changed) == [("r2", "completed"), ("r3", "running")]
-    assert new == ["r3"]
+    assert ([row["id"] for row in changed], new) == (["r1"], ["r1"])
+    writer.state("r2", "running")
+    writer.state("r1", "completed")
+    changed, new = live.changed_runs()
+    assert sorted((row["id"], row["status"]) for row in changed) == [("r1", "completed"), ("r2", "running")]
+    assert new == ["r2"]
+
+
+def test_runs_started_since_the_page_read_its_rows_are_new_on_the_first_read(service: QueryService) -> None:
+    writer = Writer(service.backend)
+    writer.state("old", "running")  # started at the writer's clock: see Writer.state
+    started = {row["id"]: row["started_at"] for row in service.entities(PROJECT)}
+    since_ms = int(datetime.fromisoformat(started["old"].replace("Z", "+00:00")).timestamp() * 1000) + 1
+    live = LiveView(service, project=PROJECT, metric=None, runs=[], points=10, entity_type="run",
+                    changes_only=True, since_ms=since_ms)
+    assert live.changed_runs() == ([], [])  # "old" started before the page read its rows
+    later = LiveView(service, project=PROJECT, metric=None, runs=[], points=10, entity_type="run",
+                     changes_only=True, since_ms=since_ms - 1)
+    changed, new = later.changed_runs()
+    assert ([row["id"] for row in changed], new) == (["old"], ["old"])
 
 
 def read_events(url: str, path: str, cookie: str, count: int) -> list[tuple[str, Any]]:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trackstream.sinks.errors import QueryError
-from trackstream.sinks.runs_table import table_page
+from trackstream.sinks.runs_table import Listings, table_page
 
 NOW = 1_700_000_100 * 10**9
 
@@ -97,3 +97,23 @@ def test_pages_put_together_are_the_whole_ordering(losses: list[float | None], s
     present = [v for v in values if v is not None and not math.isnan(v)]
     assert values[:len(present)] == present  # every value before every missing one
     assert present == sorted(present, reverse=direction == "desc")
+
+
+def test_listings_give_later_pages_the_rows_of_page_one_until_they_expire() -> None:
+    reads: list[int] = []
+
+    def read() -> list[dict[str, Any]]:
+        reads.append(1)
+        return [row(len(reads))]
+
+    listings = Listings(kept=2, ttl_s=3600)
+    token, read_at, rows = listings.rows(None, read)
+    assert rows[0]["id"] == "r1"
+    assert read_at > 0
+    assert listings.rows(token, read)[2] is rows  # a later page: the same read
+    other = listings.rows(None, read)[0]
+    listings.rows(None, read)  # a third read pushes the oldest out (kept=2)
+    assert listings.rows(other, read)[2][0]["id"] == "r2"
+    renewed, _at, fresh = listings.rows(token, read)
+    assert (renewed != token, fresh[0]["id"], len(reads)) == (True, "r4", 4)  # gone: read again, a new token
+    assert Listings(kept=2, ttl_s=0).rows("unknown", read)[2][0]["id"] == "r5"

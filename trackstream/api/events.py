@@ -4,9 +4,10 @@ The page opens one stream per view, ``/api/v1/events?project=P[&metric=M&runs=a,
 and the server sends what changed; the page never re-queries whole curves:
 
 - ``event: runs`` ``{"runs": [row, ...], "new": [id, ...]}``: the runs whose state changed (every run in the first
-  event, unless ``changes=true``; only the view's ``runs`` when it names some), rows as ``QueryService.entities``
-  gives them (id, name, status, tags, started_at, ended_at, lost_points, ranks); ``new``: those first seen since
-  the stream opened (a run that started).
+  event, unless ``changes=true``; only the view's ``runs`` when it names some; none with ``states=false``), rows
+  as ``QueryService.entities`` gives them (id, name, status, tags, started_at, ended_at, lost_points, ranks);
+  ``new``: those first seen since the stream opened, or started at or after ``since`` (ms since the epoch: when the
+  page read its rows).
 - ``event: curves`` ``{"curves": {run: {"plan": {"origin", "width"}, "buckets": [bucket, ...]}}}``: a run's whole
   curve (buckets as ``curves()`` gives them), sent first and again when the run outgrows its plan (more than
   twice ``points`` buckets).
@@ -59,11 +60,18 @@ class LiveView:
     """What one stream has sent, and what to send next (pure bookkeeping over a ``QueryService``)."""
 
     def __init__(self, service: Any, *, project: str, metric: str | None, runs: list[str], points: int,
-                 entity_type: str, changes_only: bool = False) -> None:
+                 entity_type: str, changes_only: bool = False, since_ms: int | None = None,
+                 states: bool = True) -> None:
         self.service, self.project, self.metric, self.runs = service, project, metric, runs
         self.points, self.entity_type = points, entity_type
+        self.send_states = states
         self.states: dict[str, bytes] = {}
-        self.baseline = changes_only  # the first read only records the states: nothing is sent for it
+        self.read_once = False
+        self.changes_only = changes_only
+        # Runs started at or after this (ISO 8601 text orders as time) are new even on the first read: they started
+        # after the page read its rows, before the stream opened.
+        self.since = None if since_ms is None else time.strftime(
+            "%Y-%m-%dT%H:%M:%S", time.gmtime(since_ms // 1000)) + f".{since_ms % 1000:03d}000Z"
         self.plans: dict[str, dict[str, int]] = {}
         self.heads: dict[str, tuple[int, int]] = {}  # per run: (generation, highest step) when last sent
         self.tails: dict[str, int] = {}  # per run: the step_from of its last bucket sent
@@ -101,20 +109,22 @@ class LiveView:
         return min(newest, now) - ALERTS_LOOKBACK_NS
 
     def changed_runs(self) -> tuple[list[dict[str, Any]], list[str]]:
-        """The entities whose row differs from the last one sent, and the ids among them that are new to the view
-        (none on the first read). With ``changes_only``, the first read sends nothing."""
-        changed, new, first = [], [], not self.states
+        """The entities whose row differs from the last one sent, and the ids among them that are new to the view:
+        first seen after the first read, or started at or after ``since_ms``. With ``changes_only``, the first read
+        sends only the new ones."""
+        changed, new, first = [], [], not self.read_once
+        self.read_once = True
         for row in self.service.entities(self.project, entity_type=self.entity_type, runs=self.runs or None):
             blob = orjson.dumps(to_wire(row))
             seen = self.states.get(row["id"])
             if seen != blob:
                 self.states[row["id"]] = blob
-                changed.append(row)
-                if seen is None and not first:
+                started = row.get("started_at")
+                if seen is None and (not first or (self.since is not None and started and started >= self.since)):
                     new.append(row["id"])
-        if self.baseline:
-            self.baseline = False
-            return [], []
+                    changed.append(row)
+                elif not (first and self.changes_only):
+                    changed.append(row)
         return changed, new
 
     def curve_events(self) -> list[tuple[str, Any]]:
@@ -168,7 +178,7 @@ async def stream(view: LiveView, *, interval_s: float = INTERVAL_S) -> AsyncIter
     while True:
         now = time.monotonic()
         try:
-            if now - last_runs >= RUNS_INTERVAL_S:
+            if view.send_states and now - last_runs >= RUNS_INTERVAL_S:
                 last_runs = now
                 changed, new = await run_in_threadpool(view.changed_runs)
                 if changed:
@@ -206,9 +216,11 @@ def events_router(service: Any) -> APIRouter:
                      points: int = Query(1000, ge=1, le=100_000, description="buckets per curve"),
                      entity_type: str = Query("run", pattern="^(run|model)$"),
                      changes: bool = Query(False, description="no first `runs` event of every run: changes only"),
+                     since: int | None = Query(None, description="ms since the epoch: runs started since are new"),
+                     states: bool = Query(True, description="false: no `runs` events (alerts and curves only)"),
                      ) -> StreamingResponse:
         view = LiveView(service, project=project, metric=metric, runs=[r for r in runs.split(",") if r],
-                        points=points, entity_type=entity_type, changes_only=changes)
+                        points=points, entity_type=entity_type, changes_only=changes, since_ms=since, states=states)
         return StreamingResponse(stream(view), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 

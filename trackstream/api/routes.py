@@ -88,6 +88,7 @@ class RunsTableBody(_Body):
     sort: list[dict[str, Any]] | None = Field(None, description="[{field, dir}]: the first is the main key")
     page: int = Field(1, ge=1, description="the page, from 1")
     size: int = Field(100, ge=1, le=1000, description="rows per page")
+    listing: str | None = Field(None, description="page 1's `listing`: later pages read the same rows")
 
 
 class AlertsBody(_Body):
@@ -244,7 +245,8 @@ def query_router(service: Any) -> APIRouter:
     def runs_table(body: RunsTableBody) -> Response:
         return answer(lambda: service.runs_table(body.project, entity_type=body.entity_type, search=body.search,
                                                  status=body.status, filters=body.filters, sort=body.sort,
-                                                 page=body.page, size=body.size), "runs_table")
+                                                 page=body.page, size=body.size, listing=body.listing),
+                      "runs_table")
 
     @router.post("/alerts", response_model=RowsResult, summary="Alerts fired and resolved, newest first")
     def alerts(body: AlertsBody) -> Response:

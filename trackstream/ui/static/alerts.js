@@ -128,8 +128,11 @@ export function createAlerts(host, toastHost) {
         if (a.state === "firing" && (s.primed || now - a.time_ns < FRESH_NS)) toast(a);
       }
       s.primed = true;
-      const sorted = [...s.rows.entries()].sort((x, y) => y[1].time_ns - x[1].time_ns);
-      if (sorted.length > HISTORY_MAX) s.rows = new Map(sorted.slice(0, HISTORY_MAX));
+      if (s.rows.size > HISTORY_MAX) { // the oldest go, never a pair's newest transition (what fires now)
+        const newestKeys = new Set(newest().map(key));
+        const sorted = [...s.rows.entries()].sort((x, y) => y[1].time_ns - x[1].time_ns);
+        s.rows = new Map(sorted.filter(([k], i) => i < HISTORY_MAX || newestKeys.has(k)));
+      }
       render();
     },
     firing,

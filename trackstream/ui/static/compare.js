@@ -3,7 +3,7 @@
 import { api, openEvents } from "./api.js";
 import {
   el, field, fieldGroup, select, href, replaceHash, fmtNum, isFiniteNum, nanFlagText, multiSelect, orderMetrics,
-  fmtValue, ellip, noun,
+  fmtValue, ellip, noun, escapeHtml,
 } from "./util.js";
 
 const AGGS = ["last", "min", "max", "mean", "first"];
@@ -114,7 +114,7 @@ export async function mount(root, ctx) {
     const rankCol = { title: "#", field: "_rank", width: 40, hozAlign: "right", headerSort: false, headerTooltip: "rank, best first" };
     if (grouped) {
       return [rankCol,
-        ...state.by.map((p) => ({ title: p, field: `_p_${p}`, headerFilter: "input", headerFilterPlaceholder: "filter", headerFilterParams: { elementAttributes: { "aria-label": `filter ${p}` } }, minWidth: 70,
+        ...state.by.map((p) => ({ title: escapeHtml(p), field: `_p_${p}`, headerFilter: "input", headerFilterPlaceholder: "filter", headerFilterParams: { elementAttributes: { "aria-label": `filter ${p}` } }, minWidth: 70,
           formatter: (c) => el("span", { text: fmtValue(c.getValue()), title: fmtValue(c.getValue()) }) })),
         { title: "runs", field: "runs", hozAlign: "right", width: 68, sorter: "number", headerTooltip: "runs in the group" },
         { title: "mean", field: "mean", ...common },
@@ -129,7 +129,7 @@ export async function mount(root, ctx) {
       { title: state.agg, field: "value", ...common, headerTooltip: `${state.agg} of ${state.metric}` },
       { title: "step", field: "step", hozAlign: "right", width: 72, sorter: "number", headerTooltip: `step of the ${state.agg} value` },
       flag,
-      ...differing.map((p) => ({ title: p, field: `_p_${p}`, minWidth: 64, hozAlign: "right", headerFilter: "input", headerFilterPlaceholder: "filter", headerFilterParams: { elementAttributes: { "aria-label": `filter ${p}` } },
+      ...differing.map((p) => ({ title: escapeHtml(p), field: `_p_${p}`, minWidth: 64, hozAlign: "right", headerFilter: "input", headerFilterPlaceholder: "filter", headerFilterParams: { elementAttributes: { "aria-label": `filter ${p}` } },
         formatter: (c) => el("span", { text: fmtValue(c.getValue()), title: fmtValue(c.getValue()) }) }))];
   }
 
@@ -179,6 +179,7 @@ export async function mount(root, ctx) {
       height: "100%",
       layout: "fitData",
       renderVertical: "virtual",
+      nestedFieldSeparator: false, // param names hold dots
       columns: columns(grouped, differing),
       columnDefaults: { headerTooltip: true },
       placeholder: "No run has this metric",
@@ -254,7 +255,7 @@ export async function mount(root, ctx) {
   disposers.push(() => { if (table) table.destroy(); if (u) u.destroy(); });
 
   // Only for the project's alerts in the top bar: a comparison is read on demand, not live.
-  const events = openEvents({ project, entity_type }, { alerts: ctx.alerts });
+  const events = openEvents({ project, entity_type, states: false }, { alerts: ctx.alerts });
   disposers.push(() => events.close());
 
   await reload();

@@ -235,7 +235,7 @@ export async function mount(root, ctx) {
   loadSparks(series).catch(ctx.fail);
 
   // -- live ----------------------------------------------------------------------------------------------
-  const events = openEvents({ project, entity_type }, {
+  const events = openEvents({ project, entity_type, runs: [id] }, {
     runs: ({ runs }) => {
       const mine = runs.find((r) => r.id === id);
       if (!mine) return;

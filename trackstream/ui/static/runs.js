@@ -4,7 +4,7 @@
 import { api, openEvents } from "./api.js";
 import {
   el, field, select, href, fmtNum, fmtDuration, durationMs, fmtDateTime, isFiniteNum, statusBadge,
-  nanFlagText, STATUSES, multiSelect, pref, setPref, fmtValue, noun, orderMetrics,
+  nanFlagText, STATUSES, multiSelect, pref, setPref, fmtValue, noun, orderMetrics, escapeHtml,
 } from "./util.js";
 
 export const PAGE_SIZE = 200; // rows per request (boot.js asks for the first page with the same body)
@@ -13,11 +13,13 @@ const REFRESH_MS = 5000; // re-read of the loaded running rows' metric summaries
 const CURVES_DEFAULT_RUNS = 10;
 
 /** The body of a runs_table request; boot.js builds the first page's the same way. */
-export function pageBody(project, entity_type, { search = "", status = null, filters = [], sort = FIRST_SORT, page = 1 } = {}) {
+export function pageBody(project, entity_type,
+  { search = "", status = null, filters = [], sort = FIRST_SORT, page = 1, listing = null } = {}) {
   const body = { project, entity_type, page, size: PAGE_SIZE, sort };
   if (search) body.search = search;
   if (status) body.status = status;
   if (filters.length) body.filters = filters;
+  if (listing && page > 1) body.listing = listing; // the same read as page 1
   return body;
 }
 
@@ -46,6 +48,10 @@ export async function mount(root, ctx) {
   const loaded = new Map(); // id -> runs() row, for the rows the table holds or is about to
   let inTable = new Set(); // the ids the table holds (updates go to these only)
   let fresh = 0; // runs started since the table was read
+  let generation = 0; // page-1 reads so far: an answer to an older one is dropped
+  let listing = null; // page 1's read, which the next pages reuse
+  let readingFirst = false;
+  let reloadWanted = false;
 
   // -- toolbar ---------------------------------------------------------------------------------------
   const search = el("input", { type: "search", placeholder: "name, id, params, tags…", class: "search" });
@@ -124,35 +130,34 @@ export async function mount(root, ctx) {
     return Object.entries(tags || {}).map(([k, v]) => (v === "" ? k : `${k}=${v}`)).join(" ");
   }
 
-  /** A runs row as the table's flat record (fields p_<i> and m_<i>_<stat>: param and metric names may hold dots). */
+  /**
+   * A runs row as the table's flat record. Its fields are the server's names (sinks/runs_table.py):
+   * `param:<key>`, `metric:<name>:<last|min|max|bad>` (the table splits no field on dots), so a filter or sort
+   * keeps to its column when columns come and go.
+   */
   function flatten(r) {
     const rec = {
       id: r.id, name: r.name || r.id, status: r.status, started_at: r.started_at, ended_at: r.ended_at,
       tags: tagsText(r.tags), ranks: r.ranks, lost_points: r.lost_points,
     };
-    paramKeys.forEach((k, i) => {
+    for (const k of paramKeys) {
       const v = r.params ? r.params[k] : undefined;
-      rec[`p_${i}`] = v === undefined ? null : typeof v === "object" && v !== null ? JSON.stringify(v) : v;
-    });
-    metrics.forEach((m, i) => {
+      rec[`param:${k}`] = v === undefined ? null : typeof v === "object" && v !== null ? JSON.stringify(v) : v;
+    }
+    for (const m of metrics) {
       const s = (r.metrics || {})[m];
-      rec[`m_${i}_last`] = s ? s.last : null;
-      rec[`m_${i}_min`] = s ? s.min : null;
-      rec[`m_${i}_max`] = s ? s.max : null;
-      rec[`m_${i}_bad`] = s ? (s.nan_count || 0) + (s.inf_count || 0) : 0;
-      rec[`m_${i}_flag`] = nanFlagText(s);
-    });
+      rec[`metric:${m}:last`] = s ? s.last : null;
+      rec[`metric:${m}:min`] = s ? s.min : null;
+      rec[`metric:${m}:max`] = s ? s.max : null;
+      rec[`metric:${m}:bad`] = s ? (s.nan_count || 0) + (s.inf_count || 0) : 0;
+      rec[`flag:${m}`] = nanFlagText(s);
+    }
     return rec;
   }
 
-  /** The server's name of a column's field (sinks/runs_table.py). */
+  /** The server's name of a column's field. */
   function serverField(f) {
-    if (f === "_duration") return "duration";
-    let m = /^p_(\d+)$/.exec(f);
-    if (m) return `param:${paramKeys[Number(m[1])]}`;
-    m = /^m_(\d+)_(last|min|max|bad)$/.exec(f);
-    if (m) return `metric:${metrics[Number(m[1])]}:${m[2]}`;
-    return f;
+    return f === "_duration" ? "duration" : f;
   }
 
   /** "MM-DD HH:MM" this year, "YYYY-MM-DD" before. */
@@ -224,8 +229,8 @@ export async function mount(root, ctx) {
             text: fmtDuration(durationMs(r)) });
         },
       },
-      ...paramKeys.map((k, i) => ({
-        title: k, field: `p_${i}`, width: paramWidth(k), hozAlign: "right", ...textFilter(`param ${k}`),
+      ...paramKeys.map((k) => ({
+        title: escapeHtml(k), field: `param:${k}`, width: paramWidth(k), hozAlign: "right", ...textFilter(`param ${k}`),
         headerTooltip: `param ${k}`,
         formatter: (cell) => el("span", { text: fmtValue(cell.getValue()), title: fmtValue(cell.getValue()) }),
       })),
@@ -233,16 +238,16 @@ export async function mount(root, ctx) {
         title: "Tags", field: "tags", width: 110, ...textFilter("tags"),
         formatter: (cell) => el("span", { class: "tags", text: cell.getValue(), title: cell.getValue() }),
       },
-      ...metrics.map((m, i) => ({
-        title: m, headerTooltip: `metric ${m}`,
+      ...metrics.map((m) => ({
+        title: escapeHtml(m), headerTooltip: `metric ${m}`,
         columns: [
           ...["last", "min", "max"].map((stat) => ({
-            title: stat, field: `m_${i}_${stat}`, width: 78, hozAlign: "right", headerFilter: false, formatter: numberCell,
+            title: stat, field: `metric:${m}:${stat}`, width: 78, hozAlign: "right", headerFilter: false, formatter: numberCell,
           })),
           {
-            title: "NaN/Inf", field: `m_${i}_bad`, width: 96, headerTooltip: `non-finite values of ${m}: count@first step`,
+            title: "NaN/Inf", field: `metric:${m}:bad`, width: 96, headerTooltip: `non-finite values of ${m}: count@first step`,
             formatter: (cell) => {
-              const text = cell.getData()[`m_${i}_flag`];
+              const text = cell.getData()[`flag:${m}`];
               return text ? el("span", { class: "badge nanflag", text, title: `${m}: ${text} (count@first step)` }) : "";
             },
           },
@@ -252,6 +257,7 @@ export async function mount(root, ctx) {
   }
 
   let lastCounts = { shown: first.last_row, total: first.total };
+  const readAt = first.read_at;
 
   function updateCount() {
     if (!tableReady) return;
@@ -276,19 +282,36 @@ export async function mount(root, ctx) {
         .map((f) => ({ field: serverField(f.field), value: String(f.value) })),
       sort: (params.sort || []).length ? params.sort.map((s) => ({ field: serverField(s.field), dir: s.dir })) : FIRST_SORT,
       page: params.page || 1,
+      listing,
     });
+    const mine = body.page === 1 ? ++generation : generation;
+    if (body.page === 1) {
+      readingFirst = true;
+      fresh = 0;
+    }
     let answer;
-    if (first && JSON.stringify(body) === JSON.stringify(pageBody(project, entity_type))) {
-      answer = first;
-    } else {
-      answer = await api("runs_table", body);
+    try {
+      if (first && JSON.stringify(body) === JSON.stringify(pageBody(project, entity_type))) {
+        answer = first;
+      } else {
+        answer = await api("runs_table", body);
+      }
+    } finally {
+      if (body.page === 1 && mine === generation) readingFirst = false;
     }
     first = null;
+    // A newer search, sort or reload was asked meanwhile: this answer must not reach the table (Tabulator's
+    // progressive loading applies what it gets), so its promise never settles.
+    if (mine !== generation) return new Promise(() => {});
     if (body.page === 1) {
+      listing = answer.listing;
       sampleRows = answer.data;
       for (const id of loaded.keys()) loaded.delete(id);
-      fresh = 0;
       adoptColumns(answer);
+      if (reloadWanted) {
+        reloadWanted = false;
+        setTimeout(reload);
+      }
     }
     for (const r of answer.data) loaded.set(r.id, r);
     lastCounts = { shown: answer.last_row, total: answer.total };
@@ -310,13 +333,28 @@ export async function mount(root, ctx) {
     if (tableReady) setTimeout(rebuildColumns);
   }
 
+  /** New columns; the header filters and sorts of the columns that stay are kept (the others are dropped). */
   function rebuildColumns() {
+    const filters = table.getHeaderFilters().map((f) => [f.field, f.value]);
+    const sorters = table.getSorters().map((s) => ({ column: s.field, dir: s.dir }));
+    table.clearHeaderFilter();
     table.setColumns(columns());
-    reload();
+    const fields = new Set(table.getColumns(true).flatMap(function flat(c) {
+      const sub = c.getSubColumns ? c.getSubColumns() : [];
+      return sub.length ? sub.flatMap(flat) : [c.getField()];
+    }));
+    for (const [f, v] of filters) if (fields.has(f)) table.setHeaderFilterValue(f, v);
+    const kept = sorters.filter((s) => fields.has(s.column));
+    table.setSort(kept.length ? kept : FIRST_SORT.map((s) => ({ column: s.field, dir: s.dir })));
   }
 
   function reload() {
-    if (tableReady) table.setData();
+    if (!tableReady) return;
+    if (readingFirst) {
+      reloadWanted = true; // once the read in flight is in
+      return;
+    }
+    table.setData();
   }
 
   const selectionKey = `trackstream.selected.${project}`;
@@ -341,6 +379,7 @@ export async function mount(root, ctx) {
     height: "100%",
     layout: "fitColumns",
     renderVertical: "virtual",
+    nestedFieldSeparator: false, // field names hold dots (params, metrics)
     columns: columns(),
     rowHeader: {
       formatter: "rowSelection", titleFormatter: "rowSelection", titleFormatterParams: { rowRange: "active" },
@@ -387,16 +426,24 @@ export async function mount(root, ctx) {
     return !holder || holder.scrollTop < 40;
   };
 
+  const toRead = new Set(); // loaded rows whose summaries to read again
   let reading = false;
-  /** Re-reads the loaded rows among `ids` (their summaries moved, or they ended). */
+  /** Re-reads the loaded rows among `ids` (their summaries moved, or they ended); ids asked while a read is in
+   * flight are read after it. */
   async function reread(ids) {
-    if (reading || !ids.length || !ctx.alive()) return;
+    for (const id of ids) toRead.add(id);
+    if (reading || !ctx.alive()) return;
     reading = true;
     try {
-      const rows = await api("runs", { project, entity_type, runs: ids });
-      if (!ctx.alive()) return;
-      for (const r of rows) loaded.set(r.id, r);
-      update(rows);
+      while (toRead.size && ctx.alive()) {
+        const batch = [...toRead].filter((id) => loaded.has(id));
+        toRead.clear();
+        if (!batch.length) break;
+        const rows = await api("runs", { project, entity_type, runs: batch });
+        if (!ctx.alive()) return;
+        for (const r of rows) if (loaded.has(r.id)) loaded.set(r.id, r);
+        update(rows.filter((r) => loaded.has(r.id)));
+      }
     } catch (err) {
       ctx.fail(err);
     } finally {
@@ -404,11 +451,12 @@ export async function mount(root, ctx) {
     }
   }
 
-  const events = openEvents({ project, entity_type, changes: true }, { // the table has its rows: changes only
+  // Changes only (the table has its rows); a run started since page 1 was read counts as new.
+  const events = openEvents({ project, entity_type, changes: true, since: readAt }, {
     runs: ({ runs, new: started }) => {
       const ended = [];
       const changed = [];
-      fresh += started.length;
+      fresh += started.filter((id) => !loaded.has(id)).length;
       for (const r of runs) {
         const row = loaded.get(r.id);
         if (!row) continue;

@@ -309,3 +309,8 @@ export function orderMetrics(names) {
 export function seriesMetricNames(rows) {
   return orderMetrics(rows.flatMap((r) => Object.entries(r.metrics || {}).filter(([, s]) => s.kind !== "single").map(([m]) => m)));
 }
+
+/** Text for a place that takes HTML (Tabulator's column titles): names logged by users stay text. */
+export function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
