@@ -37,6 +37,7 @@ from trackstream.producers.journal import recover_journals
 from trackstream.producers.spool import START, Damage, Frame, SpoolPosition, SpoolReader, list_spools
 from trackstream.schemas.processed import EntityState, PointBlock, StepAggregate
 from trackstream.schemas.settings import StoreSettings
+from trackstream.spool_claim import SpoolClaimed, claim_spool
 from trackstream.store import spool_dir_from
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class LocalIngest:
         from trackstream.streams.liveness import DEFAULT_HEARTBEAT_TIMEOUT_MS
         from trackstream.streams.processor import DEFAULT_STEP_TIMEOUT_MS
 
+        claim_spool(spool_dir, data_dir)  # before anything is read from it
         self.spool_dir = spool_dir
         self.data_dir = data_dir
         self.max_batch_points = max_batch_points
@@ -367,8 +369,13 @@ def data_path(data_dir: Path | None) -> Path:
 
 
 def catch_up(*, spool_dir: Path | None = None, data_dir: Path | None = None) -> PassStats:
-    """One ingest pass; the caller holds the store lock (see ``trackstream._query.EmbeddedReader``)."""
-    ingest = LocalIngest(spool_dir=spool_dir_from(spool_dir), data_dir=data_path(data_dir), restored_grace=False)
+    """One ingest pass; the caller holds the store lock (see ``trackstream._query.EmbeddedReader``). A spool that
+    feeds another store is left alone (a warning says which): the read sees this store as it is."""
+    try:
+        ingest = LocalIngest(spool_dir=spool_dir_from(spool_dir), data_dir=data_path(data_dir), restored_grace=False)
+    except SpoolClaimed as exc:
+        log.warning("not ingesting the spool: %s", exc)
+        return PassStats()
     try:
         stats = ingest.ingest_pass()
     finally:
