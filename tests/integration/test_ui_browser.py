@@ -184,6 +184,23 @@ def test_a_nan_raises_an_alert_that_the_page_shows_and_the_webhook_receives(ui: 
         assert "firing" in row.inner_text()
         assert "50" in row.inner_text()
         shot(page, "alert")
+        page.keyboard.press("Escape")
+
+        def log(step: int, value: str) -> None:
+            assert trainer.stdin is not None
+            assert trainer.stdout is not None
+            trainer.stdin.write(f"{step} {value}\n")
+            trainer.stdin.flush()
+            assert trainer.stdout.readline().strip() == "logged"
+
+        log(51, "0.4")  # resolves: the pop-up goes
+        page.locator("#alerts[data-firing='0']").wait_for(timeout=30_000)
+        page.wait_for_function("() => document.querySelectorAll('.alert-toast').length === 0", timeout=30_000)
+        for step in range(52, 57):  # a flapping rule: one pop-up for the pair, not one per firing
+            log(step, "nan" if step % 2 == 0 else "0.3")
+        page.locator("#alerts[data-firing='1']").wait_for(timeout=30_000)
+        page.locator(".alert-toast[data-run='live']").wait_for(timeout=30_000)
+        assert page.locator(".alert-toast").count() == 1
     finally:
         hook.close()
         if trainer.stdin is not None:

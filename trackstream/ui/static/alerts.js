@@ -6,6 +6,7 @@ import { el, href, fmtNum, fmtDateTime, noun } from "./util.js";
 
 const HISTORY_MAX = 200; // transitions kept per project
 const TOAST_MS = 20000;
+const TOASTS_SHOWN = 3;
 const FRESH_NS = 5 * 60 * 1e9; // a firing alert this recent shows as a toast even in a stream's first event
 
 const key = (a) => `${a.rule_id}\u0000${a.run}\u0000${a.time_ns}\u0000${a.state}`;
@@ -99,13 +100,51 @@ export function createAlerts(host, toastHost) {
     if (open) render();
   }
 
+  // Pop-ups: one per (rule, run), the newest firing replacing an older one and a resolution taking it away; at
+  // most TOASTS_SHOWN at once, the rest counted in a line that opens the list. A flapping rule thus shows one.
+  const toasts = new Map(); // pair -> {node, timer}
+  const more = el("div", { class: "alert-more", hidden: true });
+
+  function dropToast(p) {
+    const t = toasts.get(p);
+    if (!t) return;
+    clearTimeout(t.timer);
+    t.node.remove();
+    toasts.delete(p);
+    layoutToasts();
+  }
+
   function toast(a) {
+    const p = pair(a);
+    const t = toasts.get(p);
+    if (t) {
+      clearTimeout(t.timer);
+      t.node.remove();
+    }
     const node = el("div", { class: "alert-toast", role: "status", dataset: { run: a.run, rule: a.rule_id } },
       el("span", { class: "alert-toast-title", text: `Alert: ${a.when} on ${a.metric}` }),
       el("span", {}, describe(a), " · ", el("a", { href: href(currentName, "curves", { metric: a.metric, runs: [a.run] }), text: "curve" })),
-      el("button", { type: "button", class: "btn-link", text: "dismiss", on: { click: () => node.remove() } }));
-    toastHost.append(node);
-    setTimeout(() => node.remove(), TOAST_MS);
+      el("button", { type: "button", class: "btn-link", text: "dismiss", on: { click: () => dropToast(p) } }));
+    toasts.set(p, { node, timer: setTimeout(() => dropToast(p), TOAST_MS) });
+    layoutToasts();
+  }
+
+  function layoutToasts() {
+    const all = [...toasts.values()].map((t) => t.node);
+    const shown = all.slice(-TOASTS_SHOWN);
+    const hiddenCount = all.length - shown.length;
+    more.hidden = !hiddenCount;
+    more.replaceChildren(
+      el("span", { text: `${hiddenCount} more alert${hiddenCount === 1 ? "" : "s"}` }),
+      el("button", { type: "button", class: "btn-link", text: "show the list", on: { click: (event) => { event.stopPropagation(); toggle(true); } } }),
+      el("button", { type: "button", class: "btn-link", text: "dismiss all", on: { click: () => { for (const p of [...toasts.keys()]) dropToast(p); } } }));
+    toastHost.replaceChildren(more, ...shown);
+  }
+
+  function clearToasts() {
+    for (const t of toasts.values()) clearTimeout(t.timer);
+    toasts.clear();
+    layoutToasts();
   }
 
   return {
@@ -113,7 +152,7 @@ export function createAlerts(host, toastHost) {
       if (key === current) return;
       current = key ?? null;
       currentName = name ?? null;
-      toastHost.replaceChildren();
+      clearToasts();
       toggle(false);
       render();
     },
@@ -121,11 +160,15 @@ export function createAlerts(host, toastHost) {
       if (current === null) return;
       const s = state();
       const now = Date.now() * 1e6;
-      for (const a of rows) {
-        const k = key(a);
-        if (s.rows.has(k)) continue;
-        s.rows.set(k, a);
-        if (a.state === "firing" && (s.primed || now - a.time_ns < FRESH_NS)) toast(a);
+      const added = rows.filter((a) => !s.rows.has(key(a)));
+      for (const a of added) s.rows.set(key(a), a);
+      // Per pair, what it says now: a pop-up while firing (in a project's first rows, only if recent), none once
+      // resolved.
+      const newestOfPair = new Map(newest().map((a) => [pair(a), a]));
+      for (const p of new Set(added.map(pair))) {
+        const a = newestOfPair.get(p);
+        if (a.state !== "firing") dropToast(p);
+        else if (added.includes(a) && (s.primed || now - a.time_ns < FRESH_NS)) toast(a);
       }
       s.primed = true;
       if (s.rows.size > HISTORY_MAX) { // the oldest go, never a pair's newest transition (what fires now)
