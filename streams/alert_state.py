@@ -18,15 +18,15 @@ ALERTS_STATE_VERSION: Final = 1
 
 
 class RuleState:
-    """One rule's memory for one entity: the (metric, rank) keys inside its condition, the running minimum and the
-    finite points seen (diverge), the last matching point's time and whether it fires (stalled)."""
+    """One rule's memory for one entity: the (metric, rank) keys inside its condition, per (metric, rank) the
+    running minimum and the finite points seen (diverge), the last matching point's time and whether it fires
+    (stalled)."""
 
-    __slots__ = ("breaching", "last_ns", "minimum", "seen", "stalled")
+    __slots__ = ("breaching", "last_ns", "minimums", "stalled")
 
     def __init__(self) -> None:
         self.breaching: set[tuple[str, int]] = set()
-        self.minimum: float | None = None
-        self.seen = 0
+        self.minimums: dict[tuple[str, int], tuple[float | None, int]] = {}  # (metric, rank) -> (minimum, seen)
         self.last_ns: int | None = None
         self.stalled = False
 
@@ -34,10 +34,9 @@ class RuleState:
         wire: dict[str, Any] = {}
         if self.breaching:
             wire["breaching"] = [list(key) for key in sorted(self.breaching)]
-        if self.minimum is not None:
-            wire["min"] = exact_float(self.minimum)
-        if self.seen:
-            wire["seen"] = self.seen
+        if self.minimums:
+            wire["minimums"] = [[metric, rank, None if low is None else exact_float(low), seen]
+                                for (metric, rank), (low, seen) in sorted(self.minimums.items())]
         if self.last_ns is not None:
             wire["last_ns"] = self.last_ns
         if self.stalled:
@@ -87,9 +86,11 @@ class RunAlerts:
         return rs
 
     def to_wire(self) -> dict[str, Any]:
-        """``{"v": 1, "rules": {rule_id: {"breaching": [[metric, rank], ...], "min": float, "seen": int,
-        "last_ns": int, "stalled": true}}}``, each key left out at its default (and rules with nothing to remember);
-        JSON-able, ``min`` an exact float (:func:`~trackstream.schemas.floats.exact_float`), in sorted order."""
+        """``{"v": 1, "rules": {rule_id: {"breaching": [[metric, rank], ...], "minimums": [[metric, rank, minimum,
+        seen], ...], "last_ns": int, "stalled": true}}}``, each key left out at its default (and rules with nothing
+        to remember); JSON-able, each minimum an exact float (:func:`~trackstream.schemas.floats.exact_float`) or
+        null, in sorted order. (A state written before the minimums were per rank, with one ``min`` and ``seen``,
+        reads without them: a ``diverge`` rule learns each rank's minimum again.)"""
         rules = {rule_id: wire for rule_id in sorted(self._rules) if (wire := self._rules[rule_id].to_wire())}
         return {"v": ALERTS_STATE_VERSION, "rules": rules}
 
@@ -104,9 +105,11 @@ class RunAlerts:
             for rule_id, item in rules.items():
                 rs = state.rule_state(str(rule_id))
                 rs.breaching = {(str(metric), int(rank)) for metric, rank in item.get("breaching", ())}
-                minimum = inexact_float(item.get("min"))
-                rs.minimum = None if minimum is None else float(minimum)
-                rs.seen = int(item.get("seen", 0))
+                for metric, rank, low_wire, seen in item.get("minimums", ()):
+                    low = inexact_float(low_wire)
+                    rs.minimums[(str(metric), int(rank))] = (None if low is None else float(low), int(seen))
+                if "min" in item:
+                    float(inexact_float(item["min"]))  # checked: a damaged state still raises
                 rs.last_ns = None if item.get("last_ns") is None else int(item["last_ns"])
                 rs.stalled = bool(item.get("stalled", False))
         except (AttributeError, TypeError, ValueError, OverflowError, struct.error) as exc:

@@ -13,7 +13,8 @@ metrics of a ``"*"`` rule) do not resolve each other's alerts. What enters and l
 - ``inf``: enters at +inf or -inf, leaves at the next finite value (NaN does neither);
 - ``above`` / ``below``: enters above / below the threshold, leaves at or below / at or above it (NaN does neither);
 - ``diverge``: enters above k x the running minimum of the finite points before it, once ``after_steps`` finite points
-  were seen; leaves at or below it. The minimum is the run's, over every rank. NaN does neither and ±inf do not count
+  were seen; leaves at or below it. The minimum and the count are per (metric, rank): ranks arrive in any order, and
+  one rank's late minimum must not make another's first steps look diverged. NaN does neither and ±inf do not count
   as points nor move the minimum. Meant for positive metrics (losses): while the minimum is <= 0 the rule is idle;
 - ``stalled`` (:meth:`~AlertEvaluator.sweep`): a running run whose last matching point is more than ``value``
   seconds old fires; a new point or the run's end resolves it.
@@ -122,7 +123,8 @@ def _threshold_transitions(rule: AlertRule, rs: RuleState, batch: _Batch, inside
 
 def _diverge_transitions(rule: AlertRule, rs: RuleState, batch: _Batch, inside: bool) -> list[_Transition]:
     factor, after, values = float(rule.value or 0.0), rule.after_steps, batch.values
-    minimum, seen = rs.minimum, rs.seen
+    key = (batch.metric, batch.rank)
+    minimum, seen = rs.minimums.get(key, (None, 0))
     finite = values if batch.finite else list(filter(math.isfinite, values))
     low = lowest = math.inf
     if finite:
@@ -136,7 +138,7 @@ def _diverge_transitions(rule: AlertRule, rs: RuleState, batch: _Batch, inside: 
             not finite or seen + len(finite) <= after or (lowest > 0 and max(finite) <= factor * lowest))
     if quiet:
         if finite:
-            rs.minimum, rs.seen = lowest, seen + len(finite)
+            rs.minimums[key] = (lowest, seen + len(finite))
         return []
     found: list[_Transition] = []
     for index, value in enumerate(values):
@@ -154,7 +156,7 @@ def _diverge_transitions(rule: AlertRule, rs: RuleState, batch: _Batch, inside: 
             seen += 1
             if minimum is None or value < minimum:
                 minimum = value
-    rs.minimum, rs.seen = minimum, seen
+    rs.minimums[key] = (minimum, seen)
     return found
 
 

@@ -90,6 +90,19 @@ def test_diverge_waits_for_after_steps_finite_points_and_compares_with_k_times_t
                                                                               ("firing", 8)]
 
 
+def test_diverge_keeps_each_ranks_own_minimum() -> None:
+    # Rank 0's whole curve arrives before rank 3's first step (ranks flush on their own schedule): rank 3 starting
+    # high is no divergence; rank 3 rising to 3 x its own minimum is.
+    evaluator, state = AlertEvaluator([make_rule("p", "loss", "diverge", value=3, after_steps=5)]), RunAlerts()
+    assert feed(evaluator, state, [2.0 * 0.98**step for step in range(200)], rank=0) == []
+    assert feed(evaluator, state, [1.65, 1.2, 0.9, 0.7, 0.6, 0.5], rank=3) == []
+    fired = feed(evaluator, state, [0.6, 1.6], rank=3, first_step=6)
+    assert [(a.state, a.step, a.rank) for a in fired] == [("firing", 7, 3)]
+    restored = RunAlerts.from_wire(orjson.loads(orjson.dumps(state.to_wire())))
+    assert restored == state
+    assert feed(evaluator, restored, [0.05], rank=0, first_step=200) == []  # rank 0's minimum came along
+
+
 def test_diverge_counts_only_finite_points_and_is_idle_while_the_minimum_is_not_positive() -> None:
     rule = make_rule("p", "loss", "diverge", after_steps=2)
     assert one(rule, [1.0, NAN, INF, -INF, 5.0, 5.0]) == [("firing", 5)]
@@ -273,14 +286,15 @@ def test_the_state_wire_is_json_with_exact_floats_and_bad_wires_raise_value_erro
     evaluator, state = AlertEvaluator(RULES), RunAlerts()
     feed(evaluator, state, [5e-324, NAN], rank=2)
     wire = state.to_wire()
-    assert wire["rules"][RULES[4].id] == {"min": 5e-324, "seen": 1}
+    assert wire["rules"][RULES[4].id] == {"minimums": [["loss", 2, 5e-324, 1]]}
     assert orjson.loads(orjson.dumps(wire)) == wire
     restored = RunAlerts.from_wire(orjson.loads(orjson.dumps(wire)))
     assert restored == state
     assert restored.firing() == state.firing() == sorted([RULES[0].id, RULES[3].id])
     assert RunAlerts().to_wire() == {"v": 1, "rules": {}}
     for bad in (None, [], {"v": 2, "rules": {}}, {"v": 1, "rules": {"x": {"breaching": [["loss"]]}}},
-                {"v": 1, "rules": {"x": {"min": {"$f64": -5}}}}, {"v": 1, "rules": {"x": 3}}):
+                {"v": 1, "rules": {"x": {"min": {"$f64": -5}}}}, {"v": 1, "rules": {"x": 3}},
+                {"v": 1, "rules": {"x": {"minimums": [["loss", 0, {"$f64": -5}, 1]]}}}):
         with pytest.raises(ValueError, match="not an alert state"):
             RunAlerts.from_wire(bad)
 
