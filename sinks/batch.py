@@ -295,13 +295,15 @@ class PointColumns:
 
 def _entity_columns(interner: _Interner, per_row: Any) -> dict[str, pa.Array]:
     parts = [key.split("\x00", 2) for key in interner.values]
-    projects, types = _Interner(), _Interner()
+    # Each column's dictionary holds distinct values: one id in two projects (or as a run and a model) is one entry.
+    projects, types, ids = _Interner(), _Interner(), _Interner()
     project_of = _np().array([projects(p[0]) for p in parts], dtype=_np().int32)
     type_of = _np().array([types(p[1]) for p in parts], dtype=_np().int32)
+    id_of = _np().array([ids(p[2]) for p in parts], dtype=_np().int32)
     return {
         "project": _dictionary(projects.values, project_of[per_row]),
         "entity_type": _dictionary(types.values, type_of[per_row]),
-        "entity_id": _dictionary([p[2] for p in parts], per_row),
+        "entity_id": _dictionary(ids.values, id_of[per_row]),
     }
 
 

@@ -215,3 +215,17 @@ def test_importing_sinks_loads_no_driver() -> None:
             "heavy = {'chdb', 'clickhouse_connect', 'pyarrow', 'numpy', 'aiokafka'} & set(sys.modules)\n"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_one_id_in_two_projects_and_as_run_and_model_is_one_dictionary_entry() -> None:
+    def block(project: str, kind: str) -> PointBlock:
+        return PointBlock(EntityRef(project, kind, "same-id"), 0, f"prod-{project}-{kind}", 1,
+                          [MetricBatch("loss", "series", [0, 1], [10**9, 2 * 10**9], [1.0, 0.5])], [0])
+
+    tables = points_tables([block("p0", "run"), block("p1", "run"), block("p0", "model")])
+    for name in ("points", "series_stats", "series_blocks"):
+        column = tables[name].column("entity_id").combine_chunks()
+        assert column.dictionary.to_pylist() == ["same-id"], name  # ClickHouse refuses repeated dictionary values
+        rows = tables[name].select(["project", "entity_type", "entity_id"]).to_pylist()
+        assert {(r["project"], r["entity_type"]) for r in rows} == {("p0", "run"), ("p1", "run"), ("p0", "model")}
+        assert {r["entity_id"] for r in rows} == {"same-id"}
