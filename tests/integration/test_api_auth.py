@@ -227,7 +227,12 @@ def test_the_right_token_gets_the_services_results(served: Served, service: Quer
         answer = post(served, route, VALID_BODIES[route])
         assert answer.status == 200, (route, answer)
         assert answer.headers["content-type"] == "application/json"
-        assert answer.json() == {"result": orjson.loads(orjson.dumps(to_wire(expected[route])))}, route
+        got, want = answer.json()["result"], orjson.loads(orjson.dumps(to_wire(expected[route])))
+        if route == "runs_table":  # each read has its own listing token and time
+            for result in (got, want):
+                result.pop("listing")
+                result.pop("read_at")
+        assert got == want, route
     rows = {row["id"]: row["value"] for row in expected["compare"]}
     assert rows == {"run-a": 1.5, "run-b": 0.5}
     assert [(row["run"], row["active"], math.isnan(row["value"])) for row in expected["alerts"]] == [
@@ -241,8 +246,9 @@ def test_owner_client_needs_no_configuration_and_matches_the_service(served: Ser
     assert same(client.compare(PROJECT, "loss", agg="last"), service.compare(PROJECT, "loss", agg="last"))
     assert same(client.runs(PROJECT), service.runs(PROJECT))
     assert same(client.runs(PROJECT, runs=["run-b", "run-c"]), service.runs(PROJECT, runs=["run-b"]))
-    assert same(client.runs_table(PROJECT, filters=[{"field": "id", "value": "-A"}], size=1),
-                service.runs_table(PROJECT, filters=[{"field": "id", "value": "-A"}], size=1))
+    page = client.runs_table(PROJECT, filters=[{"field": "id", "value": "-A"}], size=1)
+    assert [row["id"] for row in page.pop("data")] == ["run-a"]
+    assert (page["last_row"], page["total"], page["listing"] != "") == (1, 2, True)
     assert same(client.curves(PROJECT, ["run-b"], "loss", points=3),
                 service.curves(PROJECT, ["run-b"], "loss", points=3))
     assert math.isnan(client.entity_metrics(EntityRef(PROJECT, "run", "run-b"))["loss"][1])

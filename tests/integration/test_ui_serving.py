@@ -236,6 +236,9 @@ def test_the_page_needs_the_token_and_trades_it_for_a_cookie(served: Served, ser
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert request(url, "GET", "/", headers={"Cookie": f"trackstream_token_1={token}"}).status == 401  # other port
     assert request(url, "GET", "/api/v1/health", headers={"Cookie": jar}).status == 200
+    # a token in the URL is judged by itself, cookie or not: a wrong one is refused, never left in the address bar
+    assert request(url, "GET", "/?token=wrong", headers={"Cookie": jar}).status == 401
+    assert request(url, "GET", f"/?token={token}", headers={"Cookie": jar}).status == 303
     # a cookie-authenticated request with a body must still be JSON, and a foreign origin is refused
     assert request(url, "POST", "/api/v1/projects", body=b"{}", headers={"Cookie": jar}).status == 403
     assert request(url, "POST", "/api/v1/projects", body=b"{}",

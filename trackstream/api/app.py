@@ -140,9 +140,10 @@ class Guard:
         origin = headers.get(b"origin")
         if origin is not None and origin.decode("latin-1").lower() not in self._origins:
             return 403, "cross-origin requests are refused"
+        in_url = self._url_token(scope) if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD") else None
+        if in_url is not None:  # a URL with a token is judged by it, cookie or not (a wrong one never stays in view)
+            return _LOGIN if in_url else (401, "wrong token in the URL: open the URL the store's owner printed")
         if not self._authorized(headers.get(b"authorization")) and not self._cookie(headers.get(b"cookie")):
-            if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD") and self._url_token(scope):
-                return _LOGIN
             return 401, ("missing or wrong token: send Authorization: Bearer <token>, the token being in the "
                          "store's api.token file (readable only by the account that runs the store's owner)")
         if scope["type"] == "http" and scope.get("method", "GET") not in _SAFE_METHODS:
@@ -151,11 +152,13 @@ class Guard:
                 return 403, "request bodies must be Content-Type: application/json"
         return None
 
-    def _url_token(self, scope: Scope) -> bool:
-        """True when the query string carries the right ``token``."""
+    def _url_token(self, scope: Scope) -> bool | None:
+        """None when the query string carries no ``token``, else whether it carries the right one (once)."""
         from urllib.parse import parse_qs
 
         values = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1")).get("token", [])
+        if not values:
+            return None
         return len(values) == 1 and hmac.compare_digest(values[0].encode("latin-1"), self._token)
 
     def _cookie(self, header: bytes | None) -> bool:

@@ -129,10 +129,23 @@ async function route() {
   } catch (err) {
     if (token !== routeToken) return;
     if (err instanceof ApiError && err.type === "NotFoundError" && r.project !== undefined) {
-      // Opened before the training process logged (a bookmarked curve, a run about to start): wait for it.
+      // Opened before the training process logged (a bookmarked curve, a run about to start): wait for it. The
+      // project is asked for quietly (the projects list, no failing request a second); the page is read again
+      // once it exists (a run or metric it names that is still missing brings it back here).
       root.replaceChildren(el("div", { class: "empty waiting", text: `${err.message}. Waiting for it to be logged…` }));
-      const retry = setTimeout(() => { if (token === routeToken) route(); }, NOT_FOUND_RETRY_MS);
-      current = { dispose: () => clearTimeout(retry) };
+      let timer = null;
+      const poll = async () => {
+        if (token !== routeToken) return;
+        let known = false;
+        try {
+          known = (await api("projects", { entity_type: r.type })).includes(r.project);
+        } catch { /* the server is away: asked again */ }
+        if (token !== routeToken) return;
+        if (known) route();
+        else timer = setTimeout(poll, NOT_FOUND_RETRY_MS);
+      };
+      timer = setTimeout(poll, NOT_FOUND_RETRY_MS);
+      current = { dispose: () => clearTimeout(timer) };
       return;
     }
     showError(err);

@@ -206,7 +206,7 @@ export async function mount(root, ctx) {
       },
       { title: "ID", field: "id", width: 84, ...textFilter("id"), tooltip: true },
       {
-        title: "Status", field: "status", width: 96,
+        title: "Status", field: "status", width: 118, // a firing alert's mark beside the badge
         formatter: (cell) => {
           const alerts = ctx.firing(cell.getData().id);
           if (!alerts.length) return statusBadge(cell.getValue());
@@ -245,7 +245,7 @@ export async function mount(root, ctx) {
             title: stat, field: `metric:${m}:${stat}`, width: 78, hozAlign: "right", headerFilter: false, formatter: numberCell,
           })),
           {
-            title: "NaN/Inf", field: `metric:${m}:bad`, width: 96, headerTooltip: `non-finite values of ${m}: count@first step`,
+            title: "NaN/Inf", field: `metric:${m}:bad`, width: 150, headerTooltip: `non-finite values of ${m}: count@first step`,
             formatter: (cell) => {
               const text = cell.getData()[`flag:${m}`];
               return text ? el("span", { class: "badge nanflag", text, title: `${m}: ${text} (count@first step)` }) : "";
