@@ -79,7 +79,8 @@ def add_alerts_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     remove = sub.add_parser("remove", parents=[common], help="remove an alert rule (a firing alert of it is not "
                                                              "resolved: its transitions stop)")
     remove.add_argument("project", help="the project the rule belongs to")
-    remove.add_argument("rule_id", help="the rule's id, as `trackstream alerts rules` lists it")
+    remove.add_argument("rule_id", help="the rule's id, as `trackstream alerts rules` lists it, or a unique start "
+                                        "of it")
     _rules_options(remove, store_options)
     remove.set_defaults(run=lambda args: _cmd_remove(args, store))
 
@@ -195,8 +196,15 @@ def _cmd_rules(args: argparse.Namespace, store: StoreFn) -> int:
 
     home = _home(args, store)
     rows = [_shown(rule_row(rule), args.json) for rule in _in_force(home, args.project)]
-    if rows or args.json:
-        render.emit_rows(rows, as_json=args.json, title=f"alert rules of {args.project}")
+    if args.json:
+        render.emit_rows(rows, as_json=True)
+    elif rows:
+        from rich.console import Console
+
+        table = render.table(rows, title=f"alert rules of {args.project}")
+        table.columns[0].no_wrap = True  # the id, whole: `alerts remove` takes it (or a unique start of it)
+        table.columns[0].min_width = max(len(row["id"]) for row in rows)
+        Console().print(table)
     else:
         log.info("no alert rule in project %s (%s)", args.project, _where(home))
     return 0
@@ -208,8 +216,14 @@ def _cmd_remove(args: argparse.Namespace, store: StoreFn) -> int:
     home = _home(args, store)
     ids = [rule.id for rule in _in_force(home, args.project)]
     if args.rule_id not in ids:
-        known = f"its rules: {', '.join(ids)}" if ids else "it has none"
-        raise NotFoundError(f"no alert rule {args.rule_id!r} in project {args.project!r} ({known}; {_where(home)})")
+        starting = [rule_id for rule_id in ids if args.rule_id and rule_id.startswith(args.rule_id)]
+        if len(starting) == 1:  # a unique start of an id, as git takes a short hash
+            args.rule_id = starting[0]
+        else:
+            known = (f"{len(starting)} of its rules start so: {', '.join(starting)}" if starting else
+                     f"its rules: {', '.join(ids)}" if ids else "it has none")
+            raise NotFoundError(f"no alert rule {args.rule_id!r} in project {args.project!r} ({known}; "
+                                f"{_where(home)})")
     if isinstance(home, Path):
         from trackstream.alert_rules import delete_rule
 

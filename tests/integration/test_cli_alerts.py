@@ -69,8 +69,10 @@ def test_add_list_and_remove_rules_of_an_embedded_store(tmp_path: Path) -> None:
     assert table.returncode == 0
     assert diverge["id"] in table.stdout
     assert "diverge" in table.stdout
+    narrow = _run(tmp_path, "alerts", "rules", "vision", "--data-dir", data, COLUMNS="80")
+    assert diverge["id"] in narrow.stdout  # the id is never split across lines
 
-    removed = _run(tmp_path, "alerts", "remove", "vision", diverge["id"], "--data-dir", data)
+    removed = _run(tmp_path, "alerts", "remove", "vision", diverge["id"][:6], "--data-dir", data)  # a unique start
     assert removed.returncode == 0, removed.stderr[-3000:]
     assert f"removed alert rule {diverge['id']}" in removed.stdout
     assert [r["id"] for r in _json(_run(tmp_path, "alerts", "rules", "vision", "--json", "--data-dir", data))] == [
