@@ -85,30 +85,41 @@ def table_page(rows: Sequence[Mapping[str, Any]], *, search: str | None = None,
     checks = [(_text_of(str(f.get("field", ""))), str(f.get("value", "")).lower()) for f in filters or []]
     found = [row for row in rows
              if (wanted is None or row.get("status") in wanted)
-             and (not words or all(word in _search_text(row) for word in words))
+             and (not words or _has_words(_search_text(row), words))
              and all(value in text(row) for text, value in checks)]
     for spec in reversed(list(sort or [{"field": "started_at", "dir": "desc"}])):
         direction = spec.get("dir", "asc")
         if direction not in ("asc", "desc"):
             raise QueryError(f"sort dir must be 'asc' or 'desc', not {direction!r}")
         key = _sort_key(str(spec.get("field", "")), now)
-        present = [row for row in found if key(row) is not None]
-        present.sort(key=key, reverse=direction == "desc")
-        found = present + [row for row in found if key(row) is None]
+        keyed = [(key(row), row) for row in found]  # each key once: a duration parses two times
+        present = [item for item in keyed if item[0] is not None]
+        present.sort(key=lambda item: item[0], reverse=direction == "desc")
+        found = [row for _, row in present] + [row for value, row in keyed if value is None]
     start = (page - 1) * size
     return {"data": found[start:start + size], "last_page": max(1, math.ceil(len(found) / size)),
             "last_row": len(found), "total": len(rows), **_columns(rows)}
 
 
+def differing_params(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The param names whose values are not the same on every row (``row["params"]``; a row without one counts
+    as null), sorted. The runs table's columns and ``trackstream runs`` / ``compare`` both show these."""
+    keys = sorted({key for row in rows for key in row.get("params") or {}})
+    return [key for key in keys
+            if len({orjson.dumps((row.get("params") or {}).get(key), default=str) for row in rows}) > 1]
+
+
+def _has_words(text: str, words: Sequence[str]) -> bool:
+    return all(word in text for word in words)
+
+
 def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    values: dict[str, set[bytes]] = {}
+    differ = set(differing_params(rows))
+    same: dict[str, Any] = {}
     for row in rows:
         for key, value in (row.get("params") or {}).items():
-            values.setdefault(key, set()).add(orjson.dumps(value))
-    # A param differs when it has two values, or some runs lack it.
-    differ = sorted(key for key, seen in values.items()
-                    if len(seen) > 1 or any(key not in (row.get("params") or {}) for row in rows))
-    same = {key: orjson.loads(next(iter(values[key]))) for key in sorted(values) if key not in differ}
+            if key not in differ:
+                same.setdefault(key, value)
     metrics: set[str] = set()
     series: set[str] = set()
     for row in rows:
@@ -116,7 +127,8 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             metrics.add(name)
             if summary.get("kind") == "series":
                 series.add(name)
-    return {"params": {"differ": differ, "same": same}, "metrics": sorted(metrics), "series": sorted(series)}
+    return {"params": {"differ": sorted(differ), "same": dict(sorted(same.items()))}, "metrics": sorted(metrics),
+            "series": sorted(series)}
 
 
 def _param_text(value: Any) -> str:
@@ -133,10 +145,15 @@ def _tags_text(row: Mapping[str, Any]) -> str:
     return " ".join(key if value == "" else f"{key}={value}" for key, value in (row.get("tags") or {}).items())
 
 
+def _plain(row: Mapping[str, Any], field: str) -> str:
+    """A row's name (its id when it has none), id or status, lowercased."""
+    return str(row.get(field) or (row.get("id") if field == "name" else "") or "").lower()
+
+
 def _text_of(field: str) -> Any:
     """The text a filter on ``field`` searches, lowercased."""
     if field in ("name", "id", "status"):
-        return lambda row: str(row.get(field) or (row.get("id") if field == "name" else "") or "").lower()
+        return lambda row: _plain(row, field)
     if field == "tags":
         return lambda row: _tags_text(row).lower()
     if field.startswith("param:"):
@@ -148,7 +165,7 @@ def _text_of(field: str) -> Any:
 def _sort_key(field: str, now_ns: int) -> Any:
     """A key function: a comparable value, or None for a row without one (sorted last)."""
     if field in ("name", "id", "status"):
-        return lambda row: str(row.get(field) or (row.get("id") if field == "name" else "") or "").lower() or None
+        return lambda row: _plain(row, field) or None
     if field == "started_at":
         return lambda row: row.get("started_at") or None  # ISO 8601 UTC: orders as text
     if field == "duration":

@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from trackstream.sinks.runs_table import differing_params
+
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
@@ -197,13 +199,6 @@ def _drop_empty(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]
     if any(row.get(column) for row in rows):
         return rows
     return [{key: value for key, value in row.items() if key != column} for row in rows]
-
-
-def differing_params(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The param names whose values are not the same on every row (``row["params"]``), sorted."""
-    keys = sorted({key for row in rows for key in row.get("params", {})})
-    return [key for key in keys
-            if len({orjson.dumps(row.get("params", {}).get(key), default=str) for row in rows}) > 1]
 
 
 def compare_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
