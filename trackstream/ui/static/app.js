@@ -5,7 +5,7 @@
 //   #/p/<project>/run/<id>               one run
 //   #/p/<project>/compare?metric=&agg=&by=
 import { api, ApiError, AUTH_MESSAGE } from "./api.js";
-import { el, href, fmtClock, setKind } from "./util.js";
+import { el, href, fmtClock, setKind, parseRoute } from "./util.js";
 import * as runsPage from "./runs.js";
 import * as curvesPage from "./curves.js";
 import * as runPage from "./run.js";
@@ -22,19 +22,6 @@ const NOT_FOUND_RETRY_MS = 1000;
 
 let current = null; // {dispose, token}
 let routeToken = 0;
-
-function parseRoute() {
-  const raw = location.hash.replace(/^#/, "") || "/";
-  const [path, queryString = ""] = raw.split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
-  const query = new URLSearchParams(queryString);
-  if (parts[0] !== "p" || parts.length < 2) return { page: "projects", query };
-  const project = parts[1];
-  if (parts[2] === "curves") return { page: "curves", project, query };
-  if (parts[2] === "compare") return { page: "compare", project, query };
-  if (parts[2] === "run" && parts[3] !== undefined) return { page: "run", project, id: parts.slice(3).join("/"), query };
-  return { page: "runs", project, query };
-}
 
 function setCrumbs(items) {
   crumbs.replaceChildren(...items.flatMap((item, i) => {
@@ -103,8 +90,7 @@ async function route() {
   showProblem("");
   main.replaceChildren();
   const r = parseRoute();
-  setKind(r.query.get("type"));
-  r.type = r.query.get("type") === "model" ? "model" : "run";
+  setKind(r.type);
   alerts.project(r.project === undefined ? undefined : `${r.type}:${r.project}`, r.project);
   const root = el("div", { class: `page page-${r.page}` });
   main.append(root);

@@ -2,13 +2,11 @@
 // are still loading and compiling (this module is `async`: it runs without waiting for them). The runs page
 // takes the answer through api.js's `prefetched` when it asks for the same page; other routes read nothing here.
 import { pageBody } from "./runs.js";
+import { parseRoute } from "./util.js";
 
-const raw = location.hash.replace(/^#/, "");
-const [path, queryString = ""] = raw.split("?");
-const parts = path.split("/").filter(Boolean);
-if (parts[0] === "p" && parts.length === 2) {
-  const type = new URLSearchParams(queryString).get("type") === "model" ? "model" : "run";
-  const body = JSON.stringify(pageBody(decodeURIComponent(parts[1]), type));
+const route = parseRoute();
+if (route.page === "runs") {
+  const body = JSON.stringify(pageBody(route.project, route.type));
   window.trackstreamPrefetch = {
     route: "runs_table",
     at: performance.now(),

@@ -88,6 +88,26 @@ export function href(project, page = "", query = {}) {
   return s ? `${h}?${s}` : h;
 }
 
+/**
+ * The view the address names: {page: "projects" | "runs" | "curves" | "compare" | "run", project, id, query,
+ * type: "run" | "model"} (routes in app.js).
+ */
+export function parseRoute() {
+  const raw = location.hash.replace(/^#/, "") || "/";
+  const [path, queryString = ""] = raw.split("?");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  const query = new URLSearchParams(queryString);
+  const type = query.get("type") === "model" ? "model" : "run";
+  if (parts[0] !== "p" || parts.length < 2) return { page: "projects", query, type };
+  const project = parts[1];
+  if (parts[2] === "curves") return { page: "curves", project, query, type };
+  if (parts[2] === "compare") return { page: "compare", project, query, type };
+  if (parts[2] === "run" && parts[3] !== undefined) {
+    return { page: "run", project, id: parts.slice(3).join("/"), query, type };
+  }
+  return { page: "runs", project, query, type };
+}
+
 /** Replaces the address without a route change (controls that only refine the current page). */
 export function replaceHash(hash) {
   history.replaceState(null, "", hash);
