@@ -365,6 +365,17 @@ def wait_for_url(process: subprocess.Popen[Any], log: Path, *, timeout_s: float 
         time.sleep(0.1)
 
 
+def start_trainer(procs: Processes, script: str, argv: list[str], *, env: dict[str, str], work: Path,
+                  timeout_s: float, what: str) -> Lines:
+    """A training process (``python -c script *argv``, its output in ``work/trainer.log``) once it printed
+    ``ready``; its stdout lines."""
+    trainer = procs.start([sys.executable, "-c", script, *argv], env=env, log=work / "trainer.log", pipes=True)
+    lines = Lines(trainer)
+    if lines.next(timeout_s, what) != "ready":
+        raise BenchError(f"unexpected output from the training process; see {work / 'trainer.log'}")
+    return lines
+
+
 class Lines:
     """The stdout lines of a child process, read by a thread into a queue."""
 
@@ -633,14 +644,11 @@ def emit_scenario(label: str, browser: Browser, url: str, *, env: dict[str, str]
                   args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
     """One training process logging ``emit_points`` points; emit -> drawn on its open curves page."""
     run = f"emit-{uuid.uuid4().hex[:6]}"
-    trainer = procs.start([sys.executable, "-c", EMIT_TRAINER, EMIT_PROJECT, run, str(args.emit_points),
-                           str(args.emit_interval_s)], env=env, log=work / "trainer.log", pipes=True)
-    lines = Lines(trainer)
-    if lines.next(180, "the training process to start") != "ready":
-        raise BenchError(f"unexpected output from the training process; see {work / 'trainer.log'}")
+    lines = start_trainer(procs, EMIT_TRAINER, [EMIT_PROJECT, run, str(args.emit_points), str(args.emit_interval_s)],
+                          env=env, work=work, timeout_s=180, what="the training process to start")
     context, base, errors = new_context(browser, url)
     try:
-        # The page needs the project stored before it opens (opened earlier, it shows "not found" for good).
+        # The run stored before the page opens: the page's timings start from a curve it can draw.
         wait_for_run(context, base, EMIT_PROJECT, run)
         page = open_page(context, f"{base}/#/p/{EMIT_PROJECT}/curves?metric=loss&runs={run}")
         try:
@@ -936,11 +944,8 @@ def live_100(browser: Browser, work: Path, args: argparse.Namespace) -> tuple[li
     procs = Processes()
     try:
         env, local, url = start_local(procs, work)
-        trainer = procs.start([sys.executable, "-c", LIVE_TRAINER, LIVE_PROJECT, str(args.live_runs),
-                               str(args.live_seconds)], env=env, log=work / "trainer.log", pipes=True)
-        lines = Lines(trainer)
-        if lines.next(300, "the training process to start its runs") != "ready":
-            raise BenchError(f"unexpected output from the training process; see {work / 'trainer.log'}")
+        lines = start_trainer(procs, LIVE_TRAINER, [LIVE_PROJECT, str(args.live_runs), str(args.live_seconds)],
+                              env=env, work=work, timeout_s=300, what="the training process to start its runs")
         context, base, errors = new_context(browser, url)
         try:
             return measure_live(label, context, base, errors, server_pid=local.pid, lines=lines, args=args)
