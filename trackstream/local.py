@@ -15,7 +15,8 @@ Spool segments are deleted only after the save (damaged ones are kept for ``trac
 and a dead producer's directory once it is fully ingested and holds no damaged segment.
 
 ``trackstream local`` (:func:`trackstream.local_serve.run_local`) owns the store, ingests continuously and serves
-the query API on localhost; :func:`catch_up` is one pass, used by readers when no process owns the store.
+the query API on localhost; a read with no owner ingests through :class:`LocalIngest` too
+(``trackstream.reader``), and :func:`catch_up` is one pass.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from trackstream.producers.journal import recover_journals
 from trackstream.producers.spool import START, Damage, Frame, SpoolPosition, SpoolReader, list_spools
 from trackstream.schemas.processed import EntityState, PointBlock, StepAggregate
 from trackstream.schemas.settings import StoreSettings
-from trackstream.spool_claim import SpoolClaimed, claim_spool
+from trackstream.spool_claim import claim_spool
 from trackstream.store import spool_dir_from
 
 log = logging.getLogger(__name__)
@@ -369,13 +370,9 @@ def data_path(data_dir: Path | None) -> Path:
 
 
 def catch_up(*, spool_dir: Path | None = None, data_dir: Path | None = None) -> PassStats:
-    """One ingest pass; the caller holds the store lock (see ``trackstream._query.EmbeddedReader``). A spool that
-    feeds another store is left alone (a warning says which): the read sees this store as it is."""
-    try:
-        ingest = LocalIngest(spool_dir=spool_dir_from(spool_dir), data_dir=data_path(data_dir), restored_grace=False)
-    except SpoolClaimed as exc:
-        log.warning("not ingesting the spool: %s", exc)
-        return PassStats()
+    """One ingest pass; the caller holds the store lock. Raises
+    :class:`~trackstream.spool_claim.SpoolClaimed` when the spool feeds another store."""
+    ingest = LocalIngest(spool_dir=spool_dir_from(spool_dir), data_dir=data_path(data_dir), restored_grace=False)
     try:
         stats = ingest.ingest_pass()
     finally:
